@@ -6,3 +6,13 @@ experts. See the README and docs/ for usage.
 """
 
 __version__ = "0.1.0"
+
+from compactnn import init  # noqa: E402,F401  (registers the initializers)
+from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear  # noqa: E402
+
+__all__ = ["LowRankConv2d", "LowRankLayer", "LowRankLinear", "init"]
+from compactnn.regularize import frobenius_decay, param_groups  # noqa: E402
+from compactnn.surgery import FactorizeReport, count_macs, factorize, merge  # noqa: E402
+
+__all__ += ["FactorizeReport", "count_macs", "factorize", "frobenius_decay", "merge",
+            "param_groups"]

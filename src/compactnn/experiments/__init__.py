@@ -1,0 +1,66 @@
+"""Experiments that reproduce the papers' claims, registered by name for
+``compactnn reproduce``.
+
+An experiment is a function ``run(out_dir: Path, quick: bool, seed: int) ->
+ExperimentResult``: it writes its figures and tables under ``out_dir`` and
+returns a markdown section for the run's report. ``quick`` selects the small
+sizes that keep the README's main job short; the full mode is the papers' scale.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Experiment", "ExperimentResult", "register", "registry", "get"]
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment returns: a markdown section and the files it wrote."""
+
+    name: str
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    run: Callable[[Path, bool, int], ExperimentResult]
+    in_quick: bool = True  # part of the default `compactnn reproduce`
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+# Modules that register experiments when imported, in report order.
+_MODULES = [
+    "compactnn.experiments.digits_lowrank",
+]
+
+
+def register(name: str, description: str, in_quick: bool = True):
+    """Decorator: register ``run(out_dir, quick, seed)`` under ``name``."""
+
+    def deco(fn: Callable[[Path, bool, int], ExperimentResult]):
+        _REGISTRY[name] = Experiment(name, description, fn, in_quick)
+        return fn
+
+    return deco
+
+
+def registry() -> dict[str, Experiment]:
+    """All registered experiments, importing their modules on first use."""
+    for mod in _MODULES:
+        importlib.import_module(mod)
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Experiment:
+    exps = registry()
+    if name not in exps:
+        raise ValueError(f"unknown experiment {name!r}; available: {', '.join(exps)}")
+    return exps[name]

@@ -1,0 +1,212 @@
+"""What every low-rank layer shares: rank resolution, the matrix view of the
+factors, and the registry of named initializers.
+
+A low-rank layer represents a dense weight by a product of two thin factors.
+Whatever the layer's own parameter shapes (a Linear's ``U`` and ``V``, a
+convolution's two kernels), each layer exposes the same *matrix view*: a batch
+of ``G`` independent products ``U_g @ V_g`` with ``U_g`` (m x r/G) and ``V_g``
+(r/G x n), where ``G`` is the number of convolution groups (1 for Linear).
+Initializers, regularizers and model surgery work on that view only, so they
+treat every layer type alike [FNL, Sec. 2-3].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "LowRankLayer",
+    "resolve_rank",
+    "break_even_rank",
+    "register_initializer",
+    "get_initializer",
+    "available_initializers",
+    "check_finite",
+]
+
+
+def resolve_rank(rank: int | float, full_rank: int, *, multiple_of: int = 1) -> int:
+    """Turn a user's ``rank`` into an integer rank.
+
+    ``rank`` is an int in ``[1, full_rank]`` or a float in ``(0, 1]`` meaning that
+    fraction of ``full_rank`` (rounded, at least 1). With ``multiple_of > 1``
+    (grouped convolutions) the rank must be, or is rounded to, a multiple of it.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int | float):
+        raise TypeError(f"rank must be an int or a float in (0, 1], got {rank!r}")
+    if isinstance(rank, float):
+        if not (0.0 < rank <= 1.0) or math.isnan(rank):
+            raise ValueError(f"rank as a float must lie in (0, 1], got rank={rank!r}")
+        units = full_rank // multiple_of
+        return multiple_of * min(units, max(1, round(rank * units)))
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got rank={rank}")
+    if rank > full_rank:
+        raise ValueError(f"rank={rank} exceeds the full rank {full_rank} of this layer")
+    if rank % multiple_of:
+        raise ValueError(f"rank={rank} must be a multiple of groups={multiple_of}")
+    return int(rank)
+
+
+def break_even_rank(rows: int, cols: int) -> float:
+    """Rank below which ``U (rows x r) @ V (r x cols)`` has fewer entries than the
+    dense ``rows x cols`` matrix: ``rows * cols / (rows + cols)``."""
+    return rows * cols / (rows + cols)
+
+
+def check_finite(name: str, tensor: Tensor) -> None:
+    """Raise ``ValueError`` if ``tensor`` holds NaN or infinity."""
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+class LowRankLayer(nn.Module):
+    """Base class of the factorized layers.
+
+    Subclasses hold two parameters, ``U`` (the output-side factor) and ``V``
+    (the input-side factor), and implement the matrix view below.
+    """
+
+    rank: int
+    groups: int = 1
+
+    # -- matrix view -----------------------------------------------------
+    @property
+    def matrix_shape(self) -> tuple[int, int, int]:
+        """``(G, m, n)``: the shape of the dense weight seen as G matrices."""
+        raise NotImplementedError
+
+    @property
+    def full_rank(self) -> int:
+        g, m, n = self.matrix_shape
+        return g * min(m, n)
+
+    def factor_matrices(self) -> tuple[Tensor, Tensor]:
+        """``(U, V)`` as ``(G, m, r/G)`` and ``(G, r/G, n)`` tensors, differentiable
+        functions of the parameters."""
+        raise NotImplementedError
+
+    def set_factor_matrices(self, u: Tensor, v: Tensor) -> None:
+        """Copy matrix-view factors (shapes as :meth:`factor_matrices`) into the
+        parameters."""
+        raise NotImplementedError
+
+    def weight_to_matrix(self, weight: Tensor) -> Tensor:
+        """Dense weight in its module's layout -> ``(G, m, n)``."""
+        raise NotImplementedError
+
+    def matrix_to_weight(self, matrix: Tensor) -> Tensor:
+        """``(G, m, n)`` -> dense weight in its module's layout."""
+        raise NotImplementedError
+
+    def dense_fan_in(self) -> int:
+        """Fan-in of the equivalent dense layer (for default initialization)."""
+        raise NotImplementedError
+
+    def to_dense(self) -> nn.Module:
+        """The equivalent dense module, weight ``U @ V`` rebuilt once."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Module,
+        rank: int | float,
+        init: str | Callable[..., Any] = "spectral",
+        **init_kwargs: Any,
+    ) -> LowRankLayer:
+        """Build a low-rank copy of ``module`` (see the subclasses)."""
+        raise NotImplementedError
+
+    # -- shared behaviour ------------------------------------------------
+    def dense_weight(self) -> Tensor:
+        """The dense weight this layer computes with, ``U @ V`` in the dense
+        module's layout (for inspection and merging; forward never builds it)."""
+        u, v = self.factor_matrices()
+        return self.matrix_to_weight(u @ v)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Default initialization: factors by :meth:`reset_factors`, the bias drawn
+        as PyTorch draws a dense layer's (uniform in ``+-1/sqrt(fan_in)``)."""
+        self.reset_factors()
+        if getattr(self, "bias", None) is not None:
+            bound = 1.0 / math.sqrt(self.dense_fan_in())
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @torch.no_grad()
+    def reset_factors(self) -> None:
+        """Draw ``U`` and ``V`` independently from zero-mean normals scaled so that
+        each entry of ``U @ V`` has the variance of the dense layer's default
+        init (PyTorch's Kaiming-uniform with ``a=sqrt(5)``: ``1 / (3 fan_in)``),
+        with balanced factors (``m Var U = n Var V``). This is the
+        "no spectral init" baseline of [FNL]."""
+        g, m, n = self.matrix_shape
+        r_g = self.rank // g
+        target = 1.0 / (3.0 * self.dense_fan_in())
+        std_u = (target * n / (r_g * m)) ** 0.25
+        std_v = (target * m / (r_g * n)) ** 0.25
+        u = torch.randn(g, m, r_g, device=self.U.device, dtype=self.U.dtype) * std_u
+        v = torch.randn(g, r_g, n, device=self.V.device, dtype=self.V.dtype) * std_v
+        self.set_factor_matrices(u, v)
+
+    def dense_init_weight(self) -> Tensor:
+        """A fresh draw of the equivalent dense layer's default weight init."""
+        raise NotImplementedError
+
+    def _init_from(
+        self,
+        module: nn.Module,
+        init: str | Callable[..., Any],
+        init_kwargs: dict[str, Any],
+    ) -> None:
+        """Copy the bias of ``module`` and apply the named initializer to ``module``'s
+        weight (the common tail of every ``from_dense``)."""
+        check_finite("weight", module.weight)
+        if module.bias is not None:
+            check_finite("bias", module.bias)
+            with torch.no_grad():
+                self.bias.copy_(module.bias)
+        fn = get_initializer(init) if isinstance(init, str) else init
+        fn(self, weight=module.weight.detach(), bias=_detach(module.bias), **init_kwargs)
+
+
+def _detach(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()
+
+
+# -- initializer registry ------------------------------------------------------
+# Initializers live in compactnn.init and register themselves here by name, so
+# that layers (below init in the import order) can resolve ``init="spectral"``.
+# Signature: ``fn(layer, weight=None, bias=None, **kwargs)``, modifying ``layer``
+# in place.
+_INITIALIZERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_initializer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering an initializer under ``name``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _INITIALIZERS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_initializer(name: str) -> Callable[..., Any]:
+    """Look up a registered initializer by name (``"default"``, ``"spectral"``, ...)."""
+    if name not in _INITIALIZERS:
+        raise ValueError(
+            f"unknown init={name!r}; available: {', '.join(sorted(_INITIALIZERS))}"
+        )
+    return _INITIALIZERS[name]
+
+
+def available_initializers() -> list[str]:
+    """Names of the registered initializers."""
+    return sorted(_INITIALIZERS)

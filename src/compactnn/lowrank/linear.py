@@ -1,0 +1,118 @@
+"""``LowRankLinear``: a drop-in ``nn.Linear`` whose weight is ``U @ V``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compactnn.lowrank.base import LowRankLayer, resolve_rank
+
+__all__ = ["LowRankLinear"]
+
+
+class LowRankLinear(LowRankLayer):
+    """``y = (x V^T) U^T + b`` with ``U`` (out x r) and ``V`` (r x in).
+
+    Parameters and multiply-adds per input row fall from ``out*in`` to
+    ``r*(out+in)`` [FNL, Sec. 2]. The forward pass is two thin matmuls; the
+    product ``U V`` is never formed.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as ``nn.Linear``.
+        rank: an int in ``[1, min(in, out)]``, or a float in ``(0, 1]`` meaning
+            that fraction of ``min(in, out)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int | float,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = resolve_rank(rank, min(in_features, out_features))
+        kw = {"device": device, "dtype": dtype}
+        self.U = nn.Parameter(torch.empty(out_features, self.rank, **kw))
+        self.V = nn.Parameter(torch.empty(self.rank, in_features, **kw))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.V), self.U, self.bias)
+
+    # -- matrix view -----------------------------------------------------
+    @property
+    def matrix_shape(self) -> tuple[int, int, int]:
+        return (1, self.out_features, self.in_features)
+
+    def factor_matrices(self) -> tuple[Tensor, Tensor]:
+        return self.U.unsqueeze(0), self.V.unsqueeze(0)
+
+    @torch.no_grad()
+    def set_factor_matrices(self, u: Tensor, v: Tensor) -> None:
+        self.U.copy_(u.reshape(self.U.shape))
+        self.V.copy_(v.reshape(self.V.shape))
+
+    def weight_to_matrix(self, weight: Tensor) -> Tensor:
+        return weight.reshape(1, self.out_features, self.in_features)
+
+    def matrix_to_weight(self, matrix: Tensor) -> Tensor:
+        return matrix.reshape(self.out_features, self.in_features)
+
+    def dense_fan_in(self) -> int:
+        return self.in_features
+
+    def dense_init_weight(self) -> Tensor:
+        w = torch.empty(self.out_features, self.in_features, device=self.U.device,
+                        dtype=self.U.dtype)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        return w
+
+    # -- conversion ------------------------------------------------------
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Module,
+        rank: int | float,
+        init: str | Callable[..., Any] = "spectral",
+        **init_kwargs: Any,
+    ) -> LowRankLinear:
+        """Low-rank copy of an ``nn.Linear``: bias copied, factors set by ``init``
+        (a registered name such as ``"spectral"`` or ``"default"``, or a callable
+        ``fn(layer, weight=..., bias=..., **init_kwargs)``)."""
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"LowRankLinear.from_dense expects nn.Linear, got {type(module)}")
+        w = module.weight
+        layer = cls(module.in_features, module.out_features, rank,
+                    bias=module.bias is not None, device=w.device, dtype=w.dtype)
+        layer._init_from(module, init, init_kwargs)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device=self.U.device, dtype=self.U.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, bias={self.bias is not None}")
