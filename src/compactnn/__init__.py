@@ -16,3 +16,6 @@ from compactnn.surgery import FactorizeReport, count_macs, factorize, merge  # n
 
 __all__ += ["FactorizeReport", "count_macs", "factorize", "frobenius_decay", "merge",
             "param_groups"]
+from compactnn.io import load_model, save_model  # noqa: E402
+
+__all__ += ["load_model", "save_model"]

@@ -1,0 +1,113 @@
+"""The ``compactnn`` command."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+
+    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from compactnn.experiments import registry
+
+    exps = registry()
+    if args.only:
+        unknown = [n for n in args.only if n not in exps]
+        if unknown:
+            print(f"error: unknown experiment(s) {', '.join(unknown)}; "
+                  f"available: {', '.join(exps)}", file=sys.stderr)
+            return 2
+        chosen = [exps[n] for n in args.only]
+    else:
+        chosen = [e for e in exps.values() if e.in_quick or args.full]
+    quick = not args.full
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    mode = "quick" if quick else "full"
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{mode}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"compactnn reproduce ({mode} mode): {len(chosen)} experiment(s) -> {out}")
+    sections = [f"# compactnn reproduce ({mode} mode)\n",
+                f"Command: `compactnn reproduce{' --full' if args.full else ''}"
+                f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}`  ",
+                f"Machine: {_machine()}  ", f"Date: {datetime.now():%Y-%m-%d %H:%M}\n"]
+    t_all = time.perf_counter()
+    for exp in chosen:
+        t0 = time.perf_counter()
+        print(f"\n== {exp.name}: {exp.description}")
+        sub = out / exp.name
+        sub.mkdir(exist_ok=True)
+        result = exp.run(sub, quick, args.seed)
+        took = time.perf_counter() - t0
+        print(result.markdown)
+        print(f"({exp.name} took {took:.1f} s)")
+        # Figures are referenced relative to the report.
+        md = result.markdown.replace("](", f"]({exp.name}/")
+        sections.append(f"## {exp.name}\n\n{exp.description}. Took {took:.1f} s.\n\n{md}\n")
+    report = out / "report.md"
+    report.write_text("\n".join(sections))
+    print(f"\nAll done in {time.perf_counter() - t_all:.1f} s. Report: {report}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from compactnn.experiments import registry
+
+    for exp in registry().values():
+        flag = "" if exp.in_quick else "  (full mode only)"
+        print(f"{exp.name:24s} {exp.description}{flag}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compactnn",
+        description="Compact neural networks by structure: experiments and tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("reproduce", help="run the experiments that reproduce the papers' claims",
+                       description="Run the registered experiments (quick mode by default) and "
+                                   "write tables, plots and a markdown report to a run folder.")
+    p.add_argument("--full", action="store_true",
+                   help="the papers' scale: more seeds, epochs and sizes (slow)")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="run only these experiments (see `compactnn list`)")
+    p.add_argument("--out", help="run folder (default: runs/reproduce-<mode>-<time>)")
+    p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("list", help="list the registered experiments",
+                       description="List the experiments `compactnn reproduce` can run.")
+    p.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
