@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
+from compactnn.utils import machine_info
+
 __all__ = ["main"]
-
-
-def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import os
-
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -52,7 +35,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     sections = [f"# compactnn reproduce ({mode} mode)\n",
                 f"Command: `compactnn reproduce{' --full' if args.full else ''}"
                 f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}`  ",
-                f"Machine: {_machine()}  ", f"Date: {datetime.now():%Y-%m-%d %H:%M}\n"]
+                f"Machine: {machine_info()}  ", f"Date: {datetime.now():%Y-%m-%d %H:%M}\n"]
     t_all = time.perf_counter()
     for exp in chosen:
         t0 = time.perf_counter()
