@@ -64,6 +64,32 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from compactnn.train.config import (
+        build_config,
+        config_to_dict,
+        load_config_file,
+        parse_overrides,
+    )
+    from compactnn.train.trainer import TrainConfig, train
+
+    try:
+        base = load_config_file(args.config) if args.config else {}
+        cfg = build_config(TrainConfig, parse_overrides(args.overrides, base))
+        if args.print_config:
+            print(json.dumps(config_to_dict(cfg), indent=2))
+            return 0
+        result = train(cfg)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result.pop("model", None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compactnn",
@@ -80,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/reproduce-<mode>-<time>)")
     p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser(
+        "train", help="train a dense, low-rank or sparse classifier (torchrun-ready)",
+        description="Train with a typed config: a TOML/JSON file and/or section.key=value "
+                    "overrides, e.g. `compactnn train model.name=resnet20 "
+                    "lowrank.param_ratio=0.1 lowrank.frobenius_decay=1e-4 optim.epochs=5`. "
+                    "Runs unchanged under `torchrun --nproc_per_node=N`. Resumes from "
+                    "OUT/checkpoint.safetensors when present.")
+    p.add_argument("--config", help="a .toml or .json config file")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides such as optim.lr=0.1 (see --print-config)")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("list", help="list the registered experiments",
                        description="List the experiments `compactnn reproduce` can run.")

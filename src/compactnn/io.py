@@ -20,7 +20,8 @@ from torch import nn
 from compactnn import __version__
 from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear
 
-__all__ = ["save_model", "load_model", "layer_config", "read_metadata"]
+__all__ = ["save_model", "load_model", "layer_config", "model_structure", "read_metadata",
+           "restore_structure"]
 
 _FORMAT = "compactnn.lowrank.v1"
 _TYPES: dict[str, type[LowRankLayer]] = {"LowRankLinear": LowRankLinear,
@@ -52,16 +53,44 @@ def _build(kind: str, config: dict[str, Any]) -> LowRankLayer:
     return _TYPES[kind](**cfg)
 
 
+def model_structure(model: nn.Module) -> dict[str, Any]:
+    """``{name: {"type", "config"}}`` for every low-rank layer of ``model``."""
+    return {name: {"type": type(m).__name__, "config": layer_config(m)}
+            for name, m in model.named_modules() if isinstance(m, LowRankLayer)}
+
+
+def restore_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Swap freshly built low-rank layers into ``model`` where ``structure`` (from
+    :func:`model_structure`) records them. All names are checked first."""
+    modules = dict(model.named_modules())
+    missing = [n for n in structure if n not in modules]
+    if missing:
+        raise ValueError(f"checkpoint has low-rank layers {missing} that the model lacks; "
+                         "is it the same architecture?")
+    def matches(module: nn.Module, spec: dict[str, Any]) -> bool:
+        return (type(module).__name__ == spec["type"]
+                and json.loads(json.dumps(layer_config(module))) == spec["config"])
+
+    # Layers that already match are kept, so optimizers holding them stay valid.
+    built = {name: _build(spec["type"], spec["config"]) for name, spec in structure.items()
+             if not matches(modules[name], spec)}
+    for name, new in built.items():
+        ref = next(modules[name].parameters(), None)
+        if ref is not None:
+            new = new.to(device=ref.device, dtype=ref.dtype)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
+
+
 def save_model(model: nn.Module, path: str | Path,
                metadata: dict[str, str] | None = None) -> None:
     """Write ``model``'s state dict and low-rank structure to a safetensors file.
     ``metadata`` (str -> str) is stored beside it."""
     st = _safetensors()
-    structure = {name: {"type": type(m).__name__, "config": layer_config(m)}
-                 for name, m in model.named_modules() if isinstance(m, LowRankLayer)}
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
     meta = {**(metadata or {}), "format": _FORMAT, "compactnn_version": __version__,
-            "lowrank_layers": json.dumps(structure)}
+            "lowrank_layers": json.dumps(model_structure(model))}
     st.save_file(tensors, str(path), metadata=meta)
 
 
@@ -82,20 +111,7 @@ def load_model(model: nn.Module, path: str | Path, strict: bool = True,
     meta = read_metadata(path)
     if meta.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a compactnn checkpoint (format={meta.get('format')!r})")
-    structure = json.loads(meta["lowrank_layers"])
-    modules = dict(model.named_modules())
-    missing = [n for n in structure if n not in modules]
-    if missing:
-        raise ValueError(f"checkpoint has low-rank layers {missing} that the model lacks; "
-                         "is it the same architecture?")
-    for name, spec in structure.items():
-        old = modules[name]
-        new = _build(spec["type"], spec["config"])
-        ref = next(old.parameters(), None)
-        if ref is not None:
-            new = new.to(device=ref.device, dtype=ref.dtype)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+    restore_structure(model, json.loads(meta["lowrank_layers"]))
     state = st.load_file(str(path), device=str(map_location))
     model.load_state_dict(state, strict=strict)
     return model
