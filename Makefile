@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: reproduce test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install_data.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[experiments,test]"
+	bash scripts/install_data.sh $(BIN)/python
 	touch $(STAMP)
 
 reproduce: $(STAMP)
