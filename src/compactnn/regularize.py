@@ -47,8 +47,8 @@ def frobenius_decay(model: nn.Module, coef: float) -> Tensor:
     with zero weight decay on the factors (see :func:`param_groups`); [FNL]
     sets ``coef`` to the weight decay the dense model would use.
     """
-    if coef < 0:
-        raise ValueError(f"coef must be non-negative, got coef={coef}")
+    if not coef >= 0:  # also rejects NaN, which would silently poison the loss
+        raise ValueError(f"coef must be a non-negative number, got coef={coef}")
     total: Tensor | None = None
     for _, layer in lowrank_layers(model):
         term = frobenius_norm_sq(layer)
@@ -72,7 +72,7 @@ def param_groups(
     Pass the result to any ``torch.optim`` optimizer; ``group_options`` (e.g.
     ``lr``) are added to both groups.
     """
-    if weight_decay < 0 or factor_weight_decay < 0:
+    if not (weight_decay >= 0 and factor_weight_decay >= 0):  # NaN included
         raise ValueError(f"weight decays must be non-negative, got weight_decay="
                          f"{weight_decay}, factor_weight_decay={factor_weight_decay}")
     factor_ids: set[int] = set()
