@@ -7,8 +7,8 @@ gate, broadcast over the batch) or ``(batch, n)`` (per-example gate).
 * :func:`dense_combine` runs every expert on every row.
 * :func:`sparse_combine` runs only the experts that carry weight, each on only the rows
   that need it: rows are sorted by expert once, gathered with one ``index_select``, each
-  active expert runs on its contiguous slice, and the weighted results are scattered back
-  with one ``index_add_`` per task. With static weights it simply skips the experts whose
+  active expert runs on its contiguous slice, and its weighted results are added back to
+  their rows with ``index_add_``. With static weights it simply skips the experts whose
   weight is zero.
 
 Both give the same outputs (to float tolerance) and the same gradients with respect to the
@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["Execution", "combine", "dense_combine", "has_zeros", "sparse_combine"]
@@ -113,20 +112,25 @@ def sparse_combine(
     counts = active.sum(dim=0).tolist()
 
     routed = x.index_select(0, rows)
-    pieces: list[tuple[int, Tensor]] = []
+    scales = [w[rows, expert_ids] for w in full]
+    outputs: list[Tensor] = []
+    first: tuple[int, Tensor] | None = None
     start = 0
     for e, count in enumerate(counts):
-        if count:
-            pieces.append((e, experts[e](routed[start : start + count])))
-            start += count
-    _check_same_shape(pieces)
-    y = torch.cat([piece for _, piece in pieces]) if len(pieces) > 1 else pieces[0][1]
-
-    outputs = []
-    for w in full:
-        scale = w[rows, expert_ids].reshape(-1, *([1] * (y.dim() - 1)))
-        out = y.new_zeros((batch, *y.shape[1:]))
-        outputs.append(out.index_add(0, rows, y * scale))
+        if not count:
+            continue
+        stop = start + count
+        y = experts[e](routed[start:stop])
+        if first is None:
+            first = (e, y)
+            outputs = [y.new_zeros((batch, *y.shape[1:])) for _ in full]
+        else:
+            _check_same_shape([first, (e, y)])
+        expert_rows = rows[start:stop]
+        shape = (-1, *([1] * (y.dim() - 1)))
+        for out, scale in zip(outputs, scales, strict=True):
+            out.index_add_(0, expert_rows, y * scale[start:stop].reshape(shape))
+        start = stop
     return outputs
 
 
