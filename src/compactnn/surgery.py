@@ -200,13 +200,14 @@ def _matrix_dims(module: nn.Module, scheme: str) -> tuple[int, int, int]:
     return g, out_g * kh, in_g * kw
 
 
-def _trace_shapes(model: nn.Module, example_inputs: Any) -> dict[nn.Module, tuple]:
-    """Input/output shapes of every Linear/Conv2d in one forward pass (eval mode,
-    no grad; training flags restored)."""
-    shapes: dict[nn.Module, tuple] = {}
+def _trace_shapes(model: nn.Module, example_inputs: Any) -> dict[nn.Module, list[tuple]]:
+    """Input/output shapes of every call of every Linear/Conv2d in one forward pass
+    (eval mode, no grad; training flags restored). A module called several times
+    (shared weights) has one entry per call."""
+    shapes: dict[nn.Module, list[tuple]] = {}
 
     def hook(mod, args, out):
-        shapes.setdefault(mod, (tuple(args[0].shape), tuple(out.shape)))
+        shapes.setdefault(mod, []).append((tuple(args[0].shape), tuple(out.shape)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer)]
@@ -229,15 +230,21 @@ def _trace_shapes(model: nn.Module, example_inputs: Any) -> dict[nn.Module, tupl
 
 
 def _uses(module: nn.Module, shapes: dict | None) -> tuple[float | None, int | None, int | None]:
-    """(output positions, input height, output height) of a layer per forward."""
+    """(output positions, input height, output height) of a layer per forward,
+    summed over its calls (heights averaged with weights ``N * W_out``, which keeps
+    the spatial scheme's cost exact)."""
     if shapes is None or module not in shapes:
         return (1.0, None, None) if isinstance(module, nn.Linear | LowRankLinear) else (
             None, None, None)
-    in_shape, out_shape = shapes[module]
+    calls = shapes[module]
     if isinstance(module, nn.Linear | LowRankLinear):
-        return math.prod(out_shape[:-1]), None, None
-    n, _, h_out, w_out = out_shape
-    return n * h_out * w_out, in_shape[-2], h_out
+        return sum(math.prod(out_shape[:-1]) for _, out_shape in calls), None, None
+    cols = [out_shape[0] * out_shape[3] for _, out_shape in calls]  # N * W_out
+    if not sum(cols):
+        return 0, calls[0][0][-2], calls[0][1][2]
+    uses = sum(c * out_shape[2] for c, (_, out_shape) in zip(cols, calls, strict=True))
+    h_in = sum(c * in_shape[-2] for c, (in_shape, _) in zip(cols, calls, strict=True))
+    return uses, h_in / sum(cols), uses / sum(cols)
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
