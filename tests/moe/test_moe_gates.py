@@ -91,9 +91,9 @@ def test_smooth_step_continuity_of_value_and_derivative(gamma: float) -> None:
 
 
 def test_smooth_step_exact_outside_and_zero_gradient() -> None:
-    t = torch.tensor([-3.0, -0.5, 0.5, 3.0], requires_grad=True)
+    t = torch.tensor([-1e30, -3.0, -0.5, 0.5, 3.0, 1e30], requires_grad=True)
     s = smooth_step(t, 1.0)
-    assert s.tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert s.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     (grad,) = torch.autograd.grad(s.sum(), t)
     assert grad.eq(0).all()
 

@@ -102,7 +102,10 @@ def smooth_step(t: Tensor, gamma: float = 1.0) -> Tensor:
     and reaches exactly 0 and 1 (where its derivative is exactly 0).
     """
     gamma = _check_positive("gamma", gamma)
-    cubic = (-2.0 / gamma**3) * t**3 + (1.5 / gamma) * t + 0.5
+    # The cubic is evaluated on t clamped to its region, so huge logits cannot overflow
+    # (inf * 0 would put NaN in the gradient of the branch that torch.where discards).
+    inner = t.clamp(-gamma / 2, gamma / 2)
+    cubic = (-2.0 / gamma**3) * inner**3 + (1.5 / gamma) * inner + 0.5
     zero = torch.zeros((), dtype=t.dtype, device=t.device)
     one = torch.ones((), dtype=t.dtype, device=t.device)
     return torch.where(t <= -gamma / 2, zero, torch.where(t >= gamma / 2, one, cubic))
