@@ -75,11 +75,15 @@ def restore_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     built = {name: _build(spec["type"], spec["config"]) for name, spec in structure.items()
              if not matches(modules[name], spec)}
     for name, new in built.items():
-        ref = next(modules[name].parameters(), None)
+        old = modules[name]
+        ref = next(old.parameters(), None)
         if ref is not None:
             new = new.to(device=ref.device, dtype=ref.dtype)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        # every path to the module (a shared module is saved under each of them)
+        paths = [p for p, m in model.named_modules(remove_duplicate=False) if m is old]
+        for path in paths:
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
 
 
