@@ -19,3 +19,16 @@ __all__ += ["FactorizeReport", "count_macs", "factorize", "frobenius_decay", "me
 from compactnn.io import load_model, save_model  # noqa: E402
 
 __all__ += ["load_model", "save_model"]
+from compactnn.sparse import (  # noqa: E402
+    IterativeHardThresholding,
+    IterativeMagnitudePruning,
+    SparsityMasks,
+    global_magnitude_masks,
+    prunable_weights,
+    target_keep_for_param_ratio,
+    target_keep_for_params,
+)
+
+__all__ += ["IterativeHardThresholding", "IterativeMagnitudePruning", "SparsityMasks",
+            "global_magnitude_masks", "prunable_weights", "target_keep_for_param_ratio",
+            "target_keep_for_params"]

@@ -127,3 +127,23 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     r0, r1 = st.load_file(f"{multi}.rank0"), st.load_file(f"{multi}.rank1")
     assert_same(r0, r1)  # DDP keeps ranks bit-identical
     assert_same(ref, r0, exact=False)  # same steps as one process, up to summation order
+
+
+@pytest.mark.parametrize("extra", [
+    ["sparse.method=iht", "sparse.param_ratio=0.5"],
+    ["sparse.method=imp", "sparse.param_ratio=0.5", "sparse.rounds=2", "optim.epochs=3"],
+    ["sparse.method=imp", "sparse.param_ratio=0.5", "sparse.rounds=1", "sparse.rewind=true"],
+])
+def test_sparse_baselines_reach_budget_and_resume_exactly(tmp_path, extra):
+    full = train(make(tmp_path, *extra, out="full"))
+    budget = int(0.5 * full["dense_params"])
+    assert full["nonzero_params"] <= budget
+    assert full["nonzero_params"] >= budget - 50  # masks keep exactly the budget (+ rare 0s)
+    train(make(tmp_path, *extra, "stop_after_steps=40", out="resumed"))
+    resumed = train(make(tmp_path, *extra, out="resumed"))
+    assert_same(weights(full["model"]), weights(resumed["model"]))
+
+
+def test_lowrank_and_sparse_together_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="separate methods"):
+        make(tmp_path, "lowrank.param_ratio=0.5", "sparse.method=iht")

@@ -2,5 +2,12 @@
 through ``compactnn.factorize``."""
 
 from compactnn.models.mlp import MLP, MLPConfig
+from compactnn.models.resnet import (
+    RESNET_DENSE_EXCLUDE,
+    ResNet,
+    ResNetConfig,
+    dense_first_last_exclude,
+)
 
-__all__ = ["MLP", "MLPConfig"]
+__all__ = ["MLP", "MLPConfig", "RESNET_DENSE_EXCLUDE", "ResNet", "ResNetConfig",
+           "dense_first_last_exclude"]

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from compactnn.io import model_structure, read_metadata, restore_structure
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_state", "unwrap"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_state", "flatten_state",
+           "unflatten_state", "unwrap"]
 
 _FORMAT = "compactnn.checkpoint.v1"
 
@@ -37,26 +38,40 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _flatten_optimizer(state: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, pstate in state["state"].items():
-        for key, value in pstate.items():
-            if isinstance(value, Tensor):
-                tensors[f"optim.state.{idx}.{key}"] = value.detach().cpu().contiguous().clone()
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    return {"param_groups": state["param_groups"], "scalars": scalars,
-            "indices": [int(i) for i in state["state"]]}
+def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str) -> Any:
+    """Split a nested state (dicts, lists, tuples, tensors, scalars) into a
+    JSON-serializable skeleton and a table of tensors named ``prefix.<path>``.
+    Non-string dict keys (an optimizer's parameter indices) and tuples survive
+    the round trip through :func:`unflatten_state`."""
+    if isinstance(obj, Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        items = [[k, flatten_state(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return dict(items)
+        return {"__items__": items}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}")
+                              for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    return obj
 
 
-def _unflatten_optimizer(meta: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {i: dict(meta["scalars"].get(str(i), {}))
-                                        for i in meta["indices"]}
-    for name, value in tensors.items():
-        if name.startswith("optim.state."):
-            idx, key = name[len("optim.state."):].split(".", 1)
-            state[int(idx)][key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+def unflatten_state(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__items__" in obj:
+            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    return obj
 
 
 def _rng_state(tensors: dict[str, Tensor]) -> dict[str, Any]:
@@ -90,23 +105,23 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     state: dict[str, Any] | None = None,
-    tensors: dict[str, Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Save everything needed to resume training exactly.
 
     ``state`` is any JSON-serializable dict (epoch, step, config, metrics...);
-    ``tensors`` are extra named tensors (e.g. sparsity masks).
+    ``extra`` any nested state with tensors (e.g. a pruning schedule's
+    ``state_dict()``), restored by :func:`load_checkpoint`.
     """
     import safetensors.torch as st
 
     model = unwrap(model)
     table: dict[str, Tensor] = {f"model.{k}": v.detach().cpu().contiguous().clone()
                                 for k, v in model.state_dict().items()}
-    for k, v in (tensors or {}).items():
-        table[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
-    meta: dict[str, Any] = {"structure": model_structure(model), "state": state or {}}
+    meta: dict[str, Any] = {"structure": model_structure(model), "state": state or {},
+                            "extra": flatten_state(extra or {}, table, "extra")}
     if optimizer is not None:
-        meta["optimizer"] = _flatten_optimizer(optimizer.state_dict(), table)
+        meta["optimizer"] = flatten_state(optimizer.state_dict(), table, "optim")
     if scheduler is not None:
         meta["scheduler"] = scheduler.state_dict()
     meta["rng"] = _rng_state(table)
@@ -139,7 +154,7 @@ def load_checkpoint(
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (its
     low-rank layers are rebuilt first), ``optimizer`` and ``scheduler``.
 
-    Returns ``(state, extra_tensors)``. Raises ``ValueError`` with one line when
+    Returns ``(state, extra)``. Raises ``ValueError`` with one line when
     the file is not a compactnn checkpoint or belongs to another model.
     """
     import safetensors.torch as st
@@ -156,10 +171,9 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} does not fit this model ({first}); "
                          "use a fresh output folder or the matching config") from None
     if optimizer is not None and "optimizer" in meta:
-        optimizer.load_state_dict(_unflatten_optimizer(meta["optimizer"], table))
+        optimizer.load_state_dict(unflatten_state(meta["optimizer"], table))
     if scheduler is not None and "scheduler" in meta:
         scheduler.load_state_dict(meta["scheduler"])
     if restore_rng:
         _set_rng_state(meta["rng"], table)
-    extras = {k[len("extra."):]: v for k, v in table.items() if k.startswith("extra.")}
-    return meta["state"], extras
+    return meta["state"], unflatten_state(meta["extra"], table)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compactnn.models import dense_first_last_exclude
 from compactnn.regularize import frobenius_decay, param_groups
 from compactnn.surgery import factorize
 from compactnn.train.checkpoint import (
@@ -74,7 +75,7 @@ class SparseConfig:
     method: Literal["none", "imp", "iht"] = "none"
     param_ratio: float = 1.0  # nonzero parameters after / dense parameters
     rounds: int = 3  # iterative magnitude pruning rounds
-    rewind: bool = False  # IMP: rewind kept weights to their early values each round
+    rewind: bool = False  # IMP: rewind to the initial weights each round (else fine-tune)
     warmup_epochs: int = 0  # IHT: dense epochs before thresholding starts
 
 
@@ -171,37 +172,66 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int
                                num_classes=num_classes))
 
 
-def first_last_names(model: nn.Module) -> list[str]:
-    """Names of the first and last Linear/Conv2d layers in registration order."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    return sorted({names[0], names[-1]}) if names else []
+class _Sparsity:
+    """Drives a sparse baseline from the loop: iterative hard thresholding after
+    every step [IHT], or iterative magnitude pruning at the start of each of
+    ``rounds`` equal phases (optimizer state cleared and the learning-rate
+    schedule restarted per phase; weights rewound to their initial values when
+    ``rewind``)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, exclude: list[str],
+                 steps_per_epoch: int) -> None:
+        from compactnn import sparse
+
+        sp = cfg.sparse
+        keep = sparse.target_keep_for_param_ratio(model, sp.param_ratio,
+                                                  exclude=exclude or None)
+        self.phases = [0]
+        if sp.method == "iht":
+            self.impl = sparse.IterativeHardThresholding(
+                model, keep, exclude=exclude or None,
+                warmup_steps=sp.warmup_epochs * steps_per_epoch)
+        else:
+            per = cfg.optim.epochs // (sp.rounds + 1)
+            if per < 1:
+                raise ConfigError(f"sparse.rounds={sp.rounds} needs optim.epochs >= "
+                                  f"{sp.rounds + 1} (one phase of training per round)")
+            self.phases = [k * per for k in range(sp.rounds + 1)]
+            self.impl = sparse.IterativeMagnitudePruning(model, keep, rounds=sp.rounds,
+                                                         exclude=exclude or None,
+                                                         rewind=sp.rewind)
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, opt: torch.optim.Optimizer) -> None:
+        if epoch in self.phases[1:]:
+            self.impl.prune(model)
+            opt.state.clear()  # momentum of pruned weights must not revive them
+
+    def after_step(self, model: nn.Module) -> None:
+        self.impl.after_step(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.impl.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.impl.load_state_dict(state)
 
 
-def _make_sparsifier(cfg: TrainConfig, model: nn.Module, exclude: list[str],
-                     steps_per_epoch: int):
-    from compactnn import sparse
-
-    sp = cfg.sparse
-    keep = sparse.target_keep_for_param_ratio(model, sp.param_ratio, exclude=exclude or None)
-    if sp.method == "iht":
-        return sparse.IterativeHardThresholding(
-            model, keep, exclude=exclude or None,
-            warmup_steps=sp.warmup_epochs * steps_per_epoch)
-    return sparse.IterativeMagnitudePruning(
-        model, keep, rounds=sp.rounds, total_steps=cfg.optim.epochs * steps_per_epoch,
-        rewind=sp.rewind, exclude=exclude or None)
-
-
-def _lr_lambda(cfg: OptimConfig, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
+def _lr_lambda(cfg: OptimConfig, steps_per_epoch: int, phases: list[int]):
+    """Linear warm-up then cosine (or constant) within each phase; phases start at
+    the given epochs (one phase unless iterative pruning restarts the schedule)."""
+    starts = [p * steps_per_epoch for p in phases]
+    ends = starts[1:] + [cfg.epochs * steps_per_epoch]
     warm = cfg.warmup_epochs * steps_per_epoch
 
     def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
+        start, end = next((a, b) for a, b in zip(starts[::-1], ends[::-1], strict=True)
+                          if step >= a)
+        local = step - start
+        if local < warm:
+            return (local + 1) / warm
         if cfg.schedule == "constant":
             return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+        return 0.5 * (1 + math.cos(math.pi * (local - warm) / max(end - start - warm, 1)))
 
     return f
 
@@ -276,7 +306,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
     dense_params = sum(p.numel() for p in model.parameters())
     exclude = list(cfg.lowrank.exclude)
     if cfg.lowrank.keep_first_last:
-        exclude += first_last_names(model)
+        exclude += dense_first_last_exclude(model)
     report = None
     if cfg.lowrank.enabled:
         lr_cfg = cfg.lowrank
@@ -284,8 +314,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
                                   exclude=exclude or None, init=lr_cfg.init,
                                   conv_scheme=lr_cfg.conv_scheme, inplace=True)
     model.to(info.device)
-    sparsifier = (_make_sparsifier(cfg, model, exclude if cfg.lowrank.keep_first_last else [],
-                                   steps_per_epoch)
+    sparsifier = (_Sparsity(cfg, model, exclude, steps_per_epoch)
                   if cfg.sparse.method != "none" else None)
 
     o = cfg.optim
@@ -297,7 +326,8 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
         opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
     else:
         opt = torch.optim.AdamW(groups, lr=o.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o, steps_per_epoch))
+    phases = sparsifier.phases if sparsifier is not None else [0]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o, steps_per_epoch, phases))
 
     ckpt = out / "checkpoint.safetensors"
     epoch, batch_in_epoch, step = 0, 0, 0
@@ -311,11 +341,11 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
             diff = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
             raise ConfigError(f"{ckpt} was written with a different config ({', '.join(diff)} "
                               "differ); use another out folder or resume=false")
-        state, extras = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
+        state, extra = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running = state["running"]
         if sparsifier is not None:
-            sparsifier.load_state(extras, state.get("sparsifier", {}))
+            sparsifier.load_state_dict(extra["sparsity"])
     elif info.is_main:
         (out / "config.json").write_text(json.dumps(config_json, indent=2))
         if report is not None:
@@ -328,10 +358,10 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
     def save(reason: str) -> None:
         if not info.is_main:
             return
-        extra_t, extra_s = sparsifier.state() if sparsifier is not None else ({}, {})
+        extra = {"sparsity": sparsifier.state_dict()} if sparsifier is not None else {}
         save_checkpoint(ckpt, model, opt, sched, state={
             "epoch": epoch, "batch": batch_in_epoch, "step": step, "running": running,
-            "config": config_json, "reason": reason, "sparsifier": extra_s}, tensors=extra_t)
+            "config": config_json, "reason": reason}, extra=extra)
 
     bar = None
     if cfg.progress and info.is_main:
@@ -345,7 +375,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             perm = torch.randperm(n_train, generator=gen)
             if sparsifier is not None and batch_in_epoch == 0:
-                sparsifier.on_epoch_start(model, epoch)
+                sparsifier.on_epoch_start(model, epoch, opt)
             ddp_model.train()
             while batch_in_epoch < steps_per_epoch:
                 idx = shard(perm[batch_in_epoch * batch:(batch_in_epoch + 1) * batch], info)
