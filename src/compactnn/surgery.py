@@ -247,25 +247,30 @@ def _uses(module: nn.Module, shapes: dict | None) -> tuple[float | None, int | N
     return uses, h_in / sum(cols), uses / sum(cols)
 
 
+def _layer_macs(module: nn.Module, shapes: dict | None) -> float | None:
+    """Multiply-adds of one dense or low-rank Linear/Conv2d per forward pass: 0 when
+    it did not run on the traced inputs, None when unknown (a convolution and no
+    traced shapes)."""
+    if shapes is not None and module not in shapes:
+        return 0.0
+    uses, h_in, h_out = _uses(module, shapes)
+    if uses is None:
+        return None
+    if isinstance(module, LowRankLayer):
+        g, m, n = module.matrix_shape
+        scheme = getattr(module, "scheme", "channel")
+        cand = _Candidate("", module, g, m, n, uses, isinstance(module, LowRankConv2d),
+                          h_in, h_out)
+        return cand.lowrank_macs(module.rank, scheme)
+    g, m, n = _matrix_dims(module, "channel")
+    return uses * g * m * n
+
+
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-adds of all (dense or low-rank) Linear/Conv2d layers in one
     forward pass of ``example_inputs`` (bias additions not counted)."""
     shapes = _trace_shapes(model, example_inputs)
-    total = 0.0
-    for module in model.modules():
-        if module not in shapes:
-            continue
-        uses, h_in, h_out = _uses(module, shapes)
-        if isinstance(module, LowRankLayer):
-            g, m, n = module.matrix_shape
-            scheme = getattr(module, "scheme", "channel")
-            cand = _Candidate("", module, g, m, n, uses, isinstance(module, LowRankConv2d),
-                              h_in, h_out)
-            total += cand.lowrank_macs(module.rank, scheme)
-        else:
-            g, m, n = _matrix_dims(module, "channel")
-            total += uses * g * m * n
-    return int(round(total))
+    return int(round(sum(_layer_macs(m, shapes) for m in model.modules() if m in shapes)))
 
 
 # -- rank allocation -------------------------------------------------------------------
@@ -457,14 +462,9 @@ def factorize(
         cands.append(_Candidate(n, mod, g, m, k, uses, isinstance(mod, nn.Conv2d), h_in, h_out))
 
     params_before = sum(p.numel() for p in model.parameters())
-    dense_layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    macs_all = []
-    for m in dense_layers:
-        uses, _, _ = _uses(m, shapes)
-        if shapes is not None and m not in shapes:
-            uses = 0.0
-        g, mm, nn_ = _matrix_dims(m, "channel")
-        macs_all.append(None if uses is None else uses * g * mm * nn_)
+    # every Linear/Conv2d counts, low-rank layers already in the model included
+    macs_all = [_layer_macs(m, shapes) for m in model.modules()
+                if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer)]
     macs_before = None if any(v is None for v in macs_all) else sum(macs_all)
 
     if flop_ratio is not None:
