@@ -388,3 +388,34 @@ def test_iht_on_resnet_with_first_last_dense():
         iht.after_step(r)
         assert alive(r, exclude=ex) == keep
     assert iht.masks.num_params(r) == math.floor(0.2 * n_params(r))
+
+
+def test_layer_scope_keeps_each_layer_its_share():
+    import torch
+    from torch import nn
+
+    from compactnn.sparse import IterativeHardThresholding, magnitude_masks
+
+    torch.manual_seed(0)
+    small = nn.Linear(100, 50)
+    big = nn.Linear(50, 40)
+    with torch.no_grad():
+        small.weight.mul_(1e-3)  # a layer whose weights are all smaller than the other's
+    weights = {"a": small.weight, "b": big.weight}
+    keep = 1000
+    glob = magnitude_masks(weights, keep, "global")
+    assert int(glob["a"].sum()) == 0  # the global ranking empties the small layer
+    layer = magnitude_masks(weights, keep, "layer")
+    assert sum(int(m.sum()) for m in layer.values()) == keep
+    for name, w in weights.items():
+        share = keep * w.numel() / 7000
+        assert abs(int(layer[name].sum()) - share) <= 1
+        kept = w.detach().abs()[layer[name]]
+        dropped = w.detach().abs()[~layer[name]]
+        assert kept.min() >= dropped.max()  # the largest within each layer
+    model = nn.Sequential(small, nn.ReLU(), big)
+    iht = IterativeHardThresholding(model, keep, scope="layer")
+    iht.after_step(model)
+    assert int((small.weight != 0).sum()) > 0
+    with pytest.raises(ValueError, match="scope"):
+        magnitude_masks(weights, keep, "per-neuron")

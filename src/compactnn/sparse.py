@@ -64,6 +64,7 @@ __all__ = [
     "IterativeMagnitudePruning",
     "SparsityMasks",
     "global_magnitude_masks",
+    "magnitude_masks",
     "pruning_schedule",
     "prunable_weights",
     "target_keep_for_param_ratio",
@@ -167,6 +168,9 @@ def target_keep_for_param_ratio(model: nn.Module, param_ratio: float, include: P
 
 
 # -- masks --------------------------------------------------------------------------------
+SCOPES = ("global", "layer")
+
+
 def _topk_masks(scores: Mapping[str, Tensor], keep: int) -> dict[str, Tensor]:
     """Boolean masks keeping the ``keep`` largest scores over all tensors."""
     if not scores:
@@ -186,6 +190,30 @@ def _topk_masks(scores: Mapping[str, Tensor], keep: int) -> dict[str, Tensor]:
     for (name, s), part in zip(scores.items(), chosen.split(sizes), strict=True):
         out[name] = part.reshape(s.shape).to(s.device)
     return out
+
+
+def _layerwise_topk(scores: Mapping[str, Tensor], keep: int) -> dict[str, Tensor]:
+    """Masks keeping ``keep`` scores in all, each tensor its share in proportion to
+    its size (largest remainders get the leftover units), the largest within it."""
+    sizes = {n: s.numel() for n, s in scores.items()}
+    total = sum(sizes.values())
+    _check_int("keep", keep, 0, total)
+    quotas = {n: keep * size / total for n, size in sizes.items()}
+    alloc = {n: int(q) for n, q in quotas.items()}
+    for n in sorted(quotas, key=lambda n: alloc[n] - quotas[n])[:keep - sum(alloc.values())]:
+        alloc[n] += 1
+    return {n: _topk_masks({n: sc}, alloc[n])[n] for n, sc in scores.items()}
+
+
+def magnitude_masks(weights: Mapping[str, Tensor], keep: int,
+                    scope: str = "global") -> dict[str, Tensor]:
+    """Masks keeping ``keep`` weights of largest ``|w|``: over all tensors together
+    (``scope="global"``) or the same fraction in every tensor (``"layer"``), which
+    keeps a layer whose weights are small at initialization from being wiped out."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}")
+    scores = {n: w.detach().abs() for n, w in weights.items()}
+    return _topk_masks(scores, keep) if scope == "global" else _layerwise_topk(scores, keep)
 
 
 def global_magnitude_masks(weights: Mapping[str, Tensor], keep: int) -> dict[str, Tensor]:
@@ -348,11 +376,16 @@ class IterativeMagnitudePruning:
         include, exclude: which layers are pruned (``factorize``'s patterns).
         rewind: rewind to the saved state after each pruning round.
         schedule: ``"geometric"`` or ``"cubic"`` (:func:`pruning_schedule`).
+        scope: ``"global"`` ranking over all pruned layers, or ``"layer"``: every
+            layer keeps the same fraction.
     """
 
     def __init__(self, model: nn.Module, keep: int, rounds: int, include: Patterns = None,
                  exclude: Patterns = None, rewind: bool = True,
-                 schedule: str = "geometric") -> None:
+                 schedule: str = "geometric", scope: str = "global") -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}")
+        self.scope = scope
         self.include, self.exclude = include, exclude
         self.masks = SparsityMasks.dense(model, include, exclude)
         if not len(self.masks):
@@ -392,7 +425,8 @@ class IterativeMagnitudePruning:
         # pruned weights score -1, below every alive |w| >= 0: they never return
         scores = {n: w.detach().abs().masked_fill(~self.masks[n].to(w.device), -1.0)
                   for n, w in weights.items()}
-        self.masks = SparsityMasks(_topk_masks(scores, target))
+        pick = _topk_masks if self.scope == "global" else _layerwise_topk
+        self.masks = SparsityMasks(pick(scores, target))
         self.round += 1
         if self.rewind:
             assert self._rewind_state is not None
@@ -440,10 +474,18 @@ class IterativeHardThresholding:
         keep: s, the prunable weights kept (:func:`target_keep_for_param_ratio`).
         include, exclude: which layers are thresholded (``factorize``'s patterns).
         warmup_steps: dense steps before thresholding begins, >= 0.
+        scope: ``"global"`` (top-s over all layers together) or ``"layer"`` (each
+            layer keeps the same fraction). From a fresh initialization global
+            ranking can empty a layer whose init scale is small (e.g. a wide first
+            layer), so ``"layer"`` is the safer choice for training from scratch.
     """
 
     def __init__(self, model: nn.Module, keep: int, include: Patterns = None,
-                 exclude: Patterns = None, warmup_steps: int = 0) -> None:
+                 exclude: Patterns = None, warmup_steps: int = 0,
+                 scope: str = "global") -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got scope={scope!r}")
+        self.scope = scope
         self.include, self.exclude = include, exclude
         weights = prunable_weights(model, include, exclude)
         if not weights:
@@ -468,7 +510,7 @@ class IterativeHardThresholding:
     def threshold_(self, model: nn.Module) -> SparsityMasks:
         """Apply ``H_s`` to ``model`` now, in place; returns the new support."""
         weights = _weights_by_name(model, self.shapes, "thresholder")
-        self.masks = SparsityMasks(global_magnitude_masks(weights, self.keep))
+        self.masks = SparsityMasks(magnitude_masks(weights, self.keep, self.scope))
         self.masks.apply_(model)
         return self.masks
 

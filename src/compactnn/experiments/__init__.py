@@ -39,6 +39,7 @@ _REGISTRY: dict[str, Experiment] = {}
 # Modules that register experiments when imported, in report order.
 _MODULES = [
     "compactnn.experiments.digits_lowrank",
+    "compactnn.experiments.lowrank_grid",
 ]
 
 

@@ -77,6 +77,9 @@ class SparseConfig:
     rounds: int = 3  # iterative magnitude pruning rounds
     rewind: bool = False  # IMP: rewind to the initial weights each round (else fine-tune)
     warmup_epochs: int = 0  # IHT: dense epochs before thresholding starts
+    # which weights compete for the budget: "global" (all layers together), "layer" (the
+    # same fraction per layer), "auto" (layer for IHT from scratch, global for IMP)
+    scope: Literal["auto", "global", "layer"] = "auto"
 
 
 @dataclass
@@ -190,7 +193,8 @@ class _Sparsity:
         if sp.method == "iht":
             self.impl = sparse.IterativeHardThresholding(
                 model, keep, exclude=exclude or None,
-                warmup_steps=sp.warmup_epochs * steps_per_epoch)
+                warmup_steps=sp.warmup_epochs * steps_per_epoch,
+                scope="layer" if sp.scope == "auto" else sp.scope)
         else:
             per = cfg.optim.epochs // (sp.rounds + 1)
             if per < 1:
@@ -199,7 +203,9 @@ class _Sparsity:
             self.phases = [k * per for k in range(sp.rounds + 1)]
             self.impl = sparse.IterativeMagnitudePruning(model, keep, rounds=sp.rounds,
                                                          exclude=exclude or None,
-                                                         rewind=sp.rewind)
+                                                         rewind=sp.rewind,
+                                                         scope="global" if sp.scope == "auto"
+                                                         else sp.scope)
 
     def on_epoch_start(self, model: nn.Module, epoch: int, opt: torch.optim.Optimizer) -> None:
         if epoch in self.phases[1:]:
