@@ -587,7 +587,10 @@ def _replace(model, cands, ranks, init, scheme, calibration, activations, progre
 
 
 def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Replace every low-rank layer by its dense equivalent (``to_dense``)."""
+    """Replace every low-rank layer by its dense equivalent (``to_dense``). A
+    low-rank layer passed as the model itself is returned as a new dense module."""
+    if isinstance(model, LowRankLayer):  # no parent to swap it in
+        return model.to_dense()
     if not inplace:
         model = copy.deepcopy(model)
     for _, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLayer)]:
