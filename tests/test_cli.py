@@ -1,0 +1,241 @@
+"""The ``compactnn`` command, the README's test command, the small training loop
+and the digits data the quick experiments use."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from compactnn import LowRankLinear, factorize
+from compactnn.cli import build_parser, main
+from compactnn.data import TensorSplit, load_digits_split
+from compactnn.experiments import registry
+from compactnn.train import FitConfig, evaluate, fit, seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def subcommands() -> list[str]:
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    raise AssertionError("compactnn has no subcommands")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: compactnn")
+    for name in ("reproduce", "list"):
+        assert name in out
+
+
+@pytest.mark.parametrize("command", subcommands())
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: compactnn {command}" in capsys.readouterr().out
+
+
+def test_reproduce_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--full", "--only", "--out", "--seed"):
+        assert option in out
+
+
+def test_no_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "required" in capsys.readouterr().err
+
+
+def test_list_prints_registered_experiments(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    exps = registry()
+    assert "digits_lowrank" in exps
+    lines = out.strip().splitlines()
+    assert len(lines) == len(exps)
+    for line, exp in zip(lines, exps.values(), strict=True):
+        assert line.startswith(exp.name)
+        assert exp.description in line
+
+
+def test_reproduce_unknown_experiment_returns_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--only", "nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "nonexistent" in err and "digits_lowrank" in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md does not exist yet")
+    text = readme.read_text()
+    marker = "<!-- test-command -->"
+    if marker not in text:
+        pytest.skip(f"README.md has no {marker} marker yet")
+    after = text.split(marker, 1)[1]
+    block = re.search(r"```[a-z]*\n(.*?)```", after, re.S)
+    assert block, "no fenced block after the test-command marker"
+    lines = [ln.split("#", 1)[0].strip() for ln in block.group(1).splitlines()]
+    lines = [ln for ln in lines if ln]
+    assert lines, "the fenced block after the marker is empty"
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip()]
+    assert lines[0] == ci[-1]
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+def synthetic_split(seed: int = 0) -> TensorSplit:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(10, 3, generator=g)
+
+    def part(n):
+        x = torch.randn(n, 10, generator=g)
+        return x, (x @ w).argmax(-1)
+
+    return TensorSplit(*part(192), *part(64), *part(64), num_classes=3)
+
+
+def small_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def run_fit(seed: int, lowrank: bool = False, fd: float = 0.0):
+    data = synthetic_split()
+    seed_everything(seed)
+    model = small_model()
+    if lowrank:
+        model, _ = factorize(model, rank=4, include=["0"])
+    history = fit(model, data.loader("train", 32, shuffle=True, seed=seed),
+                  FitConfig(epochs=6, lr=1e-2, frobenius_decay=fd))
+    return model, history, data
+
+
+def test_fit_decreases_the_loss_and_learns():
+    model, history, data = run_fit(0)
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+    metrics = evaluate(model, data.loader("test", 50))
+    assert metrics["accuracy"] > 0.8
+    # evaluate agrees with a direct computation
+    with torch.no_grad():
+        logits = model(data.x_test)
+    assert metrics["accuracy"] == pytest.approx(
+        (logits.argmax(-1) == data.y_test).float().mean().item())
+    assert metrics["loss"] == pytest.approx(
+        nn.functional.cross_entropy(logits, data.y_test).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("lowrank", "fd"), [(False, 0.0), (True, 1e-2)])
+def test_fit_is_deterministic_for_a_seed(lowrank, fd):
+    a, hist_a, _ = run_fit(3, lowrank, fd)
+    b, hist_b, _ = run_fit(3, lowrank, fd)
+    assert hist_a == hist_b
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    c, _, _ = run_fit(4, lowrank, fd)
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))
+
+
+def test_fit_with_frobenius_decay_shrinks_the_product():
+    plain, _, _ = run_fit(5, lowrank=True, fd=0.0)
+    decayed, _, _ = run_fit(5, lowrank=True, fd=0.5)
+    assert isinstance(decayed[0], LowRankLinear)
+    assert decayed[0].dense_weight().norm() < 0.9 * plain[0].dense_weight().norm()
+
+
+def test_evaluate_restores_training_mode():
+    model = small_model().train()
+    evaluate(model, synthetic_split().loader("val", 64))
+    assert model.training
+    model.eval()
+    evaluate(model, synthetic_split().loader("val", 64))
+    assert not model.training
+
+
+def test_bad_optimizer_name():
+    with pytest.raises(ValueError, match="'lbfgs'"):
+        fit(small_model(), synthetic_split().loader("train", 32), FitConfig(optimizer="lbfgs"))
+
+
+# --------------------------------------------------------------------------- digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    pytest.importorskip("sklearn")
+    return load_digits_split(seed=0)
+
+
+def test_digits_shapes_and_range(digits):
+    sizes = [len(digits.x_train), len(digits.x_val), len(digits.x_test)]
+    assert sum(sizes) == 1797
+    assert sizes[2] == math.ceil(0.2 * 1797)
+    assert sizes[1] == pytest.approx(0.15 * 1797, abs=2)
+    for part in ("train", "val", "test"):
+        x, y = getattr(digits, f"x_{part}"), getattr(digits, f"y_{part}")
+        assert x.dtype == torch.float32 and y.dtype == torch.long
+        assert x.shape == (len(y), 64)
+        assert x.min().item() == 0.0 and x.max().item() == 1.0
+        assert set(y.unique().tolist()) == set(range(10))
+    assert digits.num_classes == 10
+
+
+def test_digits_stratified(digits):
+    full = torch.cat([digits.y_train, digits.y_val, digits.y_test])
+    share = torch.bincount(full, minlength=10).double() / len(full)
+    for y in (digits.y_train, digits.y_val, digits.y_test):
+        part = torch.bincount(y, minlength=10).double()
+        # each class within one example of its exact proportional share
+        assert ((part - share * len(y)).abs() <= 1.0 + 1e-9).all()
+
+
+def test_digits_seeded(digits):
+    again = load_digits_split(seed=0)
+    assert torch.equal(again.x_train, digits.x_train) and torch.equal(again.y_test,
+                                                                      digits.y_test)
+    other = load_digits_split(seed=1)
+    assert not torch.equal(other.x_train, digits.x_train)
+
+
+@pytest.mark.parametrize(("val", "test"), [(0.0, 0.2), (0.5, 0.5), (0.2, 1.0), (-0.1, 0.2)])
+def test_digits_bad_fractions(val, test):
+    pytest.importorskip("sklearn")
+    with pytest.raises(ValueError, match="fraction"):
+        load_digits_split(val_fraction=val, test_fraction=test)
+
+
+def test_loader_parts(digits):
+    batches = list(digits.loader("val", 100))
+    assert sum(len(y) for _, y in batches) == len(digits.y_val)
+    with pytest.raises(ValueError, match="'dev'"):
+        digits.loader("dev", 10)

@@ -1,0 +1,210 @@
+"""safetensors save/load of factorized models: round trips into a freshly built dense
+model, metadata, and bad files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from compactnn import LowRankConv2d, LowRankLayer, LowRankLinear, factorize, load_model, save_model
+from compactnn.io import layer_config, read_metadata
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding="same", padding_mode="reflect")
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 8, (2, 3), padding="same", groups=2, padding_mode="circular"),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=(1, 0), dilation=(1, 2), bias=False),
+        )
+        self.norm = nn.BatchNorm2d(16)
+        self.head = nn.ModuleDict({"fc": nn.Linear(16, 12), "out": nn.Linear(12, 5)})
+
+    def forward(self, x):
+        x = self.body(self.stem(x).relu())
+        x = self.norm(x).relu().mean((2, 3))
+        return self.head["out"](self.head["fc"](x).relu())
+
+
+def factored_net(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    dense = Net()
+    model, _ = factorize(dense, rank=0.5, conv_scheme="spatial", exclude=["out"])
+    model.body[2] = LowRankConv2d.from_dense(dense.body[2], 4, scheme="channel")
+    # some non-default state: trained-like BN statistics
+    model.train()
+    model(torch.randn(4, 3, 10, 10))
+    model.eval()
+    return model, torch.randn(2, 3, 10, 10)
+
+
+def kinds(model: nn.Module) -> dict[str, str]:
+    return {n: type(m).__name__ for n, m in model.named_modules()}
+
+
+def test_round_trip_into_fresh_dense_model(tmp_path):
+    model, x = factored_net()
+    path = tmp_path / "model.safetensors"
+    save_model(model, path)
+    torch.manual_seed(99)
+    fresh = Net().eval()
+    assert not any(isinstance(m, LowRankLayer) for m in fresh.modules())
+    loaded = load_model(fresh, path)
+    assert loaded is fresh
+    assert kinds(loaded) == kinds(model)
+    assert torch.equal(loaded(x), model(x))
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # every constructor argument survives, schemes and padding included
+    for name, m in model.named_modules():
+        if isinstance(m, LowRankLayer):
+            got = loaded.get_submodule(name)
+            assert layer_config(got) == layer_config(m), name
+    assert loaded.stem.scheme == "spatial" and loaded.body[2].scheme == "channel"
+    assert loaded.stem.padding == "same" and loaded.stem.padding_mode == "reflect"
+    assert loaded.body[0].padding_mode == "circular" and loaded.body[0].groups == 2
+    assert loaded.body[2].dilation == (1, 2) and loaded.body[2].bias is None
+    assert type(loaded.head["out"]) is nn.Linear
+
+
+def test_round_trip_into_already_factorized_model_keeps_matching_layers(tmp_path):
+    model, x = factored_net(0)
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    other, _ = factored_net(1)
+    fc = other.head["fc"]
+    load_model(other, path)
+    assert other.head["fc"] is fc  # same structure: the layer object is kept
+    assert torch.equal(other(x), model(x))
+
+
+def test_rank_change_is_rebuilt(tmp_path):
+    torch.manual_seed(0)
+    a = nn.Sequential(LowRankLinear(10, 8, rank=3))
+    b = nn.Sequential(LowRankLinear(10, 8, rank=5))
+    save_model(a, tmp_path / "a.safetensors")
+    load_model(b, tmp_path / "a.safetensors")
+    assert b[0].rank == 3
+    x = torch.randn(4, 10)
+    assert torch.equal(a(x), b(x))
+
+
+def test_dtype_follows_target_model(tmp_path):
+    model, x = factored_net()
+    model = model.double()
+    save_model(model, tmp_path / "d.safetensors")
+    with safe_open(str(tmp_path / "d.safetensors"), framework="pt") as f:
+        assert f.get_tensor("head.fc.U").dtype == torch.float64
+    fresh = Net().double().eval()
+    load_model(fresh, tmp_path / "d.safetensors")
+    assert fresh.head["fc"].U.dtype == torch.float64
+    assert torch.equal(fresh(x.double()), model(x.double()))
+
+
+def test_state_dict_round_trip():
+    model, x = factored_net()
+    fresh, _ = factored_net(5)
+    assert not torch.equal(fresh(x), model(x))
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_file_is_safetensors_without_pickle(tmp_path):
+    model, _ = factored_net()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    raw = path.read_bytes()
+    assert not raw.startswith((b"PK", b"\x80"))  # neither a torch zip nor a raw pickle
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + header_len])
+    assert "__metadata__" in header
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == set(model.state_dict())
+        for k, v in model.state_dict().items():
+            assert torch.equal(f.get_tensor(k), v)
+
+
+def test_metadata(tmp_path):
+    model, _ = factored_net()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path, metadata={"run": "abc", "format": "mine"})
+    meta = read_metadata(path)
+    assert meta["run"] == "abc"
+    assert meta["format"] == "compactnn.lowrank.v1"  # the library's keys win
+    assert meta["compactnn_version"]
+    structure = json.loads(meta["lowrank_layers"])
+    expected = {n: type(m).__name__ for n, m in model.named_modules()
+                if isinstance(m, LowRankLayer)}
+    assert {n: s["type"] for n, s in structure.items()} == expected
+    assert structure["body.2"]["config"]["scheme"] == "channel"
+    assert structure["stem"]["config"]["padding"] == "same"
+
+
+def test_non_compactnn_file_is_rejected(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(path))
+    model = Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="not a compactnn checkpoint"):
+        load_model(model, path)
+    assert kinds(model) == kinds(Net())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_model_lacking_a_recorded_layer_is_rejected(tmp_path):
+    model, _ = factored_net()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+
+    class Smaller(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding="same", padding_mode="reflect")
+
+    target = Smaller()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match="body") as info:
+        load_model(target, path)
+    assert "lacks" in str(info.value)
+    # checked before anything is swapped
+    assert type(target.stem) is nn.Conv2d
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_shared_module_round_trip(tmp_path):
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.b = self.a
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.b(self.a(x).relu()))
+
+    torch.manual_seed(0)
+    model, _ = factorize(Shared(), rank=4)
+    path = tmp_path / "s.safetensors"
+    save_model(model, path)
+    fresh = load_model(Shared(), path)
+    assert fresh.a is fresh.b and isinstance(fresh.a, LowRankLinear)
+    x = torch.randn(3, 16)
+    assert torch.equal(fresh(x), model(x))
