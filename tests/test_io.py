@@ -208,3 +208,10 @@ def test_shared_module_round_trip(tmp_path):
     assert fresh.a is fresh.b and isinstance(fresh.a, LowRankLinear)
     x = torch.randn(3, 16)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_loading_a_file_that_is_not_safetensors_is_a_value_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_model(nn.Linear(2, 2), bad)

@@ -100,10 +100,13 @@ def save_model(model: nn.Module, path: str | Path,
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a safetensors file (no tensors are read)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a safetensors file ({e})") from None
 
 
 def load_model(model: nn.Module, path: str | Path, strict: bool = True,

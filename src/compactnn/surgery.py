@@ -441,6 +441,9 @@ def factorize(
 
         get_initializer(init)  # fails early on an unknown name
 
+    if isinstance(model, nn.Linear | nn.Conv2d):
+        raise TypeError(f"factorize works on models that contain layers; for a single "
+                        f"{type(model).__name__} use LowRankLinear/LowRankConv2d.from_dense")
     names = _select(model, include, exclude)
     modules = dict(model.named_modules())
     for n in names:

@@ -413,3 +413,10 @@ def test_property_rank_r_is_best_approximation(in_f, out_f, data):
     s = torch.linalg.svdvals(dense.weight.detach())
     err = (layer.dense_weight() - dense.weight).norm().item()
     assert err == pytest.approx(s[r:].square().sum().sqrt().item(), rel=1e-7, abs=1e-10)
+
+
+def test_numpy_integer_ranks_are_accepted():
+    import numpy as np
+
+    assert LowRankLinear(8, 6, np.int64(3)).rank == 3
+    assert LowRankLinear(8, 6, np.float32(0.5)).rank == 3

@@ -13,6 +13,7 @@ treat every layer type alike [FNL, Sec. 2-3].
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,12 @@ def resolve_rank(rank: int | float, full_rank: int, *, multiple_of: int = 1) -> 
     fraction of ``full_rank`` (rounded, at least 1). With ``multiple_of > 1``
     (grouped convolutions) the rank must be, or is rounded to, a multiple of it.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int | float):
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Real):
         raise TypeError(f"rank must be an int or a float in (0, 1], got {rank!r}")
+    if isinstance(rank, numbers.Integral):
+        rank = int(rank)  # numpy and other integer types
+    else:
+        rank = float(rank)
     if isinstance(rank, float):
         if not (0.0 < rank <= 1.0) or math.isnan(rank):
             raise ValueError(f"rank as a float must lie in (0, 1], got rank={rank!r}")
