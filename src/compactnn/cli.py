@@ -90,6 +90,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mtl(args: argparse.Namespace) -> int:
+    import json
+
+    from compactnn.mtl.config import MTLConfig
+    from compactnn.train.config import (
+        build_config,
+        config_to_dict,
+        load_config_file,
+        parse_overrides,
+    )
+
+    try:
+        base = load_config_file(args.config) if args.config else {}
+        cfg = build_config(MTLConfig, parse_overrides(args.overrides, base))
+        if args.print_config:
+            print(json.dumps(config_to_dict(cfg), indent=2))
+            return 0
+        from compactnn.mtl.trainer import train_mtl
+
+        result = train_mtl(cfg)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    result.pop("model", None)
+    result.pop("expert_weights", None)  # in OUT/gate_weights.csv
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compactnn",
@@ -120,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides such as optim.lr=0.1 (see --print-config)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "mtl", help="multi-task training: DSelect-k / Top-k / softmax gates (torchrun-ready)",
+        description="Train a multi-gate mixture of experts on multi-task data with a typed "
+                    "config: a TOML/JSON file and/or section.key=value overrides, e.g. "
+                    "`compactnn mtl data.name=census gate.name=dselect_k gate.k=2 "
+                    "experts.num=8 optim.epochs=5`. Runs unchanged under `torchrun "
+                    "--nproc_per_node=N`. Resumes from OUT/checkpoint.safetensors when "
+                    "present. See docs/mtl.md.")
+    p.add_argument("--config", help="a .toml or .json config file")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides such as gate.name=topk (see --print-config)")
+    p.set_defaults(func=_cmd_mtl)
 
     p = sub.add_parser("list", help="list the registered experiments",
                        description="List the experiments `compactnn reproduce` can run.")

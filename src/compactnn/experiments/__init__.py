@@ -39,6 +39,8 @@ _REGISTRY: dict[str, Experiment] = {}
 # Modules that register experiments when imported, in report order.
 _MODULES = [
     "compactnn.experiments.digits_lowrank",
+    "compactnn.experiments.mtl_synthetic",
+    "compactnn.experiments.mtl_real",
     "compactnn.experiments.lowrank_grid",
 ]
 
