@@ -17,6 +17,7 @@ from compactnn.moe import (
     mlp_experts,
     sparse_combine,
 )
+from compactnn.moe.dispatch import row_layout
 
 
 class RowCounter(nn.Module):
@@ -200,3 +201,51 @@ def test_dispatch_errors() -> None:
             combine(mismatched, x, [torch.full((5, 3), 1 / 3)], execution=execution)
         with pytest.raises(ValueError, match="equal output shapes"):
             combine(mismatched, x, [torch.full((3,), 1 / 3)], execution=execution)
+
+
+def test_row_layout() -> None:
+    active = torch.tensor(
+        [[True, False, True], [False, False, False], [False, True, True], [True, False, False]]
+    )
+    layout = row_layout(active)
+    # pairs in expert-major order: (0, 0), (0, 3), (1, 2), (2, 0), (2, 2)
+    assert layout.experts.tolist() == [0, 0, 1, 2, 2]
+    assert layout.rows.tolist() == [0, 3, 2, 0, 2]
+    assert layout.counts == [2, 1, 2]
+    assert layout.slots == 2
+    slots = layout.slot_pair.view(4, 2)
+    valid = layout.slot_valid.view(4, 2)
+    assert valid.tolist() == [[True, True], [False, False], [True, True], [True, False]]
+    assert slots[0].tolist() == [0, 3] and slots[2].tolist() == [2, 4] and slots[3, 0] == 1
+
+
+def test_sparse_second_derivatives_match_dense() -> None:
+    torch.manual_seed(0)
+    experts = nn.ModuleList(
+        nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)) for _ in range(4)
+    ).double()
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(6, 4, dtype=torch.float64)
+    weights[weights < 0.5] = 0.0
+    weights[0] = 0.0  # a row with no expert at all
+    weights.requires_grad_(True)
+
+    assert torch.autograd.gradcheck(lambda x: sparse_combine(experts, x, [weights])[0], (x,))
+    assert torch.autograd.gradgradcheck(lambda x: sparse_combine(experts, x, [weights])[0], (x,))
+    # Gradients with respect to the weight tensor itself agree on its nonzero entries only:
+    # the dense computation also differentiates the zero entries (their experts' outputs),
+    # which a gate's parameters never see (a zero weight has zero derivative).
+    (s,) = sparse_combine(experts, x, [weights])
+    (d,) = dense_combine(experts, x, [weights])
+    v = torch.randn_like(s)
+    gs = torch.autograd.grad((s * v).sum(), [x, weights], create_graph=True)
+    gd = torch.autograd.grad((d * v).sum(), [x, weights], create_graph=True)
+    torch.testing.assert_close(gs[0], gd[0])
+    nonzero = weights != 0
+    torch.testing.assert_close(gs[1][nonzero], gd[1][nonzero])
+    assert gs[1][~nonzero].eq(0).all()
+    # second order: d/dx of <grad_x, u>
+    u = torch.randn_like(x)
+    (hs,) = torch.autograd.grad((gs[0] * u).sum(), x)
+    (hd,) = torch.autograd.grad((gd[0] * u).sum(), x)
+    torch.testing.assert_close(hs, hd)

@@ -6,10 +6,14 @@ gate, broadcast over the batch) or ``(batch, n)`` (per-example gate).
 
 * :func:`dense_combine` runs every expert on every row.
 * :func:`sparse_combine` runs only the experts that carry weight, each on only the rows
-  that need it: rows are sorted by expert once, gathered with one ``index_select``, each
-  active expert runs on its contiguous slice, and its weighted results are added back to
-  their rows with ``index_add_``. With static weights it simply skips the experts whose
-  weight is zero.
+  that need it. With per-example weights, the (expert, row) pairs with a nonzero weight
+  are found once and sorted by expert; ``x`` is gathered once, each active expert runs on
+  its contiguous slice, and the weighted outputs are summed back per row. Both the gather
+  and the per-row sum are written with ``index_select`` only, in each direction (the
+  gradient of a row gather is a per-row sum and vice versa): no scatter-add kernel, whose
+  CPU implementation was found to stall badly with 2 threads on a busy machine, and the
+  sum of each row is taken in a fixed order, so results are deterministic on every
+  device. With static weights it simply skips the experts whose weight is zero.
 
 Both give the same outputs (to float tolerance) and the same gradients with respect to the
 expert parameters, the inputs and the gate parameters: a weight that is exactly zero
@@ -20,11 +24,20 @@ exactly zero also have zero derivative with respect to their gate parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["Execution", "combine", "dense_combine", "has_zeros", "sparse_combine"]
+__all__ = [
+    "Execution",
+    "RowLayout",
+    "combine",
+    "dense_combine",
+    "has_zeros",
+    "row_layout",
+    "sparse_combine",
+]
 
 Execution = Literal["auto", "dense", "sparse"]
 EXECUTIONS = ("auto", "dense", "sparse")
@@ -85,6 +98,93 @@ def dense_combine(
     return outputs  # type: ignore[return-value]
 
 
+class RowLayout(NamedTuple):
+    """Where the nonzero (expert, row) pairs of a ``(batch, n)`` activity mask live.
+
+    Pairs are numbered ``0..P-1`` in expert-major order (by expert, then row).
+
+    Attributes:
+        experts: expert of each pair, ``(P,)``.
+        rows: row of each pair, ``(P,)``.
+        counts: number of pairs of each expert (a Python list, length ``n``).
+        slots: ``slots`` slots per row, the most pairs any row has.
+        slot_pair: the pair in slot ``j`` of row ``b`` at ``b * slots + j``, ``(batch*slots,)``
+            (pair 0 for an empty slot).
+        slot_valid: whether each slot holds a pair, or None when all do.
+    """
+
+    experts: Tensor
+    rows: Tensor
+    counts: list[int]
+    slots: int
+    slot_pair: Tensor
+    slot_valid: Tensor | None
+
+
+def row_layout(active: Tensor) -> RowLayout:
+    """Index computation for sparse execution, done once for all experts and tasks."""
+    batch, num_experts = active.shape
+    pairs = active.t().nonzero()
+    experts, rows = pairs[:, 0], pairs[:, 1]
+    counts = active.sum(dim=0).tolist()
+    slots = int(active.sum(dim=1).max())
+    # pair index of every (row, expert) cell, valid where active
+    pair_of_cell = (active.t().reshape(-1).cumsum(0) - 1).view(num_experts, batch).t()
+    # each row's active experts first, in expert order (stable sort of the 0/1 mask)
+    order = torch.sort(active.to(torch.uint8), dim=1, descending=True, stable=True).indices
+    order = order[:, :slots]
+    slot_pair = pair_of_cell.gather(1, order).clamp_min(0).reshape(-1)
+    valid = active.gather(1, order)
+    slot_valid = None if bool(valid.all()) else valid.reshape(-1)
+    return RowLayout(experts, rows, counts, slots, slot_pair, slot_valid)
+
+
+def _sum_rows(z: Tensor, slot_pair: Tensor, slot_valid: Tensor | None, slots: int) -> Tensor:
+    gathered = z.index_select(0, slot_pair).view(-1, slots, *z.shape[1:])
+    if slot_valid is not None:
+        mask = slot_valid.view(-1, slots, *([1] * (z.dim() - 1)))
+        gathered = torch.where(mask, gathered, torch.zeros((), dtype=z.dtype, device=z.device))
+    return gathered.sum(dim=1)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``x[rows]`` for the pairs; its gradient is the per-row sum :class:`_SumRows`."""
+
+    @staticmethod
+    def forward(ctx, x, rows, slot_pair, slot_valid, slots):
+        ctx.save_for_backward(rows, slot_pair, slot_valid)
+        ctx.slots = slots
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, slot_pair, slot_valid = ctx.saved_tensors
+        return _SumRows.apply(grad, rows, slot_pair, slot_valid, ctx.slots), None, None, None, None
+
+
+class _SumRows(torch.autograd.Function):
+    """``out[b] = sum of z[p] over the pairs p of row b`` (the same as
+    ``zeros.index_add(0, rows, z)``), computed as a gather of each row's slots; its
+    gradient is the row gather :class:`_GatherRows`."""
+
+    @staticmethod
+    def forward(ctx, z, rows, slot_pair, slot_valid, slots):
+        ctx.save_for_backward(rows, slot_pair, slot_valid)
+        ctx.slots = slots
+        return _sum_rows(z, slot_pair, slot_valid, slots)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, slot_pair, slot_valid = ctx.saved_tensors
+        return (
+            _GatherRows.apply(grad, rows, slot_pair, slot_valid, ctx.slots),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
 def sparse_combine(
     experts: Sequence[nn.Module], x: Tensor, weights: Sequence[Tensor]
 ) -> list[Tensor]:
@@ -104,34 +204,26 @@ def sparse_combine(
     active = full[0] != 0
     for w in full[1:]:
         active = active | (w != 0)
-    # (expert, row) pairs sorted by expert, then row: one index computation for all experts.
-    pairs = active.t().nonzero()
-    if pairs.shape[0] == 0:
+    if not bool(active.any()):
         return dense_combine(experts, x, weights)
-    expert_ids, rows = pairs[:, 0], pairs[:, 1]
-    counts = active.sum(dim=0).tolist()
+    layout = row_layout(active)
+    index_args = (layout.rows, layout.slot_pair, layout.slot_valid, layout.slots)
 
-    routed = x.index_select(0, rows)
-    scales = [w[rows, expert_ids] for w in full]
-    outputs: list[Tensor] = []
-    first: tuple[int, Tensor] | None = None
+    routed = _GatherRows.apply(x, *index_args)
+    pieces: list[tuple[int, Tensor]] = []
     start = 0
-    for e, count in enumerate(counts):
-        if not count:
-            continue
-        stop = start + count
-        y = experts[e](routed[start:stop])
-        if first is None:
-            first = (e, y)
-            outputs = [y.new_zeros((batch, *y.shape[1:])) for _ in full]
-        else:
-            _check_same_shape([first, (e, y)])
-        expert_rows = rows[start:stop]
-        shape = (-1, *([1] * (y.dim() - 1)))
-        for out, scale in zip(outputs, scales, strict=True):
-            out.index_add_(0, expert_rows, y * scale[start:stop].reshape(shape))
-        start = stop
-    return outputs
+    for e, count in enumerate(layout.counts):
+        if count:
+            pieces.append((e, experts[e](routed[start : start + count])))
+            start += count
+    _check_same_shape(pieces)
+    y = torch.cat([piece for _, piece in pieces]) if len(pieces) > 1 else pieces[0][1]
+
+    shape = (-1, *([1] * (y.dim() - 1)))
+    return [
+        _SumRows.apply(y * w[layout.rows, layout.experts].reshape(shape), *index_args)
+        for w in full
+    ]
 
 
 def _sparse_static(
