@@ -21,6 +21,7 @@ warm-up), so that machine noise hits all alike.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from torch import nn
@@ -199,6 +200,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         torch.set_num_threads(threads_before)
 
 
+def _load() -> str:
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not available on every platform
+        return "unknown"
+
+
 def _run(args: argparse.Namespace) -> dict[str, list[dict]]:
     repeats = args.repeats or (2 if args.quick else 7)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -218,13 +226,15 @@ def _run(args: argparse.Namespace) -> dict[str, list[dict]]:
         f"batch {args.batch}, k = {K}; median of {repeats} round-robin repeats after "
         f"{warmup} warm-up"
     )
-    print(f"Machine: {machine_info()}\n")
+    print(f"Machine: {machine_info()}")
+    print(f"Load average (1, 5, 15 min) at start: {_load()}\n")
     speed = sparse_vs_dense(experts, speed_gates, x, grad_out, repeats, warmup)
     print("Sparse vs dense execution (same weights; fwd = forward under no_grad)\n")
     print(format_speed_table(speed))
     shares = gate_shares(experts, gates, x, grad_out, repeats, warmup)
     print("\nEach gate's own cost as a share of the layer's (layer execution 'auto')\n")
     print(format_share_table(shares))
+    print(f"\nLoad average at end: {_load()}")
     return {"speed": speed, "shares": shares}
 
 
