@@ -92,7 +92,8 @@ def comparison_table(rows: list[dict[str, Any]], metric: str, lower_is_better: b
                 pooled_pairs[g][1].extend(vals)
             ari = [r["ari_support"] for r in rs if "ari_support" in r]
             table.append([s, GATE_LABELS[g], mean_std(vals, fmt), diff, p, wins,
-                          mean_std([r["mean_experts_per_example"] for r in rs], "{:.2f}"),
+                          mean_std([r.get("mean_experts_per_example",
+                                          r["mean_experts_per_task"]) for r in rs], "{:.2f}"),
                           mean_std(ari, "{:.3f}") if ari else "-",
                           mean_std([r["train_seconds"] for r in rs], "{:.1f}")])
     if pooled and len(settings) > 1:
@@ -224,21 +225,22 @@ def run_clusters(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
     from compactnn.data.synthetic import make_clustered_synthetic
 
     torch.set_num_threads(1)
-    # (tasks, clusters, experts, seeds, training rows, epochs)
+    # (tasks, clusters, experts, seeds, training rows, epochs, batch)
     if quick:
-        settings = [(16, 4, 8, [seed, seed + 1], 3000, 8), (128, 8, 16, [seed], 2000, 3)]
+        settings = [(16, 4, 8, [seed, seed + 1], 3000, 10, 128),
+                    (128, 8, 16, [seed], 2000, 3, 64)]
     else:
-        settings = [(16, 4, 8, list(range(seed, seed + 5)), 10_000, 20),
-                    (128, 8, 16, list(range(seed, seed + 5)), 5000, 10)]
+        settings = [(16, 4, 8, list(range(seed, seed + 5)), 10_000, 20, 128),
+                    (128, 8, 16, list(range(seed, seed + 5)), 5000, 10, 128)]
     common = ["data.name=clustered", "data.correlation=0.9", "experts.hidden=[16]",
               "experts.out=8", "towers.hidden=[]", "gate.per_example=false", "gate.k=2",
-              "optim.lr=0.005", "optim.gate_lr=0.02", "optim.batch_size=128"]
+              "optim.lr=0.005", "optim.gate_lr=0.05"]
     total = sum(len(st[3]) for st in settings) * len(GATES)
     bar = tqdm(total=total, desc="mtl_synthetic_clusters", unit="run")
     rows: list[dict[str, Any]] = []
     files: list[Path] = []
     heat: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
-    for n_tasks, n_clusters, n_experts, seeds, n_train, epochs in settings:
+    for n_tasks, n_clusters, n_experts, seeds, n_train, epochs, batch in settings:
         for s in seeds:
             data = make_clustered_synthetic(n_tasks, n_clusters, n_train=n_train, n_val=500,
                                             n_test=1000, correlation=0.9, seed=s)
@@ -247,7 +249,8 @@ def run_clusters(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
                 r = run_arm(out_dir / "runs" / f"T{n_tasks}_{g}_s{s}",
                             [*common, f"data.num_tasks={n_tasks}",
                              f"data.num_clusters={n_clusters}", f"experts.num={n_experts}",
-                             f"optim.epochs={epochs}", f"gate.name={g}", f"seed={s}"], data)
+                             f"optim.epochs={epochs}", f"optim.batch_size={batch}",
+                             f"gate.name={g}", f"seed={s}"], data)
                 rows.append({"setting": n_tasks, "gate": g, "seed": s,
                              "test_mse": r["test_mean_mse"],
                              "mean_experts_per_task": r["mean_experts_per_task"],
@@ -289,10 +292,11 @@ def run_clusters(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
                               "task x expert weights (seed 0)"))
     files += pngs
     desc = "; ".join(f"T = {st[0]}: {st[1]} clusters, {st[2]} experts, seeds {st[3]}, "
-                     f"{st[4]} training rows, {st[5]} epochs" for st in settings)
+                     f"{st[4]} training rows, {st[5]} epochs of batch {st[6]}"
+                     for st in settings)
     md = ("Clustered synthetic regression (tasks in orthogonal clusters, cosine 0.9 within "
           f"a cluster, 1000 test rows). {desc}. Static gates (one per task) with k = 2, MLP "
-          "experts d-16-8, linear towers, Adam lr 5e-3 (gates 2e-2), batch 128.\n\n"
+          "experts d-16-8, linear towers, Adam lr 5e-3 (gates 5e-2).\n\n"
           + md_table
           + "\n\nExpert selection: adjusted Rand index between the planted clusters and the "
           "tasks' selected experts (`support`: the exact set of nonzero weights; `argmax`: "
@@ -301,3 +305,50 @@ def run_clusters(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
           + "\n".join(f"- {t}" for t in tests) + "\n\n"
           + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n")
     return ExperimentResult("mtl_synthetic_clusters", md, files)
+
+
+# ------------------------------------------------------------------------ aggregation
+# (experiment, metric, lower is better, setting label)
+AGGREGATE_SPECS = [
+    ("mtl_synthetic_corr", "test_mse", True, "correlation p"),
+    ("mtl_synthetic_clusters", "test_mse", True, "tasks"),
+    ("mtl_synthetic_clusters", "ari_argmax", False, "tasks"),
+    ("mtl_synthetic_clusters", "ari_support", False, "tasks"),
+    ("mtl_multi_fashion", "mean_accuracy", False, "split"),
+    ("mtl_multi_fashion", "acc_top_left", False, "split"),
+    ("mtl_multi_fashion", "acc_bottom_right", False, "split"),
+    ("mtl_census", "auc_income", False, "split"),
+    ("mtl_census", "auc_never_married", False, "split"),
+]
+
+
+def aggregate(run_dirs: Sequence[Path]) -> str:
+    """Pool the per-seed CSVs of several ``compactnn reproduce`` folders (e.g. runs with
+    ``--seed 0``, ``--seed 2``, ``--seed 4``) into the comparison tables, with paired
+    t-tests over all their seeds. A (setting, gate, seed) row found twice is kept once."""
+    import pandas as pd
+
+    parts = []
+    for name, metric, lower, label in AGGREGATE_SPECS:
+        frames = [pd.read_csv(Path(d) / name / f"{name}.csv") for d in run_dirs
+                  if (Path(d) / name / f"{name}.csv").exists()]
+        if not frames:
+            continue
+        df = pd.concat(frames, ignore_index=True)
+        if "setting" not in df.columns:
+            df["setting"] = "test"
+        df = df.drop_duplicates(["setting", "gate", "seed"]).sort_values(["setting", "seed"])
+        rows = df.to_dict("records")
+        settings = sorted(df["setting"].unique().tolist())
+        seeds = sorted(df["seed"].unique().tolist())
+        table, _ = comparison_table(rows, metric, lower, settings, label,
+                                    pooled=name == "mtl_synthetic_corr")
+        parts.append(f"### {name}: {metric} ({'lower' if lower else 'higher'} is better), "
+                     f"seeds {seeds}\n\n{table}")
+    return "\n\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    print(aggregate([Path(p) for p in sys.argv[1:]]))
