@@ -270,7 +270,6 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
     logger = MetricLogger(out, enabled=info.is_main, tensorboard=False)
     logger.truncate_after(step)
     ddp_model = _wrap(model, info, cfg.execution)
-    task_w = torch.tensor(weights_cfg, dtype=torch.float32)
 
     def save(reason: str) -> None:
         if info.is_main:
@@ -296,7 +295,7 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
                 outputs, aux = ddp_model(xb, cb)
                 losses = [task_loss(spec, out_t, y)
                           for spec, out_t, y in zip(data.tasks, outputs, ys, strict=True)]
-                loss = sum(w * lt for w, lt in zip(task_w.tolist(), losses, strict=True))
+                loss = sum(w * lt for w, lt in zip(weights_cfg, losses, strict=True))
                 full = loss + aux
                 opt.zero_grad(set_to_none=True)
                 full.backward()
