@@ -147,12 +147,15 @@ def _unit_terms(beta: Tensor, rho: Tensor, tau: Tensor, gam: Tensor) -> tuple[Te
 
 
 def _start_units(beta: Tensor, rho: Tensor, fit_bias: bool) -> tuple[Tensor, Tensor]:
-    """Per unit, the better of two starts: the spectral one (``t = |P w|``,
-    ``c = b``) and the linear regime's best affine predictor (``t = rho Phi(beta)``,
-    ``c = E relu(u)``, exact when ``v`` is almost always positive)."""
+    """Per unit, the best of three starts: the spectral one (``t = |P w|``,
+    ``c = b``), the linear regime's best affine predictor (``t = rho Phi(beta)``,
+    ``c = E relu(u)``, exact when ``v`` is almost always positive), and the best
+    constant (``t -> 0``; the optimum of units that are rarely active). The
+    problem can have a local minimum besides the global one."""
+    mean = relu_mean(beta, torch.ones_like(beta)) if fit_bias else beta.clone()
     cands = [(rho.clone(), beta.clone()),
-             ((rho * normal_cdf(beta)).clamp_min(1e-12),
-              relu_mean(beta, torch.ones_like(beta)) if fit_bias else beta.clone())]
+             ((rho * normal_cdf(beta)).clamp_min(1e-12), mean),
+             (torch.full_like(rho, 1e-6), mean)]
     tau, gam = cands[0]
     best = _unit_terms(beta, rho, tau, gam)[0]
     for t, g in cands[1:]:
@@ -164,24 +167,32 @@ def _start_units(beta: Tensor, rho: Tensor, fit_bias: bool) -> tuple[Tensor, Ten
 
 def _fit_units(beta: Tensor, rho: Tensor, tau: Tensor, gam: Tensor, fit_bias: bool,
                iters: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Batched damped Newton (Levenberg-Marquardt) on every unit's ``(tau, gam)``
-    (``tau`` alone when the bias is not fitted); a step is kept per unit only
-    when it lowers that unit's error, so the result is never worse."""
+    """Batched saddle-free damped Newton on every unit's ``(tau, gam)`` (``tau``
+    alone when the bias is not fitted): the step solves ``(|H| + lam I) d = -g``
+    with ``|H|`` the 2x2 Hessian with its eigenvalues made positive (so it
+    descends where the problem is not convex), Levenberg-Marquardt ``lam``; a
+    step is kept per unit only when it lowers that unit's error."""
     terms = _unit_terms(beta, rho, tau, gam)
     lam = torch.full_like(tau, 1e-4)
     for _ in range(iters):
         f, gt, gc, htt, htc, hcc, _ = terms
-        a = htt + lam * (1.0 + htt.abs())
         if fit_bias:
-            d = hcc + lam * (1.0 + hcc.abs())
-            det = a * d - htc * htc
-            ok = (det > 0) & (a > 0)
-            det = torch.where(ok, det, torch.ones_like(det))
-            dt = torch.where(ok, -(d * gt - htc * gc) / det, -gt / (1.0 + lam))
-            dc = torch.where(ok, -(a * gc - htc * gt) / det, -gc / (1.0 + lam))
+            half, disc = 0.5 * (htt + hcc), torch.sqrt((0.5 * (htt - hcc)) ** 2 + htc * htc)
+            l1, l2 = half + disc, half - disc
+            split = disc > 1e-12 * (l1.abs() + l2.abs() + 1e-300)
+            den = torch.where(split, l1 - l2, torch.ones_like(disc))
+            p_tt, p_tc = (htt - l2) / den, htc / den          # projector on l1's eigenvector
+            p_cc = (hcc - l2) / den
+            a1, a2 = l1.abs(), l2.abs()
+            damp = lam * (1.0 + torch.maximum(a1, a2))
+            m_tt = torch.where(split, a2 + (a1 - a2) * p_tt, a1) + damp
+            m_tc = torch.where(split, (a1 - a2) * p_tc, torch.zeros_like(a1))
+            m_cc = torch.where(split, a2 + (a1 - a2) * p_cc, a1) + damp
+            det = m_tt * m_cc - m_tc * m_tc
+            dt = -(m_cc * gt - m_tc * gc) / det
+            dc = -(m_tt * gc - m_tc * gt) / det
         else:
-            ok = a > 0
-            dt = torch.where(ok, -gt / torch.where(ok, a, torch.ones_like(a)), -gt / (1.0 + lam))
+            dt = -gt / (htt.abs() + lam * (1.0 + htt.abs()))
             dc = torch.zeros_like(gc)
         new_tau, new_gam = (tau + dt).clamp_min(1e-12), gam + dc
         new = _unit_terms(beta, rho, new_tau, new_gam)
@@ -224,6 +235,105 @@ def _as_groups(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | No
     return w, b
 
 
+class _Units:
+    """The per-unit data of a batch of Gaussian problems ``(P, m)``: ``beta = b/|w|``,
+    the weight ``|w|^2`` of each unit's error, and ``|w|`` (1 for zero rows, which
+    ``a_i = 0, c_i = b_i`` match exactly and which carry no weight)."""
+
+    def __init__(self, work: Tensor, b: Tensor | None) -> None:
+        s = work.double().square().sum(-1).sqrt()
+        self.live = s > 0
+        self.s = torch.where(self.live, s, torch.ones_like(s))
+        self.b = torch.zeros_like(s) if b is None else b.detach().double()
+        self.beta = torch.where(self.live, self.b / self.s, torch.zeros_like(s))
+        self.mass = torch.where(self.live, s * s, torch.zeros_like(s))
+
+    def rho(self, proj: Tensor) -> Tensor:
+        return (proj.double().square().sum(-1).sqrt() / self.s).clamp(0.0, 1.0)
+
+    def loss(self, rho: Tensor, tau: Tensor, gam: Tensor) -> Tensor:
+        """Objective of each problem with per-unit ``(tau, gam)`` held fixed."""
+        return (_unit_terms(self.beta, rho, tau, gam)[0] * self.mass).sum(-1)
+
+
+def _trial(work: Tensor, units: _Units, basis: Tensor, step: Tensor, eta: Tensor, tau: Tensor,
+           gam: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The row space ``orth(B + eta * step)``, its projections, correlations and the
+    objective there with the units' ``(tau, gam)`` held fixed."""
+    nb = torch.linalg.qr(basis + eta.to(work.dtype)[:, None, None] * step)[0]
+    npj = work @ nb
+    nr = units.rho(npj)
+    return nb, npj, nr, units.loss(nr, tau, gam)
+
+
+def _subspace_solve(work: Tensor, units: _Units, basis: Tensor, fit_bias: bool, rounds: int,
+                    newton_steps: int, relax: float, tol: float
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[Tensor], int]:
+    """Majorize-minimize over the row space (module docstring), for a batch of
+    problems ``work`` (P, m, n) from orthonormal ``basis`` (P, n, r), each problem
+    with its own over-relaxation factor and acceptance test."""
+    rank = basis.shape[-1]
+    proj = work @ basis
+    rho = units.rho(proj)
+    tau, gam = _start_units(units.beta, rho, fit_bias)
+    tau, gam, f = _fit_units(units.beta, rho, tau, gam, fit_bias, max(newton_steps, 8))
+    loss = (f * units.mass).sum(-1)
+    history = [loss]
+    eta = torch.ones_like(loss)
+    wt = work.transpose(-2, -1)
+    eye = torch.eye(rank, dtype=work.dtype, device=work.device)
+    done = 0
+    for _ in range(rounds):
+        d_rho = _unit_terms(units.beta, rho, tau, gam)[6]
+        omega = torch.where(units.live, -d_rho / rho.clamp_min(1e-12), torch.zeros_like(rho))
+        weighted = omega.to(work.dtype).unsqueeze(-1) * proj
+        mmat = wt @ weighted                                     # W^T diag(omega) W B
+        btm = proj.transpose(-2, -1) @ weighted                  # B^T M, symmetric PSD
+        ridge = 1e-9 * btm.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
+        step = torch.linalg.solve(btm + ridge[:, None, None] * eye,
+                                  (mmat - basis @ btm).transpose(-2, -1)).transpose(-2, -1)
+        new_basis, new_proj, new_rho, new_loss = _trial(work, units, basis, step, eta, tau, gam)
+        reject = (new_loss > loss) & (eta > 1.0)
+        if bool(reject.any()):  # fall back to the plain MM step (eta = 1), a sure descent
+            fb = _trial(work, units, basis, step, torch.ones_like(eta), tau, gam)
+            sel = reject.to(work.dtype)[:, None, None]
+            new_basis = sel * fb[0] + (1 - sel) * new_basis
+            new_proj = sel * fb[1] + (1 - sel) * new_proj
+            new_rho = torch.where(reject[:, None], fb[2], new_rho)
+        basis, proj, rho = new_basis, new_proj, new_rho
+        tau, gam, f = _fit_units(units.beta, rho, tau, gam, fit_bias, newton_steps)
+        new_loss = (f * units.mass).sum(-1)
+        gain = loss - new_loss
+        loss = new_loss
+        history.append(loss)
+        done += 1
+        eta = torch.where(reject, torch.ones_like(eta), (eta * 2.0).clamp(max=relax))
+        if bool((gain <= tol * loss.clamp_min(1e-300)).all()):
+            break
+    return basis, proj, tau, gam, loss, history, done
+
+
+def _extra_starts(work: Tensor, units: _Units, basis: Tensor, count: int) -> Tensor:
+    """Further starting row spaces, ``(P, S, n, r)``: the top singular subspace of
+    ``W`` with rows weighted by ``Phi(beta_i)`` (each unit's chance of being
+    active), and for the ``count - 1`` units with the most active energy
+    ``|w_i|^2 Phi(beta_i)``, the span of ``w_i`` and the top ``r - 1`` spectral
+    directions (for rank 1, the unit's own direction)."""
+    p, m, n = work.shape
+    rank = basis.shape[-1]
+    act = normal_cdf(units.beta)
+    starts = [truncated_svd(work * act.to(work.dtype).unsqueeze(-1), rank, "exact")[2]
+              .transpose(-2, -1)]
+    k = min(count - 1, m)
+    if k > 0:
+        top = (units.mass * act).topk(k, dim=-1).indices               # (P, k)
+        rows = torch.gather(work, 1, top.unsqueeze(-1).expand(p, k, n))  # (P, k, n)
+        for j in range(k):
+            cand = torch.cat([rows[:, j].unsqueeze(-1), basis[..., : rank - 1]], dim=-1)
+            starts.append(torch.linalg.qr(cand)[0])
+    return torch.stack(starts, dim=1)
+
+
 def solve_gaussian(
     weight: Tensor,
     rank: int,
@@ -234,6 +344,7 @@ def solve_gaussian(
     newton_steps: int = 3,
     relax: float = 8.0,
     tol: float = 1e-6,
+    restarts: int | None = None,
     svd_method: str = "auto",
 ) -> GaussianSolution:
     """Minimize ``E |relu(W x + b) - relu(U V x + c)|^2`` over rank-``rank`` ``U V``
@@ -243,9 +354,15 @@ def solve_gaussian(
     scale and bias, then at most ``rounds`` over-relaxed majorize-minimize
     subspace steps (each followed by ``newton_steps`` per-unit Newton steps),
     stopping early when a round gains less than ``tol`` relative. Costs one
-    truncated SVD plus ~``3 * rounds`` thin products ``W @ (n x r)``. ``weight``
-    is ``(m, n)`` or grouped ``(G, m, n)``. Never returns a higher objective than
-    the spectral solution (then it returns that).
+    truncated SVD plus ~``3 * rounds`` thin products ``W @ (n x r)``.
+
+    The objective is not convex: ``restarts`` further starting subspaces
+    (:func:`_extra_starts`) are solved alongside and the best kept. ``None``
+    (auto) spends them only where they are cheap, ``restarts * m * n * r <= 2^20``
+    (small layers, where the spectral start can sit in the wrong basin).
+
+    ``weight`` is ``(m, n)`` or grouped ``(G, m, n)``. Never returns a higher
+    objective than the spectral solution (then it returns that).
     """
     w, b = _as_groups(weight, bias)
     work = w.detach() if w.dtype == torch.float64 else w.detach().float()
@@ -255,72 +372,47 @@ def solve_gaussian(
     for name, value in (("rounds", rounds), ("newton_steps", newton_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {name}={value!r}")
-    a, sv, bh = truncated_svd(work, rank, svd_method)
-    basis = bh.transpose(-2, -1)                          # (G, n, r), orthonormal
-    proj = a * sv.unsqueeze(-2)                           # W @ basis, (G, m, r)
-
-    s = work.double().square().sum(-1).sqrt()            # |w_i|
-    live = s > 0
-    s1 = torch.where(live, s, torch.ones_like(s))
-    bb = torch.zeros_like(s) if b is None else b.detach().double()
-    beta = torch.where(live, bb / s1, torch.zeros_like(s))
-    mass = torch.where(live, s * s, torch.zeros_like(s))  # each unit's error scales as |w_i|^2
-    energy = float(relu_second_moment(bb, s).sum())
-
-    def rho_of(p: Tensor) -> Tensor:
-        return (p.double().square().sum(-1).sqrt() / s1).clamp(0.0, 1.0)
-
-    rho = rho_of(proj)
-    spec_units = _unit_terms(beta, rho, rho, beta)[0]
-    spectral_error = float((spec_units * mass).sum())
+    if restarts is None:
+        restarts = min(m + 1, (1 << 20) // (m * n * rank))
+    elif isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+        raise ValueError(f"restarts must be a non-negative int or None, got {restarts!r}")
     fb = bool(fit_bias)
-    tau, gam = _start_units(beta, rho, fb)
-    tau, gam, f = _fit_units(beta, rho, tau, gam, fb, max(newton_steps, 8))
-    loss = float((f * mass).sum())
-    history = [spectral_error, loss]
-    eta, done = 1.0, 0
-    wt = work.transpose(-2, -1)
-    for _ in range(rounds):
-        d_rho = _unit_terms(beta, rho, tau, gam)[6]
-        omega = torch.where(live, -d_rho / rho.clamp_min(1e-12), torch.zeros_like(rho))
-        mmat = wt @ (omega.to(work.dtype).unsqueeze(-1) * proj)        # (G, n, r)
-        btm = proj.transpose(-2, -1) @ (omega.to(work.dtype).unsqueeze(-1) * proj)
-        tangent = mmat - basis @ btm
-        ridge = 1e-9 * btm.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
-        eye = torch.eye(rank, dtype=work.dtype, device=work.device)
-        step = torch.linalg.solve(btm + ridge[..., None, None] * eye, tangent.transpose(-2, -1))
-        step = step.transpose(-2, -1)                   # tangent (B^T M)^{-1}
-        while True:
-            new_basis = torch.linalg.qr(basis + eta * step)[0]
-            new_proj = work @ new_basis
-            new_rho = rho_of(new_proj)
-            trial = float((_unit_terms(beta, new_rho, tau, gam)[0] * mass).sum())
-            if trial <= loss or eta <= 1.0:
-                break
-            eta = max(1.0, eta / 4.0)
-        basis, proj, rho = new_basis, new_proj, new_rho
-        tau, gam, f = _fit_units(beta, rho, tau, gam, fb, newton_steps)
-        new_loss = float((f * mass).sum())
-        done += 1
-        gain = loss - new_loss
-        loss = new_loss
-        history.append(loss)
-        eta = min(relax, eta * 2.0)
-        if gain <= tol * max(loss, 1e-300):
-            break
-    error = loss
+    a, sv, bh = truncated_svd(work, rank, svd_method)
+    basis = bh.transpose(-2, -1)                              # (G, n, r), orthonormal
+    units = _Units(work, b)
+    energy = float(relu_second_moment(units.b, units.s * units.live).sum())
+    spec_rho = units.rho(a * sv.unsqueeze(-2))
+    spectral_error = float(units.loss(spec_rho, spec_rho, units.beta).sum())
+
+    if restarts > 0:
+        starts = torch.cat([basis.unsqueeze(1), _extra_starts(work, units, basis, restarts)], 1)
+        k = starts.shape[1]
+        rep = _Units.__new__(_Units)
+        for attr in ("live", "s", "b", "beta", "mass"):
+            setattr(rep, attr, getattr(units, attr).repeat_interleave(k, 0))
+        out = _subspace_solve(work.repeat_interleave(k, 0), rep, starts.flatten(0, 1), fb,
+                              rounds, newton_steps, relax, tol)
+        best = out[4].reshape(g, k).argmin(-1) + k * torch.arange(g)
+        basis, proj, tau, gam, loss = (t_[best] for t_ in out[:5])
+        history = [h.reshape(g, k).amin(-1) for h in out[5]]
+        done = out[6]
+    else:
+        basis, proj, tau, gam, loss, history, done = _subspace_solve(
+            work, units, basis, fb, rounds, newton_steps, relax, tol)
+    error = float(loss.sum())
+    hist = [spectral_error] + [float(h.sum()) for h in history]
     if not error <= spectral_error:
         u, v = balanced_factors(work, rank, svd_method)
-        return GaussianSolution(u, v, None if b is None else bb.to(work.dtype),
-                                spectral_error, spectral_error, energy, history, done)
+        return GaussianSolution(u, v, None if b is None else units.b.to(work.dtype),
+                                spectral_error, spectral_error, energy, hist, done)
     pn = proj.double().square().sum(-1).sqrt()
-    scale = torch.where(live & (pn > 0), tau * s / pn.clamp_min(1e-300), torch.zeros_like(pn))
+    ok = units.live & (pn > 0)
+    scale = torch.where(ok, tau * units.s / pn.clamp_min(1e-300), torch.zeros_like(pn))
     u, v = rebalance(proj * scale.to(work.dtype).unsqueeze(-1), basis.transpose(-2, -1))
     c = None
     if b is not None or fb:
-        c = torch.where(live, gam * s, bb) if fb else bb
-        c = c.to(work.dtype)
-    return GaussianSolution(u, v, c, error, spectral_error, energy, history, done)
+        c = (torch.where(units.live, gam * units.s, units.b) if fb else units.b).to(work.dtype)
+    return GaussianSolution(u, v, c, error, spectral_error, energy, hist, done)
 
 
 def refine_gaussian(
