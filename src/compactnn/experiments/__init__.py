@@ -42,6 +42,7 @@ _MODULES = [
     "compactnn.experiments.mtl_synthetic",
     "compactnn.experiments.mtl_real",
     "compactnn.experiments.lowrank_grid",
+    "compactnn.experiments.function_gap",
 ]
 
 

@@ -358,8 +358,9 @@ def solve_gaussian(
 
     The objective is not convex: ``restarts`` further starting subspaces
     (:func:`_extra_starts`) are solved alongside and the best kept. ``None``
-    (auto) spends them only where they are cheap, ``restarts * m * n * r <= 2^20``
-    (small layers, where the spectral start can sit in the wrong basin).
+    (auto) uses ``min(m + 1, 4096 // (m * n))``: several starts only on tiny layers,
+    where the spectral start can sit in the wrong basin (on wide random layers
+    the extra starts found nothing better in our measurements).
 
     ``weight`` is ``(m, n)`` or grouped ``(G, m, n)``. Never returns a higher
     objective than the spectral solution (then it returns that).
@@ -373,7 +374,7 @@ def solve_gaussian(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {name}={value!r}")
     if restarts is None:
-        restarts = min(m + 1, (1 << 20) // (m * n * rank))
+        restarts = min(m + 1, 4096 // (m * n))
     elif isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
         raise ValueError(f"restarts must be a non-negative int or None, got {restarts!r}")
     fb = bool(fit_bias)
