@@ -43,6 +43,7 @@ _MODULES = [
     "compactnn.experiments.mtl_real",
     "compactnn.experiments.lowrank_grid",
     "compactnn.experiments.function_gap",
+    "compactnn.experiments.compress_pretrained",
 ]
 
 
