@@ -15,7 +15,7 @@ A 16-expert MixtureOfExperts (MLP experts 512 -> 1024 -> 512, ReLU), batch 4096,
 All timings of a table are measured round-robin in one run (median of repeats after
 warm-up), so that machine noise hits all alike.
 
-    python benchmarks/bench_moe.py [--quick] [--batch 4096] [--repeats 7]
+    python benchmarks/bench_moe.py [--quick] [--batch 4096] [--repeats 7] [--threads N]
 """
 
 from __future__ import annotations
@@ -129,21 +129,25 @@ def sparse_vs_dense(experts, gates, x, grad_out, repeats: int, warmup: int) -> l
     return rows
 
 
-def gate_shares(experts, gates, x, grad_out, repeats: int, warmup: int) -> list[dict]:
+def gate_shares(
+    experts, gates, x, grad_out, repeats: int, warmup: int, backward: bool = True
+) -> list[dict]:
     fns = {}
+    keys = ("gate_f", "layer_f", "gate_fb", "layer_fb") if backward else ("gate_f", "layer_f")
     for name, gate in gates.items():
         layer = MixtureOfExperts(experts, gate, execution="auto")
         fns[(name, "gate_f")] = forward_fn(gate, x)
         fns[(name, "layer_f")] = forward_fn(layer, x)
-        fns[(name, "gate_fb")] = train_step_fn(gate, x, None)
-        fns[(name, "layer_fb")] = train_step_fn(layer, x, grad_out)
+        if backward:
+            fns[(name, "gate_fb")] = train_step_fn(gate, x, None)
+            fns[(name, "layer_fb")] = train_step_fn(layer, x, grad_out)
     t = interleaved_timings(fns, repeats=repeats, warmup=warmup)
     rows = []
     for name, gate in gates.items():
         with torch.no_grad():
             weights, _ = gate(_routing(gate, x))
         row = {"gate": name, "execution": "sparse" if bool((weights == 0).any()) else "dense"}
-        for key in ("gate_f", "layer_f", "gate_fb", "layer_fb"):
+        for key in keys:
             row[key] = 1e3 * t[(name, key)]
         rows.append(row)
     return rows
@@ -173,18 +177,26 @@ def format_share_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        backward = (
+            f"{r['gate_fb']:.3f} | {r['layer_fb']:.1f} | {r['gate_fb'] / r['layer_fb']:.2%}"
+            if "gate_fb" in r
+            else "- | - | -"
+        )
         lines.append(
             f"| {r['gate']} | {r['execution']} | {r['gate_f']:.3f} | {r['layer_f']:.1f} "
-            f"| {r['gate_f'] / r['layer_f']:.2%} | {r['gate_fb']:.3f} | {r['layer_fb']:.1f} "
-            f"| {r['gate_fb'] / r['layer_fb']:.2%} |"
+            f"| {r['gate_f'] / r['layer_f']:.2%} | {backward} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Top-k row only, fewer repeats")
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="batch 1024, Top-k row only, forward-only gate shares, 2 repeats",
+    )
+    parser.add_argument("--batch", type=int, help="rows per batch (default 4096, quick 1024)")
     parser.add_argument("--dim", type=int, default=512, help="expert input/output width")
     parser.add_argument("--hidden", type=int, default=1024, help="expert hidden width")
     parser.add_argument("--repeats", type=int, help="timed rounds (default 7, quick 2)")
@@ -208,6 +220,7 @@ def _load() -> str:
 
 
 def _run(args: argparse.Namespace) -> dict[str, list[dict]]:
+    args.batch = args.batch or (1024 if args.quick else 4096)
     repeats = args.repeats or (2 if args.quick else 7)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
 
@@ -231,7 +244,7 @@ def _run(args: argparse.Namespace) -> dict[str, list[dict]]:
     speed = sparse_vs_dense(experts, speed_gates, x, grad_out, repeats, warmup)
     print("Sparse vs dense execution (same weights; fwd = forward under no_grad)\n")
     print(format_speed_table(speed))
-    shares = gate_shares(experts, gates, x, grad_out, repeats, warmup)
+    shares = gate_shares(experts, gates, x, grad_out, repeats, warmup, backward=not args.quick)
     print("\nEach gate's own cost as a share of the layer's (layer execution 'auto')\n")
     print(format_share_table(shares))
     print(f"\nLoad average at end: {_load()}")
