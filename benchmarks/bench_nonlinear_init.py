@@ -15,7 +15,7 @@ the pre-activations' own scale). Inputs x ~ N(0, I). For each rank:
 * the fraction of the long solve's error reduction the fast solver reaches,
   ``(spectral - fast) / (spectral - long)``, and the fast error over spectral's.
 
-    python benchmarks/bench_nonlinear_init.py [--quick] [--ranks 8 32] [--bias torch]
+    python benchmarks/bench_nonlinear_init.py [--quick] [--ranks 8 32] [--bias torch] [--threads 1]
 """
 
 from __future__ import annotations
@@ -120,7 +120,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--long-steps", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _main(args: argparse.Namespace) -> list[dict]:
     ranks = args.ranks or ([8, 32] if args.quick else RANKS)
     repeats = args.repeats or (3 if args.quick else 7)
     long_steps = args.long_steps if args.long_steps is not None else (300 if args.quick

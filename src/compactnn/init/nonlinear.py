@@ -256,22 +256,24 @@ class _Units:
         return (_unit_terms(self.beta, rho, tau, gam)[0] * self.mass).sum(-1)
 
 
-def _trial(work: Tensor, units: _Units, basis: Tensor, step: Tensor, eta: Tensor, tau: Tensor,
+def _trial(work: Tensor, units: _Units, base: Tensor, tangent: Tensor, eta: Tensor, tau: Tensor,
            gam: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The row space ``orth(B + eta * step)``, its projections, correlations and the
-    objective there with the units' ``(tau, gam)`` held fixed."""
-    nb = torch.linalg.qr(basis + eta.to(work.dtype)[:, None, None] * step)[0]
+    """The row space spanned by ``base + eta * tangent`` (``base = B (B^T M)``: the
+    same span as ``B + eta * tangent (B^T M)^{-1}``, without the solve), its
+    projections, correlations and the objective there with ``(tau, gam)`` fixed."""
+    nb = torch.linalg.qr(base + eta.to(work.dtype)[:, None, None] * tangent)[0]
     npj = work @ nb
     nr = units.rho(npj)
     return nb, npj, nr, units.loss(nr, tau, gam)
 
 
 def _subspace_solve(work: Tensor, units: _Units, basis: Tensor, fit_bias: bool, rounds: int,
-                    newton_steps: int, relax: float, tol: float
+                    newton_steps: int, relax: float, tol: float, reference: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[Tensor], int]:
     """Majorize-minimize over the row space (module docstring), for a batch of
     problems ``work`` (P, m, n) from orthonormal ``basis`` (P, n, r), each problem
-    with its own over-relaxation factor and acceptance test."""
+    with its own over-relaxation factor and acceptance test. Stops when no problem
+    gained more than ``tol`` times its reduction from ``reference`` so far."""
     rank = basis.shape[-1]
     proj = work @ basis
     rho = units.rho(proj)
@@ -290,12 +292,12 @@ def _subspace_solve(work: Tensor, units: _Units, basis: Tensor, fit_bias: bool, 
         mmat = wt @ weighted                                     # W^T diag(omega) W B
         btm = proj.transpose(-2, -1) @ weighted                  # B^T M, symmetric PSD
         ridge = 1e-9 * btm.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
-        step = torch.linalg.solve(btm + ridge[:, None, None] * eye,
-                                  (mmat - basis @ btm).transpose(-2, -1)).transpose(-2, -1)
-        new_basis, new_proj, new_rho, new_loss = _trial(work, units, basis, step, eta, tau, gam)
+        base = basis @ (btm + ridge[:, None, None] * eye)
+        tangent = mmat - basis @ btm
+        new_basis, new_proj, new_rho, new_loss = _trial(work, units, base, tangent, eta, tau, gam)
         reject = (new_loss > loss) & (eta > 1.0)
         if bool(reject.any()):  # fall back to the plain MM step (eta = 1), a sure descent
-            fb = _trial(work, units, basis, step, torch.ones_like(eta), tau, gam)
+            fb = _trial(work, units, base, tangent, torch.ones_like(eta), tau, gam)
             sel = reject.to(work.dtype)[:, None, None]
             new_basis = sel * fb[0] + (1 - sel) * new_basis
             new_proj = sel * fb[1] + (1 - sel) * new_proj
@@ -308,7 +310,7 @@ def _subspace_solve(work: Tensor, units: _Units, basis: Tensor, fit_bias: bool, 
         history.append(loss)
         done += 1
         eta = torch.where(reject, torch.ones_like(eta), (eta * 2.0).clamp(max=relax))
-        if bool((gain <= tol * loss.clamp_min(1e-300)).all()):
+        if bool((gain <= tol * (reference - loss).clamp_min(0.0) + 1e-12 * loss).all()):
             break
     return basis, proj, tau, gam, loss, history, done
 
@@ -343,7 +345,7 @@ def solve_gaussian(
     rounds: int = 8,
     newton_steps: int = 3,
     relax: float = 8.0,
-    tol: float = 1e-6,
+    tol: float = 0.003,
     restarts: int | None = None,
     svd_method: str = "auto",
 ) -> GaussianSolution:
@@ -353,8 +355,9 @@ def solve_gaussian(
     The fast solver of the module docstring: spectral start, exact per-unit
     scale and bias, then at most ``rounds`` over-relaxed majorize-minimize
     subspace steps (each followed by ``newton_steps`` per-unit Newton steps),
-    stopping early when a round gains less than ``tol`` relative. Costs one
-    truncated SVD plus ~``3 * rounds`` thin products ``W @ (n x r)``.
+    stopping early once a round adds less than ``tol`` times the reduction from
+    spectral achieved so far. Costs one truncated SVD plus ~``3 * rounds`` thin
+    products ``W @ (n x r)``.
 
     The objective is not convex: ``restarts`` further starting subspaces
     (:func:`_extra_starts`) are solved alongside and the best kept. ``None``
@@ -383,7 +386,8 @@ def solve_gaussian(
     units = _Units(work, b)
     energy = float(relu_second_moment(units.b, units.s * units.live).sum())
     spec_rho = units.rho(a * sv.unsqueeze(-2))
-    spectral_error = float(units.loss(spec_rho, spec_rho, units.beta).sum())
+    spec_loss = units.loss(spec_rho, spec_rho, units.beta)
+    spectral_error = float(spec_loss.sum())
 
     if restarts > 0:
         starts = torch.cat([basis.unsqueeze(1), _extra_starts(work, units, basis, restarts)], 1)
@@ -392,14 +396,15 @@ def solve_gaussian(
         for attr in ("live", "s", "b", "beta", "mass"):
             setattr(rep, attr, getattr(units, attr).repeat_interleave(k, 0))
         out = _subspace_solve(work.repeat_interleave(k, 0), rep, starts.flatten(0, 1), fb,
-                              rounds, newton_steps, relax, tol)
+                              rounds, newton_steps, relax, tol,
+                              spec_loss.repeat_interleave(k, 0))
         best = out[4].reshape(g, k).argmin(-1) + k * torch.arange(g)
         basis, proj, tau, gam, loss = (t_[best] for t_ in out[:5])
         history = [h.reshape(g, k).amin(-1) for h in out[5]]
         done = out[6]
     else:
         basis, proj, tau, gam, loss, history, done = _subspace_solve(
-            work, units, basis, fb, rounds, newton_steps, relax, tol)
+            work, units, basis, fb, rounds, newton_steps, relax, tol, spec_loss)
     error = float(loss.sum())
     hist = [spectral_error] + [float(h.sum()) for h in history]
     if not error <= spectral_error:
@@ -409,7 +414,10 @@ def solve_gaussian(
     pn = proj.double().square().sum(-1).sqrt()
     ok = units.live & (pn > 0)
     scale = torch.where(ok, tau * units.s / pn.clamp_min(1e-300), torch.zeros_like(pn))
-    u, v = rebalance(proj * scale.to(work.dtype).unsqueeze(-1), basis.transpose(-2, -1))
+    # U V = (diag(scale) P) B^T with orthonormal B: balance by one thin SVD of the left factor
+    x, sig, yh = torch.linalg.svd(proj * scale.to(work.dtype).unsqueeze(-1), full_matrices=False)
+    root = sig.sqrt()
+    u, v = x * root.unsqueeze(-2), root.unsqueeze(-1) * (yh @ basis.transpose(-2, -1))
     c = None
     if b is not None or fb:
         c = (torch.where(units.live, gam * units.s, units.b) if fb else units.b).to(work.dtype)
