@@ -32,3 +32,14 @@ from compactnn.sparse import (  # noqa: E402
 __all__ += ["IterativeHardThresholding", "IterativeMagnitudePruning", "SparsityMasks",
             "global_magnitude_masks", "prunable_weights", "target_keep_for_param_ratio",
             "target_keep_for_params"]
+from compactnn.moe import (  # noqa: E402
+    DSelectKGate,
+    MixtureOfExperts,
+    MultiGateMoE,
+    NoisyTopKGate,
+    SoftmaxGate,
+    mlp_experts,
+)
+
+__all__ += ["DSelectKGate", "MixtureOfExperts", "MultiGateMoE", "NoisyTopKGate", "SoftmaxGate",
+            "mlp_experts"]
