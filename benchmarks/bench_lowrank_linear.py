@@ -6,12 +6,13 @@ layer's does): forward, then backward to the input and the parameters. Dense
 and low-rank are timed round-robin in the same run. Prints the measured
 speedup, the ideal FLOP speedup ``n*n / (r*(n+n))`` and their ratio.
 
-    python benchmarks/bench_lowrank_linear.py [--quick] [--sizes 512 1024] [--ranks 64 256]
+    python benchmarks/bench_lowrank_linear.py [--quick] [--threads N] [--sizes ...] [--ranks ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from torch import nn
@@ -78,16 +79,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--ranks", type=int, nargs="+")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = args.sizes or ([1024, 4096] if args.quick else SIZES)
     ranks = args.ranks or ([64, 256] if args.quick else RANKS)
     repeats = args.repeats or (5 if args.quick else 20)
     torch.manual_seed(0)
     print(f"LowRankLinear vs nn.Linear, batch {args.batch}, input gradients on, "
           f"median of {repeats} round-robin repeats")
-    print(f"Machine: {machine_info()}\n")
+    print(f"Machine: {machine_info()}")
+    print("Load average (1, 5, 15 min) at start: "
+          + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + "\n")
     rows = bench(sizes, ranks, args.batch, repeats)
     print(format_table(rows))
+    print("\nLoad average at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     return rows
 
 

@@ -1,6 +1,7 @@
 """Data sets, one loader a module. No loader downloads anything: real data
 comes from installed packages (see METHODS.md, Sec. 6)."""
 
+from compactnn.data.census import load_census_income
 from compactnn.data.common import TensorSplit
 from compactnn.data.digits import load_digits_split
 from compactnn.data.fashion_mnist import (
@@ -10,6 +11,12 @@ from compactnn.data.fashion_mnist import (
     read_idx,
     write_idx,
 )
+from compactnn.data.movielens import load_movielens
+from compactnn.data.multi_fashion_mnist import load_multi_fashion_mnist
+from compactnn.data.multitask import MultiTaskData, MultiTaskPart, TaskSpec
+from compactnn.data.synthetic import make_clustered_synthetic, make_mmoe_synthetic
 
-__all__ = ["FASHION_MNIST_CLASSES", "TensorSplit", "fashion_mnist_stats", "load_digits_split",
-           "load_fashion_mnist", "read_idx", "write_idx"]
+__all__ = ["FASHION_MNIST_CLASSES", "MultiTaskData", "MultiTaskPart", "TaskSpec", "TensorSplit",
+           "fashion_mnist_stats", "load_census_income", "load_digits_split",
+           "load_fashion_mnist", "load_movielens", "load_multi_fashion_mnist",
+           "make_clustered_synthetic", "make_mmoe_synthetic", "read_idx", "write_idx"]
