@@ -12,7 +12,6 @@ unnoticed.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -170,8 +169,9 @@ class LayerInputs:
             x = self.inputs
             if x.dim() == 0 or x.shape[0] == 0:
                 return
-            step = self.batch_size if isinstance(self.layer, LowRankLinear) else max(
-                1, self.batch_size // max(1, math.prod(x.shape[2:]) if x.dim() > 2 else 1))
+            step = self.batch_size
+            if isinstance(self.layer, LowRankConv2d) and x.dim() == 4:
+                step = max(1, step // (x.shape[-2] * x.shape[-1]))  # images: ~batch_size pixels
             yield from x.split(step)
         else:
             for item in self.inputs:

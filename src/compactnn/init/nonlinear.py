@@ -23,11 +23,11 @@ cheap as spectral initialization [LR-NL, "no more expensive than spectral"]:
 2. The subspace: with ``g_i(rho) = -min_{t, c} L_i``, convex and increasing in
    ``rho`` (it is a maximum of functions convex in ``rho``), and
    ``rho_i >= e_i . B^T w_i / |w_i|`` for unit ``e_i``, the linear minorant gives a
-   majorize-minimize step ``B <- orth(W^T diag(omega) W B)`` with
-   ``omega_i = g_i'(rho_i) / rho_i / |w_i|^2 ... `` (a reweighted subspace
-   iteration; ``omega`` is uniform when ``g`` is linear in ``rho^2``, where the
-   spectral subspace is already stationary). It never increases ``L``; the
-   solver over-relaxes it (``B + eta (I - B B^T) M (B^T M)^{-1}``, ``eta`` up to
+   majorize-minimize step ``B <- orth(M)``, ``M = W^T diag(omega) W B`` with
+   ``omega_i = g_i'(rho_i) / (|w_i|^2 rho_i)`` (a reweighted subspace iteration;
+   ``omega`` is uniform when ``g`` is linear in ``rho^2``, where the spectral
+   subspace is already stationary). It never increases ``L``; the solver
+   over-relaxes it (``B + eta (I - B B^T) M (B^T M)^{-1}``, ``eta`` up to
    ``relax``) and keeps an over-relaxed step only when it lowers ``L``.
 
 It starts from the spectral solution (one truncated SVD), whose error it
