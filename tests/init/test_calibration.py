@@ -257,3 +257,10 @@ def test_unsupported_conv_in_data_mode_restores_the_model():
     with pytest.raises(ValueError, match="groups=2"):
         compress_sequential(model, [("0", build)], torch.randn(2, 4, 6, 6))
     _assert_untouched(model, before)
+
+
+def test_module_registered_twice_is_replaced_everywhere():
+    lin = nn.Linear(5, 5)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    compress_sequential(model, [("0", recorder(rank=2))], torch.randn(16, 5))
+    assert isinstance(model[0], LowRankLinear) and model[2] is model[0]

@@ -473,9 +473,14 @@ def _execution_order(model: nn.Module, names: list[str], batch: Any) -> tuple[li
 
 
 # -- sequential compression ----------------------------------------------------------
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
+def _places(model: nn.Module, module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every ``(parent, attribute)`` under which ``module`` sits in ``model``."""
+    out = []
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if mod is module and name:
+            parent_name, _, child = name.rpartition(".")
+            out.append(((model.get_submodule(parent_name) if parent_name else model), child))
+    return out
 
 
 def compress_sequential(
@@ -554,9 +559,9 @@ def compress_sequential(
             if not isinstance(new, nn.Module):
                 raise TypeError(f"build for {name!r} returned {type(new).__name__}, "
                                 "not an nn.Module")
-            parent, child = _parent(model, name)
-            setattr(parent, child, new)
-            swapped.append((parent, child, dense))
+            for parent, child in _places(model, dense):  # every name it is registered under
+                setattr(parent, child, new)
+                swapped.append((parent, child, dense))
             if bar is not None:
                 bar.set_postfix_str(f"{name} ({acts[name]})")
                 bar.update()
