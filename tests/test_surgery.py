@@ -722,3 +722,14 @@ def test_torch_compile_of_factorized_model():
 def test_factorize_a_bare_layer_points_to_from_dense():
     with pytest.raises(TypeError, match="from_dense"):
         factorize(nn.Linear(8, 8), rank=2)
+
+
+def test_calibration_with_a_data_free_init_is_ignored():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 4))
+    calib = torch.randn(64, 12)
+    with_data, _ = factorize(model, rank=4, init="spectral", calibration=calib)
+    without, _ = factorize(model, rank=4, init="spectral")
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(with_data(x), without(x))

@@ -571,9 +571,11 @@ def _builder(rank: int, init: str | Callable[..., Any], scheme: str,
 def _replace(model, cands, ranks, init, scheme, calibration, activations, progress,
              init_kwargs) -> None:
     targets = [(c, r) for c, r in zip(cands, ranks, strict=True) if r is not None]
-    if calibration is not None:
-        from compactnn.init.calibration import compress_sequential
+    from compactnn.init.calibration import DATA_AWARE_INITS, compress_sequential
 
+    # Calibration data only matters to the data-aware initializers; the others
+    # (spectral, default, custom callables) are applied layer by layer as usual.
+    if calibration is not None and isinstance(init, str) and init in DATA_AWARE_INITS:
         names = {id(m): n for n, m in model.named_modules()}
         compress_sequential(
             model,
