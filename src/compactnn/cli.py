@@ -64,36 +64,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple[str, ...]) -> int:
+    """Shared body of ``train`` and ``mtl``: build a typed config from ``--config`` and
+    overrides, print it or run it, and report bad input as one ``error:`` line."""
     import json
 
-    from compactnn.train.config import (
-        build_config,
-        config_to_dict,
-        load_config_file,
-        parse_overrides,
-    )
-    from compactnn.train.trainer import TrainConfig, train
-
-    try:
-        base = load_config_file(args.config) if args.config else {}
-        cfg = build_config(TrainConfig, parse_overrides(args.overrides, base))
-        if args.print_config:
-            print(json.dumps(config_to_dict(cfg), indent=2))
-            return 0
-        result = train(cfg)
-    except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result.pop("model", None)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def _cmd_mtl(args: argparse.Namespace) -> int:
-    import json
-
-    from compactnn.mtl.config import MTLConfig
     from compactnn.train.config import (
         build_config,
         config_to_dict,
@@ -103,21 +78,33 @@ def _cmd_mtl(args: argparse.Namespace) -> int:
 
     try:
         base = load_config_file(args.config) if args.config else {}
-        cfg = build_config(MTLConfig, parse_overrides(args.overrides, base))
+        cfg = build_config(config_cls, parse_overrides(args.overrides, base))
         if args.print_config:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
-        from compactnn.mtl.trainer import train_mtl
-
-        result = train_mtl(cfg)
+        result = run(cfg)
     except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    result.pop("model", None)
-    result.pop("expert_weights", None)  # in OUT/gate_weights.csv
+    for key in drop:  # objects that are not JSON: the model, large arrays saved to files
+        result.pop(key, None)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from compactnn.train.trainer import TrainConfig, train
+
+    return _run_configured(args, TrainConfig, train, ("model",))
+
+
+def _cmd_mtl(args: argparse.Namespace) -> int:
+    from compactnn.mtl.config import MTLConfig
+    from compactnn.mtl.trainer import train_mtl
+
+    # expert weights are written to OUT/gate_weights.csv
+    return _run_configured(args, MTLConfig, train_mtl, ("model", "expert_weights"))
 
 
 def build_parser() -> argparse.ArgumentParser:
