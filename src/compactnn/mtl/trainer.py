@@ -35,12 +35,16 @@ from compactnn.moe import nonzeros_per_example, nonzeros_per_task, task_expert_w
 from compactnn.mtl.config import DataConfig, MTLConfig
 from compactnn.mtl.metrics import expert_selection_ari, task_loss, task_metrics
 from compactnn.mtl.model import MTLModel
-from compactnn.train.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from compactnn.train.checkpoint import (
+    StopFlag,
+    check_same_config,
+    load_checkpoint,
+    save_checkpoint,
+)
 from compactnn.train.config import ConfigError, config_to_dict
 from compactnn.train.distributed import DistInfo, init_distributed, shard
 from compactnn.train.logger import MetricLogger
 from compactnn.train.loop import seed_everything
-from compactnn.train.trainer import _StopFlag
 
 __all__ = ["evaluate_part", "known_tasks", "load_mtl_data", "train_mtl"]
 
@@ -254,13 +258,7 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
     running = [0.0, 0] + [0.0] * ntask  # loss sum, rows, per-task loss sums
     config_json = config_to_dict(cfg)
     if cfg.resume and ckpt.exists():
-        saved = {k: v for k, v in checkpoint_state(ckpt)["config"].items()
-                 if k not in _RUN_KEYS}
-        now = {k: v for k, v in config_json.items() if k not in _RUN_KEYS}
-        if saved != now:
-            diff = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
-            raise ConfigError(f"{ckpt} was written with a different config ({', '.join(diff)} "
-                              "differ); use another out folder or resume=false")
+        check_same_config(ckpt, config_json, _RUN_KEYS)
         state, _ = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running = state["running"]
@@ -284,7 +282,7 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
         bar = tqdm(total=o.epochs * steps_per_epoch, initial=step, desc="mtl", unit="step")
     t0 = time.perf_counter()
     stopped = False
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         while epoch < o.epochs:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             perm = torch.randperm(n_train, generator=gen)

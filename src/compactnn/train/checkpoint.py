@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 
 from compactnn.io import model_structure, read_metadata, restore_structure
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_state", "flatten_state",
+__all__ = ["StopFlag", "check_same_config", "save_checkpoint", "load_checkpoint",
+           "checkpoint_state", "flatten_state",
            "unflatten_state", "unwrap"]
 
 _FORMAT = "compactnn.checkpoint.v1"
@@ -141,6 +143,44 @@ def _read_meta(path: str | Path) -> dict[str, Any]:
 def checkpoint_state(path: str | Path) -> dict[str, Any]:
     """The ``state`` dict saved with a checkpoint, without loading its tensors."""
     return _read_meta(path)["state"]
+
+
+def check_same_config(path: str | Path, config: dict[str, Any],
+                      run_keys: set[str]) -> None:
+    """Refuse to resume from ``path`` when its saved ``state["config"]`` differs from
+    ``config`` in any key but ``run_keys`` (those a resume may change), naming them."""
+    from compactnn.train.config import ConfigError
+
+    saved = {k: v for k, v in checkpoint_state(path)["config"].items() if k not in run_keys}
+    now = {k: v for k, v in config.items() if k not in run_keys}
+    if saved != now:
+        diff = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+        raise ConfigError(f"{path} was written with a different config ({', '.join(diff)} "
+                          "differ); use another out folder or resume=false")
+
+
+class StopFlag:
+    """Context manager: SIGINT/SIGTERM set ``raised`` (instead of killing the
+    process) so a training loop can save a checkpoint at its next step."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def load_checkpoint(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from compactnn.models import dense_first_last_exclude
 from compactnn.regularize import frobenius_decay, param_groups
 from compactnn.surgery import factorize
 from compactnn.train.checkpoint import (
-    checkpoint_state,
+    StopFlag,
+    check_same_config,
     load_checkpoint,
     save_checkpoint,
     unwrap,
@@ -263,29 +263,6 @@ def count_nonzero_params(model: nn.Module) -> int:
 
 
 # -- the loop -----------------------------------------------------------------------------
-class _StopFlag:
-    """Set by SIGINT/SIGTERM so the loop saves a checkpoint at the next step."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]:
     """Run training as configured; returns the final metrics (and writes them,
     the config, ``metrics.csv``, checkpoints and ``model.safetensors`` to
@@ -340,13 +317,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
     running = [0.0, 0, 0]  # loss sum, correct, count within the epoch
     config_json = config_to_dict(cfg)
     if cfg.resume and ckpt.exists():
-        saved = {k: v for k, v in checkpoint_state(ckpt)["config"].items()
-                 if k not in _RUN_KEYS}
-        now = {k: v for k, v in config_json.items() if k not in _RUN_KEYS}
-        if saved != now:
-            diff = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
-            raise ConfigError(f"{ckpt} was written with a different config ({', '.join(diff)} "
-                              "differ); use another out folder or resume=false")
+        check_same_config(ckpt, config_json, _RUN_KEYS)
         state, extra = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running = state["running"]
@@ -376,7 +347,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
         bar = tqdm(total=o.epochs * steps_per_epoch, initial=step, desc="train", unit="step")
     t0 = time.perf_counter()
     stopped = False
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         while epoch < o.epochs:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             perm = torch.randperm(n_train, generator=gen)
