@@ -34,7 +34,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"compactnn reproduce ({mode} mode): {len(chosen)} experiment(s) -> {out}")
     sections = [f"# compactnn reproduce ({mode} mode)\n",
                 f"Command: `compactnn reproduce{' --full' if args.full else ''}"
-                f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}`  ",
+                f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}"
+                f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}`  ",
                 f"Machine: {machine_info()}  ", f"Date: {datetime.now():%Y-%m-%d %H:%M}\n"]
     t_all = time.perf_counter()
     for exp in chosen:
@@ -42,7 +43,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"\n== {exp.name}: {exp.description}")
         sub = out / exp.name
         sub.mkdir(exist_ok=True)
-        result = exp.run(sub, quick, args.seed)
+        kwargs = {"jobs": args.jobs} if exp.parallel else {}
+        result = exp.run(sub, quick, args.seed, **kwargs)
         took = time.perf_counter() - t0
         print(result.markdown)
         print(f"({exp.name} took {took:.1f} s)")
@@ -53,6 +55,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     report.write_text("\n".join(sections))
     print(f"\nAll done in {time.perf_counter() - t_all:.1f} s. Report: {report}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -122,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these experiments (see `compactnn list`)")
     p.add_argument("--out", help="run folder (default: runs/reproduce-<mode>-<time>)")
     p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="worker processes (one thread each) for experiments made of many "
+                        "independent trainings, e.g. lowrank_grid (default 1)")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(

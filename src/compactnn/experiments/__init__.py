@@ -5,6 +5,8 @@ An experiment is a function ``run(out_dir: Path, quick: bool, seed: int) ->
 ExperimentResult``: it writes its figures and tables under ``out_dir`` and
 returns a markdown section for the run's report. ``quick`` selects the small
 sizes that keep the README's main job short; the full mode is the papers' scale.
+Experiments registered with ``parallel=True`` made of many independent trainings
+also take ``jobs``, the number of worker processes (``compactnn reproduce --jobs``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ class ExperimentResult:
 class Experiment:
     name: str
     description: str
-    run: Callable[[Path, bool, int], ExperimentResult]
+    run: Callable[..., ExperimentResult]
     in_quick: bool = True  # part of the default `compactnn reproduce`
+    parallel: bool = False  # run() takes jobs=N worker processes
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -47,11 +50,12 @@ _MODULES = [
 ]
 
 
-def register(name: str, description: str, in_quick: bool = True):
-    """Decorator: register ``run(out_dir, quick, seed)`` under ``name``."""
+def register(name: str, description: str, in_quick: bool = True, parallel: bool = False):
+    """Decorator: register ``run(out_dir, quick, seed)`` under ``name`` (with a
+    ``jobs`` keyword too when ``parallel``)."""
 
-    def deco(fn: Callable[[Path, bool, int], ExperimentResult]):
-        _REGISTRY[name] = Experiment(name, description, fn, in_quick)
+    def deco(fn: Callable[..., ExperimentResult]):
+        _REGISTRY[name] = Experiment(name, description, fn, in_quick, parallel)
         return fn
 
     return deco

@@ -9,7 +9,13 @@ spectral init, most at low rank [LR-NL].
 
 Every arm is one ``compactnn train`` run (same code path as the command line);
 seeds pair the arms (same data order), so differences are tested with a paired
-t-test across seeds against spectral + FD.
+t-test across seeds against spectral + FD. Arms are independent, so ``jobs``
+worker processes (one thread each) run them side by side; every run resumes
+from its own folder, so an interrupted grid continues where it stopped.
+
+``lowrank_grid`` is the MLP (quick and full scale); ``lowrank_grid_resnet`` is
+ResNet-20, registered separately because its full scale (about 2 CPU-hours per
+arm here) needs a GPU.
 """
 
 from __future__ import annotations
@@ -30,31 +36,36 @@ REFERENCE = "spectral + FD"
 
 @dataclass(frozen=True)
 class Scale:
-    models: tuple[str, ...]
+    model: str
     seeds: int
     epochs: int
     max_train: int | None
     fractions: tuple[float, ...] = FRACTIONS
+    data: str = "fashion_mnist"
 
 
-QUICK = Scale(models=("mlp",), seeds=1, epochs=3, max_train=8000)
-FULL = Scale(models=("mlp", "resnet20"), seeds=3, epochs=15, max_train=None)
+SCALES = {  # (model, quick)
+    ("mlp", True): Scale("mlp", seeds=1, epochs=3, max_train=8000),
+    ("mlp", False): Scale("mlp", seeds=3, epochs=15, max_train=None),
+    ("resnet20", True): Scale("resnet20", seeds=1, epochs=3, max_train=8000),
+    ("resnet20", False): Scale("resnet20", seeds=3, epochs=15, max_train=None),
+}
 
 
 def arm_label(init: str, fd: bool) -> str:
     return f"{init}{' + FD' if fd else ''}"
 
 
-def _config(model: str, epochs: int, max_train: int | None, seed: int, out: Path,
-            **sections: dict) -> TrainConfig:
+def _config(scale: Scale, seed: int, out: Path, **sections: dict) -> TrainConfig:
+    model = scale.model
     mlp = model == "mlp"
-    data = {"name": "fashion_mnist", "max_train": max_train}
+    data = {"name": scale.data, "max_train": scale.max_train}
     base = {
         "data": data,
         "model": {"name": model, "hidden": [512, 512]},
         # SGD + Nesterov, cosine; [FNL]'s weight decay 5e-4 on CIFAR ResNets is used here
         # as both the dense weight decay and the Frobenius-decay coefficient.
-        "optim": {"name": "sgd", "lr": 0.05 if mlp else 0.1, "epochs": epochs,
+        "optim": {"name": "sgd", "lr": 0.05 if mlp else 0.1, "epochs": scale.epochs,
                   "batch_size": 128, "weight_decay": 5e-4},
         "seed": seed, "out": str(out), "progress": False, "resume": True,
     }
@@ -93,77 +104,123 @@ def paired_pvalue(a: list[float], b: list[float]) -> str:
     return f"{ttest_rel(a, b).pvalue:.3f}"
 
 
-@register("lowrank_grid", "Fashion-MNIST: init x Frobenius decay x budget vs dense/sparse")
-def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
+def _train_job(cfg: TrainConfig, threads: int | None) -> dict:
+    """One arm (in a worker process when ``threads`` is set)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    res = train(cfg)
+    res.pop("model")
+    return res
+
+
+def _run_jobs(jobs: list[tuple], configs: list[TrainConfig], workers: int) -> list[dict]:
     from tqdm.auto import tqdm
 
-    scale = QUICK if quick else FULL
+    bar = tqdm(total=len(jobs), desc="lowrank_grid", unit="run")
+    if workers <= 1:
+        results = []
+        for cfg in configs:
+            results.append(_train_job(cfg, None))
+            bar.update()
+        bar.close()
+        return results
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list[dict | None] = [None] * len(configs)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_job, cfg, 1): i for i, cfg in enumerate(configs)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            bar.update()
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> ExperimentResult:
+    """Train every arm of ``scale`` and write the table, CSV and plot."""
+    model = scale.model
     seeds = list(range(seed, seed + scale.seeds))
-    jobs = []
-    for model in scale.models:
-        for s in seeds:
-            jobs.append((model, "dense", 1.0, s, {}))
-            for frac in scale.fractions:
-                for label, sections in _arms(model, frac):
-                    jobs.append((model, label, frac, s, sections))
-    rows = []
-    for model, label, frac, s, sections in tqdm(jobs, desc="lowrank_grid", unit="run"):
-        tag = f"{model}-{label.replace(' ', '').replace('+', '_')}-{frac}-s{s}"
-        cfg = _config(model, scale.epochs, scale.max_train, s, out_dir / "runs" / tag,
-                      **sections)
-        res = train(cfg)
-        rows.append([model, label, frac, s, res["nonzero_params"], res["dense_params"],
-                     res["test_accuracy"], res["train_seconds"]])
+    jobs_list = []
+    for s in seeds:
+        jobs_list.append((model, "dense", 1.0, s, {}))
+        for frac in scale.fractions:
+            for label, sections in _arms(model, frac):
+                jobs_list.append((model, label, frac, s, sections))
+    configs = []
+    for model_, label, frac, s, sections in jobs_list:
+        tag = f"{model_}-{label.replace(' ', '').replace('+', '_')}-{frac}-s{s}"
+        configs.append(_config(scale, s, out_dir / "runs" / tag, **sections))
+    results = _run_jobs(jobs_list, configs, jobs)
+    rows = [[m, label, frac, s, res["nonzero_params"], res["dense_params"],
+             res["test_accuracy"], res["train_seconds"]]
+            for (m, label, frac, s, _), res in zip(jobs_list, results, strict=True)]
     header = ["model", "method", "param_fraction", "seed", "params", "dense_params",
               "test_accuracy", "train_seconds"]
-    files = [write_csv(out_dir / "lowrank_grid.csv", header, rows)]
+    files = [write_csv(out_dir / f"lowrank_grid_{model}.csv", header, rows)]
 
-    def acc(model, label, frac):
-        return [r[6] for r in sorted(rows, key=lambda r: r[3])
-                if r[0] == model and r[1] == label and r[2] == frac]
+    def acc(label, frac):
+        return [r[6] for r in sorted(rows, key=lambda r: r[3]) if r[1] == label and r[2] == frac]
+
+    def params(label, frac):
+        return next(r[4] for r in rows if r[1] == label and r[2] == frac)
 
     labels = [arm_label(i, f) for i, f in LOWRANK_ARMS] + ["magnitude pruning", "IHT"]
-    sections_md = []
-    for model in scale.models:
-        table = []
-        for frac in scale.fractions:
-            ref = acc(model, REFERENCE, frac)
-            for label in labels:
-                vals = acc(model, label, frac)
-                params = next(r[4] for r in rows if r[0] == model and r[1] == label
-                              and r[2] == frac)
-                p = "ref" if label == REFERENCE else paired_pvalue(vals, ref)
-                table.append([f"{frac:.0%}", label, f"{params:,}", mean_std(vals, "{:.4f}"), p])
-        dense = acc(model, "dense", 1.0)
-        dense_params = next(r[5] for r in rows if r[0] == model)
-        table.append(["100%", "dense", f"{dense_params:,}", mean_std(dense, "{:.4f}"), "-"])
-        fig, ax = new_figure(figsize=(6.6, 4.4))
+    table = []
+    for frac in scale.fractions:
+        ref = acc(REFERENCE, frac)
         for label in labels:
-            xs = [next(r[4] for r in rows if r[0] == model and r[1] == label and r[2] == f)
-                  for f in scale.fractions]
-            ys = [statistics.fmean(acc(model, label, f)) for f in scale.fractions]
-            style = "--" if label in ("magnitude pruning", "IHT") else "-"
-            ax.plot(xs, ys, style, marker="o", label=label)
-        ax.axhline(statistics.fmean(dense), color="k", ls=":", label="dense")
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters (nonzero)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{model} on Fashion-MNIST ({len(seeds)} seed(s), {scale.epochs} epochs)")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        png = out_dir / f"lowrank_grid_{model}.png"
-        fig.savefig(png, dpi=120)
-        files.append(png)
-        sections_md.append(
-            f"### {model}\n\n"
-            + markdown_table(["budget", "method", "params", "test accuracy",
-                              f"p vs {REFERENCE}"], table)
-            + f"\n\n![{model}]({png.name})\n")
+            vals = acc(label, frac)
+            p = "ref" if label == REFERENCE else paired_pvalue(vals, ref)
+            table.append([f"{frac:.0%}", label, f"{params(label, frac):,}",
+                          mean_std(vals, "{:.4f}"), p])
+    dense = acc("dense", 1.0)
+    dense_params = rows[0][5]
+    table.append(["100%", "dense", f"{dense_params:,}", mean_std(dense, "{:.4f}"), "-"])
+    fig, ax = new_figure(figsize=(6.6, 4.4))
+    for label in labels:
+        xs = [params(label, f) for f in scale.fractions]
+        ys = [statistics.fmean(acc(label, f)) for f in scale.fractions]
+        errs = [statistics.stdev(acc(label, f)) if len(seeds) > 1 else 0.0
+                for f in scale.fractions]
+        style = "--" if label in ("magnitude pruning", "IHT") else "-"
+        ax.errorbar(xs, ys, yerr=errs, fmt=style, marker="o", capsize=2, label=label)
+    ax.axhline(statistics.fmean(dense), color="k", ls=":", label="dense")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (nonzero)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{model} on {scale.data} ({len(seeds)} seed(s), {scale.epochs} epochs)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    png = out_dir / f"lowrank_grid_{model}.png"
+    fig.savefig(png, dpi=120)
+    files.append(png)
     train_note = (f"first {scale.max_train} training images" if scale.max_train
                   else "all 55,000 training images")
-    md = (f"Fashion-MNIST ({train_note}, 5,000 validation, 10,000 test), {scale.epochs} "
-          f"epochs of SGD (Nesterov, cosine, batch 128) per arm, seeds {seeds}. Budgets are "
-          "whole-model parameter fractions; sparse baselines count nonzero weights. "
-          "p: two-sided paired t-test across seeds against spectral + FD ('-' with one "
-          "seed).\n\n" + "\n".join(sections_md))
-    return ExperimentResult("lowrank_grid", md, files)
+    data_note = (f"Fashion-MNIST ({train_note}, 5,000 validation, 10,000 test)"
+                 if scale.data == "fashion_mnist" else scale.data)
+    md = (f"{model} on {data_note}, "
+          f"{scale.epochs} epochs of SGD (Nesterov, cosine, batch 128) per arm, seeds {seeds}. "
+          "Budgets are whole-model parameter fractions; sparse baselines count nonzero "
+          "weights. Test accuracy is mean +- std over seeds; p: two-sided paired t-test "
+          "across seeds against spectral + FD ('-' with one seed).\n\n"
+          + markdown_table(["budget", "method", "params", "test accuracy",
+                            f"p vs {REFERENCE}"], table)
+          + f"\n\n![{model}]({png.name})\n")
+    return ExperimentResult(f"lowrank_grid_{model}", md, files)
+
+
+@register("lowrank_grid", "Fashion-MNIST MLP: init x Frobenius decay x budget vs dense/sparse",
+          parallel=True)
+def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
+    return run_grid(out_dir, SCALES["mlp", quick], seed, jobs)
+
+
+# Not in the default quick run: even its quick scale takes about an hour on 2 CPU cores.
+@register("lowrank_grid_resnet",
+          "Fashion-MNIST ResNet-20: init x Frobenius decay x budget vs dense/sparse",
+          in_quick=False, parallel=True)
+def run_resnet(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
+    return run_grid(out_dir, SCALES["resnet20", quick], seed, jobs)

@@ -315,12 +315,14 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
     ckpt = out / "checkpoint.safetensors"
     epoch, batch_in_epoch, step = 0, 0, 0
     running = [0.0, 0, 0]  # loss sum, correct, count within the epoch
+    seconds_before = 0.0  # training time spent before an interruption
     config_json = config_to_dict(cfg)
     if cfg.resume and ckpt.exists():
         check_same_config(ckpt, config_json, _RUN_KEYS)
         state, extra = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running = state["running"]
+        seconds_before = float(state.get("seconds", 0.0))
         if sparsifier is not None:
             sparsifier.load_state_dict(extra["sparsity"])
     elif info.is_main:
@@ -338,7 +340,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
         extra = {"sparsity": sparsifier.state_dict()} if sparsifier is not None else {}
         save_checkpoint(ckpt, model, opt, sched, state={
             "epoch": epoch, "batch": batch_in_epoch, "step": step, "running": running,
-            "config": config_json, "reason": reason}, extra=extra)
+            "config": config_json, "reason": reason, "seconds": elapsed()}, extra=extra)
 
     bar = None
     if cfg.progress and info.is_main:
@@ -346,6 +348,10 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
 
         bar = tqdm(total=o.epochs * steps_per_epoch, initial=step, desc="train", unit="step")
     t0 = time.perf_counter()
+
+    def elapsed() -> float:
+        return round(seconds_before + time.perf_counter() - t0, 3)
+
     stopped = False
     with StopFlag() as flag:
         while epoch < o.epochs:
@@ -390,7 +396,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
                         "train_accuracy": running[1] / max(running[2], 1),
                         "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                         "nonzero_params": count_nonzero_params(model),
-                        "seconds": round(time.perf_counter() - t0, 3)})
+                        "seconds": elapsed()})
             epoch, batch_in_epoch, running = epoch + 1, 0, [0.0, 0, 0]
             if epoch % cfg.checkpoint_every == 0 or epoch == o.epochs:
                 save("epoch")
@@ -407,7 +413,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
         val = evaluate_split(model, data.x_val, data.y_val, cfg.eval_batch_size, info.device)
         result.update(test_accuracy=test["accuracy"], test_loss=test["loss"],
                       val_accuracy=val["accuracy"],
-                      train_seconds=round(time.perf_counter() - t0, 3))
+                      train_seconds=elapsed())
         if info.is_main:
             from compactnn.io import save_model
 

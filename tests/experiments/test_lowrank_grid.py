@@ -1,0 +1,68 @@
+"""The grid experiment's runner: worker processes give the serial results, runs
+resume from their folders, and the table carries paired tests."""
+
+import csv
+
+import pytest
+
+from compactnn.experiments import get
+from compactnn.experiments.lowrank_grid import Scale, paired_pvalue, run_grid
+
+TINY = Scale("mlp", seeds=2, epochs=3, max_train=256, fractions=(0.25,), data="digits")
+
+
+def _rows(path):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial")
+    return out, run_grid(out, TINY, seed=0, jobs=1)
+
+
+def test_grid_covers_every_arm_with_paired_tests(serial):
+    out, result = serial
+    rows = _rows(out / "lowrank_grid_mlp.csv")
+    # dense + 6 low-rank arms + 2 sparse baselines, for each of 2 seeds
+    assert len(rows) == 2 * 9
+    methods = {r["method"] for r in rows}
+    assert methods == {"dense", "default", "default + FD", "spectral", "spectral + FD",
+                       "nonlinear", "nonlinear + FD", "magnitude pruning", "IHT"}
+    for r in rows:
+        if r["method"] != "dense":  # every compressed arm is within its budget
+            assert int(r["params"]) <= 0.25 * int(r["dense_params"]) * 1.02
+    assert (out / "lowrank_grid_mlp.png").exists()
+    assert "| 25% | spectral + FD |" in result.markdown and "ref" in result.markdown
+    assert "| 100% | dense |" in result.markdown
+
+
+def test_worker_processes_reproduce_the_serial_grid(serial, tmp_path):
+    out, _ = serial
+    run_grid(tmp_path, TINY, seed=0, jobs=2)
+    assert _rows(tmp_path / "lowrank_grid_mlp.csv") == _rows(out / "lowrank_grid_mlp.csv")
+
+
+def test_finished_runs_are_reused_on_rerun(serial):
+    out, _ = serial
+    before = _rows(out / "lowrank_grid_mlp.csv")
+    seconds = [float(r["train_seconds"]) for r in csv.DictReader(open(out / "lowrank_grid_mlp.csv"))]
+    run_grid(out, TINY, seed=0, jobs=1)  # every run folder holds a final checkpoint
+    assert _rows(out / "lowrank_grid_mlp.csv") == before
+    # the time recorded is the original training time, not the near-zero resume
+    again = [float(r["train_seconds"]) for r in csv.DictReader(open(out / "lowrank_grid_mlp.csv"))]
+    assert again == pytest.approx(seconds, rel=0.5)
+
+
+def test_paired_pvalue():
+    assert paired_pvalue([0.5], [0.4]) == "-"
+    assert paired_pvalue([0.5, 0.6], [0.5, 0.6]) == "1.000"
+    p = float(paired_pvalue([0.90, 0.91, 0.93], [0.80, 0.83, 0.82]))
+    assert 0 < p < 0.05
+
+
+def test_both_models_are_registered_for_parallel_runs():
+    assert get("lowrank_grid").parallel and get("lowrank_grid").in_quick
+    resnet = get("lowrank_grid_resnet")
+    assert resnet.parallel and not resnet.in_quick
