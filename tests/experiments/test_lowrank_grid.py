@@ -11,6 +11,11 @@ from compactnn.experiments.lowrank_grid import Scale, paired_pvalue, run_grid
 TINY = Scale("mlp", seeds=2, epochs=3, max_train=256, fractions=(0.25,), data="digits")
 
 
+def _seconds(path):
+    with open(path) as f:
+        return [float(r["train_seconds"]) for r in csv.DictReader(f)]
+
+
 def _rows(path):
     with open(path) as f:
         return [{k: v for k, v in r.items() if k != "train_seconds"} for r in csv.DictReader(f)]
@@ -47,12 +52,11 @@ def test_worker_processes_reproduce_the_serial_grid(serial, tmp_path):
 def test_finished_runs_are_reused_on_rerun(serial):
     out, _ = serial
     before = _rows(out / "lowrank_grid_mlp.csv")
-    seconds = [float(r["train_seconds"]) for r in csv.DictReader(open(out / "lowrank_grid_mlp.csv"))]
+    seconds = _seconds(out / "lowrank_grid_mlp.csv")
     run_grid(out, TINY, seed=0, jobs=1)  # every run folder holds a final checkpoint
     assert _rows(out / "lowrank_grid_mlp.csv") == before
     # the time recorded is the original training time, not the near-zero resume
-    again = [float(r["train_seconds"]) for r in csv.DictReader(open(out / "lowrank_grid_mlp.csv"))]
-    assert again == pytest.approx(seconds, rel=0.5)
+    assert _seconds(out / "lowrank_grid_mlp.csv") == pytest.approx(seconds, rel=0.5)
 
 
 def test_paired_pvalue():

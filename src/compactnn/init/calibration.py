@@ -30,11 +30,13 @@ __all__ = [
     "LayerInputs",
     "layer_inputs",
     "detect_activations",
+    "detect_norms",
+    "norm_affine",
     "compress_sequential",
 ]
 
-#: Initializers that consume ``inputs=`` (calibration activations) and
-#: ``activation=`` keywords; ``factorize`` passes these only to them.
+#: Initializers that consume ``inputs=`` (calibration activations),
+#: ``activation=`` and ``post_norm=`` keywords; ``factorize`` passes these only to them.
 DATA_AWARE_INITS = frozenset({"nonlinear", "whitened", "lstsq"})
 
 
@@ -350,29 +352,40 @@ def _module_activation(mod: nn.Module) -> str | None:
     return None
 
 
-def _fx_activations(model: nn.Module, names: list[str]) -> dict[str, str] | None:
-    """Activation after each named module from a torch.fx trace (None if the model
-    does not trace). A module whose output has several consumers gets
-    ``"identity"``: only its linear output is shared by all of them."""
+def _folds(mod: nn.Module) -> bool:
+    """A BatchNorm that is a fixed per-channel affine map in eval mode."""
+    return isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats \
+        and mod.running_mean is not None and mod.running_var is not None
+
+
+def _fx_walk(model: nn.Module, names: list[str]
+             ) -> dict[str, tuple[str, nn.Module | None]] | None:
+    """For each named module, from a torch.fx trace (None if the model does not
+    trace): the activation that follows it and the eval-mode BatchNorm between
+    them, if any. A module whose output has several consumers gets
+    ``("identity", None)``: only its linear output is shared by all of them."""
     try:
         import torch.fx
 
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - any tracing failure means: fall back to hooks
         return None
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, nn.Module | None]] = {}
     nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
     for name in names:
         node = nodes.get(name)
         if node is None:
             return None  # called in a way the trace does not show: use hooks
-        act = "identity"
+        act, norm = "identity", None
         while len(node.users) == 1:
             user = next(iter(node.users))
             if user.op == "call_module":
                 mod = model.get_submodule(user.target)
                 if isinstance(mod, _TRANSPARENT):
                     node = user
+                    continue
+                if norm is None and _folds(mod):  # conv -> BN -> act: see through the BN
+                    node, norm = user, mod
                     continue
                 act = _module_activation(mod) or "identity"
             elif user.op == "call_function":
@@ -384,8 +397,55 @@ def _fx_activations(model: nn.Module, names: list[str]) -> dict[str, str] | None
             elif user.op == "call_method" and isinstance(user.target, str):
                 act = _ACT_METHODS.get(user.target, "identity")
             break
-        out[name] = act
+        out[name] = (act, norm)
     return out
+
+
+def _fx_activations(model: nn.Module, names: list[str]) -> dict[str, str] | None:
+    walk = _fx_walk(model, names)
+    return None if walk is None else {name: act for name, (act, _) in walk.items()}
+
+
+def detect_norms(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """The eval-mode BatchNorm that directly follows each named module (conv -> BN
+    -> activation), from a ``torch.fx`` trace; names without one, or every name
+    when the model does not trace, are left out. Its affine map is what
+    :func:`norm_affine` returns."""
+    walk = _fx_walk(model, names)
+    if walk is None:
+        return {}
+    return {name: norm for name, (_, norm) in walk.items() if norm is not None}
+
+
+def norm_affine(norm: nn.Module | tuple[Tensor, Tensor], features: int
+                ) -> tuple[Tensor, Tensor]:
+    """``(a, d)`` with ``norm(z) = a * z + d`` per channel: an eval-mode BatchNorm
+    (``a = gamma / sqrt(running_var + eps)``, ``d = beta - a * running_mean``) or a
+    ``(scale, shift)`` pair, in float64, checked against ``features`` channels."""
+    if isinstance(norm, nn.Module):
+        if not _folds(norm):
+            raise ValueError(f"post_norm must be a BatchNorm with running statistics, got "
+                             f"{type(norm).__name__}")
+        var, mean = norm.running_var.detach().double(), norm.running_mean.detach().double()
+        a = 1.0 / (var + norm.eps).sqrt()
+        d = -a * mean
+        if norm.weight is not None:
+            a = a * norm.weight.detach().double()
+            d = d * norm.weight.detach().double()
+        if norm.bias is not None:
+            d = d + norm.bias.detach().double()
+    elif isinstance(norm, tuple | list) and len(norm) == 2 and all(
+            isinstance(t, Tensor) for t in norm):
+        a, d = (t.detach().double().reshape(-1) for t in norm)
+    else:
+        raise TypeError("post_norm must be a BatchNorm module or a (scale, shift) pair of "
+                        f"tensors, got {type(norm).__name__}")
+    if a.numel() != features or d.numel() != features:
+        raise ValueError(f"post_norm has {a.numel()} channels, the layer has {features} "
+                         "outputs")
+    if not (torch.isfinite(a).all() and torch.isfinite(d).all()):
+        raise ValueError("post_norm's scale or shift is not finite")
+    return a, d
 
 
 def _hook_activations(model: nn.Module, names: list[str], batch: Any) -> dict[str, str]:
@@ -430,7 +490,9 @@ def detect_activations(model: nn.Module, names: list[str], example: Any = None) 
     ``model`` when it traces, else from forward hooks on one call of ``model`` on
     ``example`` (the module run next on the layer's output tensor: ``nn.ReLU``,
     ``nn.GELU``, ``nn.SiLU``, ``nn.Tanh``, ``nn.Sigmoid``); ``"identity"`` when no
-    activation follows directly or the output has other consumers."""
+    activation follows directly or the output has other consumers. The fx path
+    sees through one eval-mode BatchNorm (conv -> BN -> ReLU gives ``"relu"``;
+    :func:`detect_norms` names that BatchNorm)."""
     acts = _fx_activations(model, names)
     if acts is not None:
         return acts
@@ -490,6 +552,7 @@ def compress_sequential(
     activations: dict[str, str] | None = None,
     progress: bool = False,
     cache_bytes: int = 1 << 30,
+    fold_norms: bool = True,
 ) -> None:
     """Replace each target module of ``model`` in place by ``build(dense, inputs=...,
     activation=...)``, layer by layer in forward execution order, each fitted to
@@ -498,7 +561,8 @@ def compress_sequential(
     Args:
         model: the network, modified in place.
         targets: ``(qualified module name, build)`` pairs; ``build(dense_module,
-            inputs=..., activation=...)`` returns the replacement module. ``inputs``
+            inputs=..., activation=...)`` (plus ``post_norm=...`` when ``fold_norms``
+            found a BatchNorm after the module) returns the replacement module. ``inputs``
             is a re-iterable of the module's captured input batches.
         calibration: a tensor (split into batches) or an iterable of batches: tensors,
             tuples/lists whose first item is the model input, or dicts passed as
@@ -506,6 +570,9 @@ def compress_sequential(
         activations: activation name per module name, overriding detection
             (:func:`detect_activations`); names from :data:`ACTIVATIONS`.
         progress: show a progress bar (tqdm) over the layers.
+        fold_norms: pass the eval-mode BatchNorm that directly follows a target
+            (:func:`detect_norms`) to its build as ``post_norm=``, so the fit matches
+            ``act(BN(layer(x)))`` rather than ``act(layer(x))``.
         cache_bytes: a layer's captured inputs are kept in memory up to this size;
             beyond it they are recomputed on every pass (memory stays bounded).
 
@@ -547,6 +614,7 @@ def compress_sequential(
         detected = detect_activations(model, [n for n in order if n not in given],
                                       data.first())
         acts = {**detected, **given}
+        norms = detect_norms(model, order) if fold_norms else {}
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -555,7 +623,8 @@ def compress_sequential(
         for name in order:
             dense = model.get_submodule(name)
             inputs = _CapturedInputs(model, dense, calls[name], data, cache_bytes)
-            new = builds[name](dense, inputs=inputs, activation=acts[name])
+            extra = {"post_norm": norms[name]} if name in norms else {}
+            new = builds[name](dense, inputs=inputs, activation=acts[name], **extra)
             if not isinstance(new, nn.Module):
                 raise TypeError(f"build for {name!r} returned {type(new).__name__}, "
                                 "not an nn.Module")

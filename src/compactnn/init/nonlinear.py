@@ -58,9 +58,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from compactnn.init.calibration import activation_fn, check_activation, layer_inputs
+from compactnn.init.calibration import (
+    activation_fn,
+    check_activation,
+    layer_inputs,
+    norm_affine,
+)
 from compactnn.init.gaussian import (
     _plackett_terms,
     _safe_scale,
@@ -816,6 +821,7 @@ def nonlinear_(
     damping: float = 0.0,
     seed: int = 0,
     svd_method: str = "auto",
+    post_norm: nn.Module | tuple[Tensor, Tensor] | None = None,
 ) -> LowRankLayer:
     """Function-matching initialization [LR-NL]: set ``layer``'s factors (and bias,
     when ``fit_bias`` and the layer has one) to minimize
@@ -836,6 +842,11 @@ def nonlinear_(
         max_patches: patch rows sampled per batch for convolutions in data mode.
         samples: Gaussian inputs drawn for activations other than relu/identity
             when no ``inputs`` are given (the objective is then estimated by sampling).
+        post_norm: a per-output affine map between the layer and the activation,
+            ``z -> a * z + d`` (an eval-mode BatchNorm, or a ``(a, d)`` pair): the
+            objective becomes ``E |act(a(W x + b) + d) - act(a(U V x + c) + d)|^2``,
+            solved as the plain problem for ``(a W, a b + d)`` and mapped back
+            (``compress_sequential`` passes the BatchNorm after a conv).
 
     Gaussian mode: relu by the closed-form solver (never worse than spectral on
     the exact objective); identity is exactly spectral (``E|(W - A) x|^2 =
@@ -849,20 +860,48 @@ def nonlinear_(
     fit = bool(fit_bias) and has_bias
     g, m, n = layer.matrix_shape
     r_g = layer.rank // g
-    if inputs is None and act == "identity":
-        u, v = balanced_factors(w, r_g, svd_method)
-        _apply(layer, u, v, None)
-        return layer
-    if not _rows_are_units(layer):
+    if not _rows_are_units(layer) and (act != "identity" or inputs is not None
+                                       or post_norm is not None):
         raise ValueError(f"init='nonlinear' with activation={act!r} needs the rows of the "
                          "matrix view to be output units; LowRankConv2d's "
                          "scheme='spatial' is not supported (use scheme='channel')")
+    scale = None
+    if post_norm is not None:  # solve for (a W, a b + d), then map U and c back
+        a, d = norm_affine(post_norm, g * m)
+        a = torch.where(a.abs() > 1e-12 * float(a.abs().max().clamp_min(1e-300)), a,
+                        torch.ones_like(a))  # a unit the norm zeroes: match it unscaled
+        a, d = a.to(w.dtype), d.to(w.dtype)
+        scale, shift = a.reshape(g, m), d.reshape(g, m)
+        w = w * scale.unsqueeze(-1)
+        b = (shift if b is None else scale * b.reshape(g, m) + shift).reshape(-1)
     b_g = None if b is None else b.reshape(g, m)
+    u, v, c = _solve_units(layer, w, b_g, r_g, act, inputs, fit=fit, rounds=rounds,
+                           newton_steps=newton_steps, steps=steps, lr=lr,
+                           batch_size=batch_size, max_patches=max_patches, samples=samples,
+                           damping=damping, seed=seed, svd_method=svd_method)
+    if scale is not None:
+        u = u.reshape(g, m, r_g) / scale.unsqueeze(-1).to(u.dtype)
+        u, v = rebalance(u, v.reshape(g, r_g, n))
+        if c is not None:
+            c = (c.reshape(g, m) - shift.to(c.dtype)) / scale.to(c.dtype)
+    _apply(layer, u, v, c if fit else None)
+    return layer
+
+
+def _solve_units(layer: LowRankLayer, w: Tensor, b_g: Tensor | None, r_g: int, act: str,
+                 inputs: Any, *, fit: bool, rounds: int, newton_steps: int, steps: int,
+                 lr: float, batch_size: int, max_patches: int, samples: int, damping: float,
+                 seed: int, svd_method: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Factors ``(G, m, r/G)``, ``(G, r/G, n)`` and bias ``(G, m)`` (the given one
+    when not ``fit``) for :func:`nonlinear_`'s problem on the matrix view ``w``."""
+    g, m, n = w.shape
+    if inputs is None and act == "identity":
+        u, v = balanced_factors(w, r_g, svd_method)
+        return u, v, b_g
     if inputs is None and act == "relu":
         sol = solve_gaussian(w, r_g, b_g, fit_bias=fit, rounds=rounds,
                              newton_steps=newton_steps, svd_method=svd_method)
-        _apply(layer, sol.u, sol.v, sol.bias if fit else None)
-        return layer
+        return sol.u, sol.v, sol.bias if fit else b_g
     if inputs is None:  # other activations: sample x ~ N(0, I)
         gen = torch.Generator().manual_seed(seed)
         results = []
@@ -884,8 +923,7 @@ def nonlinear_(
     if fit:
         c = torch.stack([r.bias if r.bias is not None else torch.zeros(m, dtype=u.dtype)
                          for r in results])
-    _apply(layer, u, v, c)
-    return layer
+    return u, v, c if fit else b_g
 
 
 def _need_inputs(name: str, inputs: Any) -> None:
@@ -906,11 +944,13 @@ def whitened_(
     batch_size: int = 4096,
     max_patches: int = 4096,
     seed: int = 0,
+    post_norm: Any = None,
 ) -> LowRankLayer:
     """SVD-LLM's activation-whitened SVD (:func:`whitened_factors`): the best rank-r
     ``U V`` for ``E |(W - U V) x|^2`` over the calibration ``inputs``; the bias is
-    kept. ``activation`` is accepted and ignored (a linear-output method)."""
-    del activation
+    kept. ``activation`` and ``post_norm`` are accepted and ignored (a linear-output
+    method, as published)."""
+    del activation, post_norm
     _need_inputs("whitened", inputs)
     w, _ = _dense_target(layer, weight, bias)
     rows = layer_inputs(layer, inputs, batch_size=batch_size, max_patches=max_patches,
@@ -934,11 +974,13 @@ def lstsq_(
     batch_size: int = 4096,
     max_patches: int = 4096,
     seed: int = 0,
+    post_norm: Any = None,
 ) -> LowRankLayer:
     """MosaicML Composer's least-squares factorization (:func:`lstsq_factors`):
     matches the linear output ``W x + b`` on the calibration ``inputs`` and refits
-    the bias. ``activation`` is accepted and ignored (a linear-output method)."""
-    del activation
+    the bias. ``activation`` and ``post_norm`` are accepted and ignored (a
+    linear-output method, as published)."""
+    del activation, post_norm
     _need_inputs("lstsq", inputs)
     _check_options(iters=iters)
     w, b = _dense_target(layer, weight, bias)
