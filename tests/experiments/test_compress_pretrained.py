@@ -1,0 +1,31 @@
+"""The post-training compression experiment end to end on a tiny set-up."""
+
+import csv
+
+from compactnn.experiments import get
+from compactnn.experiments.compress_pretrained import FRACTIONS, METHODS, run_compression
+
+TINY = {"epochs": 2, "max_train": 512, "calib": 64, "exclude": ["head"],
+        "keep_first_last": False}
+
+
+def test_every_method_and_budget_is_measured(tmp_path):
+    result = run_compression(tmp_path, "mlp", True, seed=0, scale=TINY, data_name="digits")
+    with open(tmp_path / "compress_pretrained_mlp.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(float(r["param_fraction"]), r["method"]) for r in rows] == [
+        (frac, m) for frac in FRACTIONS for m in METHODS]
+    for r in rows:
+        assert int(r["params"]) <= float(r["param_fraction"]) * int(r["dense_params"]) * 1.02
+        assert 0.0 <= float(r["acc_before_ft"]) <= 1.0
+        assert float(r["latency_vs_dense"]) > 0
+    # the same budget gives every method the same parameter count
+    for frac in FRACTIONS:
+        assert len({r["params"] for r in rows if float(r["param_fraction"]) == frac}) == 1
+    assert (tmp_path / "compress_pretrained_mlp.png").exists()
+    assert "| 25% | nonlinear |" in result.markdown and "| 100% | dense |" in result.markdown
+
+
+def test_resnet_variant_is_full_mode_only():
+    assert get("compress_pretrained").in_quick
+    assert not get("compress_pretrained_resnet").in_quick
