@@ -13,6 +13,8 @@ from compactnn.init.calibration import (
     DATA_AWARE_INITS,
     compress_sequential,
     detect_activations,
+    detect_norms,
+    norm_affine,
 )
 from compactnn.init.nonlinear import (
     fit_data,
@@ -31,10 +33,12 @@ __all__ = [
     "compress_sequential",
     "default_",
     "detect_activations",
+    "detect_norms",
     "fit_data",
     "gaussian",
     "lstsq_",
     "nonlinear_",
+    "norm_affine",
     "refine_gaussian",
     "solve_gaussian",
     "spectral_",
