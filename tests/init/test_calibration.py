@@ -264,3 +264,28 @@ def test_module_registered_twice_is_replaced_everywhere():
     model = nn.Sequential(lin, nn.ReLU(), lin)
     compress_sequential(model, [("0", recorder(rank=2))], torch.randn(16, 5))
     assert isinstance(model[0], LowRankLinear) and model[2] is model[0]
+
+
+class _CountingBatches:
+    """A re-iterable of batches that counts how often it is read."""
+
+    def __init__(self, batches):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):  # counted once reading starts
+        self.passes += 1
+        yield from self.batches
+
+
+@pytest.mark.parametrize("cache_bytes, passes", [(1 << 20, 1), (1000, 3)])
+def test_layer_inputs_cache_the_first_full_pass(cache_bytes, passes):
+    from compactnn.init.calibration import LayerInputs
+
+    layer = LowRankConv2d(3, 4, 3, rank=2)
+    src = _CountingBatches([torch.randn(2, 3, 6, 6), torch.randn(3, 3, 6, 6)])
+    rows = LayerInputs(layer, src, max_patches=20, cache_bytes=cache_bytes)
+    first = [r.clone() for r in rows]
+    assert [r.shape for r in first] == [(20, 27), (20, 27)]  # 2*16 and 3*16 patches, subsampled
+    for _ in range(2):  # later passes: same rows, read again only when not cached
+        assert all(torch.equal(a, b) for a, b in zip(first, rows, strict=True))
+    assert src.passes == passes

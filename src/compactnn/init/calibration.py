@@ -141,11 +141,14 @@ class LayerInputs:
     batches (tensors, or tuples/lists whose first item is the tensor). A one-shot
     iterator is consumed once and its batches kept in memory; a re-iterable
     (a list, a ``DataLoader``) is streamed on every pass. Every batch is checked:
-    finite values and the right feature size, else ``ValueError``.
+    finite values and the right feature size, else ``ValueError``. The rows of
+    the first full pass are kept when they fit in ``cache_bytes``, so solvers that
+    make many passes do not redo the unfolding and the checks.
     """
 
     def __init__(self, layer: LowRankLayer, inputs: Tensor | Iterable[Any], *,
-                 batch_size: int = 4096, max_patches: int = 4096, seed: int = 0) -> None:
+                 batch_size: int = 4096, max_patches: int = 4096, seed: int = 0,
+                 cache_bytes: int = 1 << 28) -> None:
         check_data_layer(layer)
         if isinstance(inputs, Mapping) or isinstance(inputs, str | bytes):
             raise TypeError(f"inputs must be a tensor or an iterable of batches, got "
@@ -165,6 +168,8 @@ class LayerInputs:
         self.max_patches = max_patches
         self.seed = seed
         self.features = layer.matrix_shape[2]
+        self.cache_bytes = cache_bytes
+        self._cache: list[Tensor] | None = None
 
     def _raw(self) -> Iterator[Tensor]:
         if isinstance(self.inputs, Tensor):
@@ -208,7 +213,12 @@ class LayerInputs:
         return rows
 
     def __iter__(self) -> Iterator[Tensor]:
+        if self._cache is not None:
+            yield from self._cache
+            return
         gen = torch.Generator().manual_seed(self.seed)
+        kept: list[Tensor] | None = []
+        size = 0
         for i, x in enumerate(self._raw()):
             if not torch.is_floating_point(x):
                 raise TypeError(f"inputs batch {i} has dtype {x.dtype}; expected floats")
@@ -216,7 +226,14 @@ class LayerInputs:
                 raise ValueError(f"inputs batch {i} contains non-finite values (NaN or inf)")
             rows = self._rows(x, gen)
             if rows.shape[0]:
+                if kept is not None:
+                    size += rows.numel() * rows.element_size()
+                    if size <= self.cache_bytes:
+                        kept.append(rows)
+                    else:
+                        kept = None
                 yield rows
+        self._cache = kept
 
 
 def layer_inputs(layer: LowRankLayer, inputs: Tensor | Iterable[Any] | LayerInputs,
