@@ -70,3 +70,18 @@ def test_both_models_are_registered_for_parallel_runs():
     assert get("lowrank_grid").parallel and get("lowrank_grid").in_quick
     resnet = get("lowrank_grid_resnet")
     assert resnet.parallel and not resnet.in_quick
+
+
+def test_an_interrupted_run_stops_the_grid(tmp_path, monkeypatch):
+    import compactnn.experiments.lowrank_grid as grid
+
+    started = []
+
+    def stopped_train(cfg):  # what train returns after SIGINT: saved, not finished
+        started.append(cfg.out)
+        return {"finished": False, "model": None}
+
+    monkeypatch.setattr(grid, "train", stopped_train)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(tmp_path, TINY, seed=0, jobs=1)
+    assert len(started) == 1  # no further arm was started
