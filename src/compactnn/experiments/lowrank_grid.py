@@ -191,19 +191,38 @@ def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> Experimen
     dense = acc("dense", 1.0)
     dense_params = rows[0][5]
     table.append(["100%", "dense", f"{dense_params:,}", mean_std(dense, "{:.4f}"), "-"])
-    fig, ax = new_figure(figsize=(6.6, 4.4))
+    dense_mean = statistics.fmean(dense)
+    series = {}
     for label in labels:
         xs = [params(label, f) for f in scale.fractions]
         ys = [statistics.fmean(acc(label, f)) for f in scale.fractions]
         errs = [statistics.stdev(acc(label, f)) if len(seeds) > 1 else 0.0
                 for f in scale.fractions]
+        series[label] = (xs, ys, errs)
+    # Arms that failed to train (chance accuracy) would flatten every other curve:
+    # the axis covers the arms within 25 points of dense, the rest sit on its floor.
+    near = [y for _, ys, _ in series.values() for y in ys if y >= dense_mean - 0.25]
+    floor = min(near + [dense_mean]) - 0.01
+    fig, ax = new_figure(figsize=(6.6, 4.4))
+    for label, (xs, ys, errs) in series.items():
         style = "--" if label in ("magnitude pruning", "IHT") else "-"
-        ax.errorbar(xs, ys, yerr=errs, fmt=style, marker="o", capsize=2, label=label)
-    ax.axhline(statistics.fmean(dense), color="k", ls=":", label="dense")
+        shown = [max(y, floor) for y in ys]
+        line = ax.errorbar(xs, shown, yerr=[e if y >= floor else 0 for y, e in zip(ys, errs,
+                                                                                  strict=True)],
+                           fmt=style, marker="o", capsize=2, label=label)
+        low = [(x, floor) for x, y in zip(xs, ys, strict=True) if y < floor]
+        if low:
+            ax.plot(*zip(*low, strict=True), "v", ms=9, color=line[0].get_color())
+    ax.axhline(dense_mean, color="k", ls=":", label="dense")
+    ax.set_ylim(floor - 0.005, max(max(near), dense_mean) + 0.01)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (nonzero)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{model} on {scale.data} ({len(seeds)} seed(s), {scale.epochs} epochs)")
+    ax.set_ylabel("test accuracy (mean +- std over seeds)")
+    data_label = "Fashion-MNIST" if scale.data == "fashion_mnist" else scale.data
+    title = f"{model} on {data_label} ({len(seeds)} seed(s), {scale.epochs} epochs)"
+    if any(y < floor for _, ys, _ in series.values() for y in ys):
+        title += "\nv: below the axis (see the table)"
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     png = out_dir / f"lowrank_grid_{model}.png"
