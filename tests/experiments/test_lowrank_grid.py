@@ -85,3 +85,13 @@ def test_an_interrupted_run_stops_the_grid(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_grid(tmp_path, TINY, seed=0, jobs=1)
     assert len(started) == 1  # no further arm was started
+
+
+def test_a_budget_that_cannot_be_met_fails_before_any_training(tmp_path, monkeypatch):
+    import compactnn.experiments.lowrank_grid as grid
+
+    monkeypatch.setattr(grid, "train", lambda cfg: pytest.fail("training started"))
+    impossible = Scale("mlp", seeds=1, epochs=3, max_train=256, fractions=(0.25, 0.0005),
+                       data="digits")
+    with pytest.raises(ValueError, match="param_ratio=0.0005 cannot be met"):
+        run_grid(tmp_path, impossible, seed=0, jobs=1)
