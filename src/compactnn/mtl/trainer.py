@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from compactnn.mtl.config import DataConfig, MTLConfig
 from compactnn.mtl.metrics import expert_selection_ari, task_loss, task_metrics
 from compactnn.mtl.model import MTLModel
 from compactnn.train.checkpoint import (
+    RunClock,
     StopFlag,
     check_same_config,
     load_checkpoint,
@@ -256,12 +256,14 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
     ckpt = out / "checkpoint.safetensors"
     epoch, batch_in_epoch, step = 0, 0, 0
     running = [0.0, 0] + [0.0] * ntask  # loss sum, rows, per-task loss sums
+    resumed: dict[str, Any] | None = None
     config_json = config_to_dict(cfg)
     if cfg.resume and ckpt.exists():
         check_same_config(ckpt, config_json, _RUN_KEYS)
         state, _ = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running = state["running"]
+        resumed = state
     elif info.is_main:
         (out / "config.json").write_text(json.dumps(config_json, indent=2))
 
@@ -273,14 +275,14 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
         if info.is_main:
             save_checkpoint(ckpt, model, opt, sched, state={
                 "epoch": epoch, "batch": batch_in_epoch, "step": step, "running": running,
-                "config": config_json, "reason": reason})
+                "config": config_json, "reason": reason, "seconds": elapsed()})
 
     bar = None
     if cfg.progress and info.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=o.epochs * steps_per_epoch, initial=step, desc="mtl", unit="step")
-    t0 = time.perf_counter()
+    elapsed = RunClock(resumed)
     stopped = False
     with StopFlag() as flag:
         while epoch < o.epochs:
@@ -323,7 +325,7 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
             row.update({f"train_{s.name}_loss": running[2 + t] / max(running[1], 1)
                         for t, s in enumerate(data.tasks)})
             row.update(_flat("val", val))
-            row["seconds"] = round(time.perf_counter() - t0, 3)
+            row["seconds"] = elapsed()
             logger.log(row)
             epoch, batch_in_epoch, running = epoch + 1, 0, [0.0, 0] + [0.0] * ntask
             if epoch % cfg.checkpoint_every == 0 or epoch == o.epochs:
@@ -331,7 +333,7 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
     if bar is not None:
         bar.close()
     logger.close()
-    train_seconds = round(time.perf_counter() - t0, 3)
+    train_seconds = elapsed()
     result: dict[str, Any] = {"finished": not stopped, "epoch": epoch, "step": step,
                               "params": sum(p.numel() for p in model.parameters()),
                               "tasks": data.task_names}

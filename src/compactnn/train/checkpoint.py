@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,19 @@ def check_same_config(path: str | Path, config: dict[str, Any],
         diff = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
         raise ConfigError(f"{path} was written with a different config ({', '.join(diff)} "
                           "differ); use another out folder or resume=false")
+
+
+class RunClock:
+    """Training time across interruptions: ``clock()`` is the seconds spent
+    before the last resume (``state["seconds"]`` of the checkpoint) plus those
+    since this clock started."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.before = float((state or {}).get("seconds", 0.0))
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(self.before + time.perf_counter() - self.start, 3)
 
 
 class StopFlag:

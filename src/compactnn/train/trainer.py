@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from compactnn.models import dense_first_last_exclude
 from compactnn.regularize import frobenius_decay, param_groups
 from compactnn.surgery import factorize
 from compactnn.train.checkpoint import (
+    RunClock,
     StopFlag,
     check_same_config,
     load_checkpoint,
@@ -315,14 +315,14 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
     ckpt = out / "checkpoint.safetensors"
     epoch, batch_in_epoch, step = 0, 0, 0
     running = [0.0, 0, 0]  # loss sum, correct, count within the epoch
-    seconds_before = 0.0  # training time spent before an interruption
+    resumed: dict[str, Any] | None = None
     config_json = config_to_dict(cfg)
     if cfg.resume and ckpt.exists():
         check_same_config(ckpt, config_json, _RUN_KEYS)
         state, extra = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
+        resumed = state
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running = state["running"]
-        seconds_before = float(state.get("seconds", 0.0))
         if sparsifier is not None:
             sparsifier.load_state_dict(extra["sparsity"])
     elif info.is_main:
@@ -347,11 +347,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
         from tqdm.auto import tqdm
 
         bar = tqdm(total=o.epochs * steps_per_epoch, initial=step, desc="train", unit="step")
-    t0 = time.perf_counter()
-
-    def elapsed() -> float:
-        return round(seconds_before + time.perf_counter() - t0, 3)
-
+    elapsed = RunClock(resumed)
     stopped = False
     with StopFlag() as flag:
         while epoch < o.epochs:
