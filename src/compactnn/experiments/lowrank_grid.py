@@ -109,13 +109,24 @@ def paired_pvalue(a: list[float], b: list[float]) -> str:
 
 
 def _train_job(cfg: TrainConfig, threads: int | None) -> dict:
-    """One arm (in a worker process when ``threads`` is set)."""
+    """One arm (in a worker process when ``threads`` is set). A run that already
+    finished in ``cfg.out`` with the same config is read back, not re-evaluated."""
+    out = Path(cfg.out)
+    if cfg.resume and (out / "result.json").exists():
+        import json
+
+        from compactnn.train.checkpoint import check_same_config
+        from compactnn.train.config import config_to_dict
+        from compactnn.train.trainer import _RUN_KEYS
+
+        check_same_config(out / "checkpoint.safetensors", config_to_dict(cfg), _RUN_KEYS)
+        return json.loads((out / "result.json").read_text())
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     res = train(cfg)
-    res.pop("model")
+    res.pop("model", None)
     return res
 
 
