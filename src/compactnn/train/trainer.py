@@ -318,7 +318,7 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
     resumed: dict[str, Any] | None = None
     config_json = config_to_dict(cfg)
     if cfg.resume and ckpt.exists():
-        check_same_config(ckpt, config_json, _RUN_KEYS)
+        check_same_config(ckpt, config_json, RUN_KEYS)
         state, extra = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
         resumed = state
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
@@ -420,4 +420,4 @@ def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> dict[str, Any]
 
 
 # Keys that may change between an interrupted run and its resume.
-_RUN_KEYS = {"resume", "stop_after_steps", "progress", "out", "device"}
+RUN_KEYS = {"resume", "stop_after_steps", "progress", "out", "device"}
