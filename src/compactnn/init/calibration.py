@@ -130,7 +130,35 @@ def check_data_layer(layer: LowRankLayer) -> None:
                     f"got {type(layer).__name__}")
 
 
-class LayerInputs:
+class _FirstPassCache:
+    """A re-iterable of tensors produced by ``_stream()``: the first full pass is
+    kept when it fits in ``cache_bytes`` and replayed on later passes; beyond that
+    size every pass streams again (memory stays bounded)."""
+
+    cache_bytes: int
+    _cache: list[Tensor] | None = None
+
+    def _stream(self) -> Iterator[Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self._cache is not None:
+            yield from self._cache
+            return
+        kept: list[Tensor] | None = []
+        size = 0
+        for x in self._stream():
+            if kept is not None:
+                size += x.numel() * x.element_size()
+                if size <= self.cache_bytes:
+                    kept.append(x)
+                else:
+                    kept = None
+            yield x
+        self._cache = kept  # only reached after a full pass
+
+
+class LayerInputs(_FirstPassCache):
     """Re-iterable view of calibration inputs as matrix rows ``(k, n)`` of a layer's
     matrix view: ``n = in_features`` for a Linear (leading dims flattened), the
     unfolded ``in * kh * kw`` patches for a channel-scheme convolution (a random
@@ -169,7 +197,6 @@ class LayerInputs:
         self.seed = seed
         self.features = layer.matrix_shape[2]
         self.cache_bytes = cache_bytes
-        self._cache: list[Tensor] | None = None
 
     def _raw(self) -> Iterator[Tensor]:
         if isinstance(self.inputs, Tensor):
@@ -212,13 +239,8 @@ class LayerInputs:
             rows = rows[idx.to(rows.device)]
         return rows
 
-    def __iter__(self) -> Iterator[Tensor]:
-        if self._cache is not None:
-            yield from self._cache
-            return
+    def _stream(self) -> Iterator[Tensor]:
         gen = torch.Generator().manual_seed(self.seed)
-        kept: list[Tensor] | None = []
-        size = 0
         for i, x in enumerate(self._raw()):
             if not torch.is_floating_point(x):
                 raise TypeError(f"inputs batch {i} has dtype {x.dtype}; expected floats")
@@ -226,14 +248,7 @@ class LayerInputs:
                 raise ValueError(f"inputs batch {i} contains non-finite values (NaN or inf)")
             rows = self._rows(x, gen)
             if rows.shape[0]:
-                if kept is not None:
-                    size += rows.numel() * rows.element_size()
-                    if size <= self.cache_bytes:
-                        kept.append(rows)
-                    else:
-                        kept = None
                 yield rows
-        self._cache = kept
 
 
 def layer_inputs(layer: LowRankLayer, inputs: Tensor | Iterable[Any] | LayerInputs,
@@ -311,7 +326,7 @@ class _Calibration:
         return iter(self.batches)
 
 
-class _CapturedInputs:
+class _CapturedInputs(_FirstPassCache):
     """Re-iterable inputs of one module of ``model``: each pass runs the model on
     the calibration batches and yields what reaches ``module`` (every call of it),
     stopping each forward once the module has seen its last call. The first full
@@ -321,7 +336,6 @@ class _CapturedInputs:
                  cache_bytes: int) -> None:
         self.model, self.module, self.calls, self.data = model, module, calls, data
         self.cache_bytes = cache_bytes
-        self._cache: list[Tensor] | None = None
 
     def _stream(self) -> Iterator[Tensor]:
         got: list[Tensor] = []
@@ -343,22 +357,6 @@ class _CapturedInputs:
                 yield from list(got)
         finally:
             handle.remove()
-
-    def __iter__(self) -> Iterator[Tensor]:
-        if self._cache is not None:
-            yield from self._cache
-            return
-        kept: list[Tensor] | None = []
-        size = 0
-        for x in self._stream():
-            if kept is not None:
-                size += x.numel() * x.element_size()
-                if size <= self.cache_bytes:
-                    kept.append(x)
-                else:
-                    kept = None
-            yield x
-        self._cache = kept
 
 
 # -- activation detection ------------------------------------------------------------
