@@ -15,8 +15,8 @@ from torch import nn
 from compactnn import LowRankLinear, factorize
 from compactnn.cli import build_parser, main
 from compactnn.data import TensorSplit, load_digits_split
+from compactnn.engine import FitConfig, evaluate, fit, seed_everything
 from compactnn.experiments import registry
-from compactnn.train import FitConfig, evaluate, fit, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,14 +1,14 @@
 """Typed configuration of ``compactnn mtl`` (filled by
-:func:`compactnn.train.config.build_config` from a TOML/JSON file and ``section.key=value``
+:func:`compactnn.config.build_config` from a TOML/JSON file and ``section.key=value``
 overrides; unknown keys, wrong types and impossible combinations are one-line
-:class:`~compactnn.train.config.ConfigError` s before any work starts)."""
+:class:`~compactnn.config.ConfigError` s before any work starts)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from compactnn.train.config import ConfigError
+from compactnn.config import ConfigError
 
 __all__ = ["DataConfig", "ExpertConfig", "GateConfig", "LossConfig", "MTLConfig",
            "OptimConfig", "TowerConfig"]
