@@ -148,11 +148,3 @@ def test_sparse_baselines_reach_budget_and_resume_exactly(tmp_path, extra):
 def test_lowrank_and_sparse_together_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="separate methods"):
         make(tmp_path, "lowrank.param_ratio=0.5", "sparse.method=iht")
-
-
-def test_run_clock_counts_time_from_before_the_interruption():
-    from compactnn.engine import RunClock
-
-    fresh, resumed = RunClock(None), RunClock({"seconds": 12.5, "epoch": 3})
-    assert 0.0 <= fresh() < 5.0
-    assert 12.5 <= resumed() < 17.5

@@ -23,8 +23,12 @@ from compactnn.engine.fit import FitConfig, fit
 from compactnn.engine.logger import MetricLogger
 from compactnn.engine.loop import LoopConfig, Run, Task, run
 from compactnn.engine.schedules import lr_lambda, lr_scheduler
+from compactnn.engine.settings import RUN_KEYS, RunConfig, loop_config
 
 __all__ = [
+    "RUN_KEYS",
+    "RunConfig",
+    "loop_config",
     "DistInfo",
     "FitConfig",
     "LoopConfig",

@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compactnn._modules import unwrap
-from compactnn.config import ConfigError, config_to_dict
+from compactnn.config import ConfigError
 from compactnn.engine import (
     DistInfo,
-    LoopConfig,
     Run,
     Task,
     batched,
@@ -31,6 +30,7 @@ from compactnn.engine import (
     lr_scheduler,
     run,
 )
+from compactnn.engine.settings import RUN_KEYS, loop_config
 from compactnn.models import dense_first_last_exclude
 from compactnn.regularize import frobenius_decay, param_groups
 from compactnn.surgery import factorize
@@ -45,10 +45,7 @@ from compactnn.tasks.classify_config import (
 
 __all__ = ["RUN_KEYS", "ClassifyTask", "DataConfig", "LowRankConfig", "ModelConfig",
            "OptimConfig", "SparseConfig", "TrainConfig", "build_model", "count_nonzero_params",
-           "load_data", "loop_config", "train"]
-
-# Keys that may change between an interrupted run and its resume.
-RUN_KEYS = frozenset({"resume", "stop_after_steps", "progress", "out", "device"})
+           "load_data", "train"]
 
 
 def load_data(cfg: DataConfig, seed: int):
@@ -229,18 +226,11 @@ class ClassifyTask(Task):
             self.sparsifier.load_state_dict(state["sparsity"])
 
 
-def loop_config(cfg: TrainConfig) -> LoopConfig:
-    """The engine settings of a ``compactnn train`` config (its run-level keys)."""
-    return LoopConfig(epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size, seed=cfg.seed,
-                      out=cfg.out, resume=cfg.resume, checkpoint_every=cfg.checkpoint_every,
-                      stop_after_steps=cfg.stop_after_steps, progress=cfg.progress,
-                      desc="train", device=cfg.device, deterministic=cfg.deterministic,
-                      config=config_to_dict(cfg), run_keys=RUN_KEYS)
-
-
 def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> Run:
     """Run ``compactnn train`` as configured: returns a :class:`~compactnn.engine.Run`
     (``.metrics``, ``.model``, ``.history``) and writes the config, ``metrics.csv``,
     checkpoints, ``model.safetensors`` and ``result.json`` to ``cfg.out``."""
     cfg.validate()
-    return run(ClassifyTask(cfg), loop_config(cfg), dist_info)
+    loop = loop_config(cfg, epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size,
+                       desc="train")
+    return run(ClassifyTask(cfg), loop, dist_info)

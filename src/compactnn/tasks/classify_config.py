@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from compactnn.config import ConfigError
+from compactnn.engine.settings import RunConfig
 
 __all__ = ["DataConfig", "LowRankConfig", "ModelConfig", "OptimConfig", "SparseConfig",
            "TrainConfig"]
@@ -72,23 +73,16 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lowrank: LowRankConfig = field(default_factory=LowRankConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs/train"
-    resume: bool = True  # continue from out/checkpoint.safetensors when present
-    checkpoint_every: int = 1  # epochs
-    stop_after_steps: int | None = None  # save and stop early (to test resuming)
-    eval_batch_size: int = 1000
-    deterministic: bool = True
-    progress: bool = True
 
     def validate(self) -> None:
+        self.validate_run()
         o, lr, sp = self.optim, self.lowrank, self.sparse
         checks = [
             (o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}"),
@@ -108,8 +102,6 @@ class TrainConfig:
             (not (lr.enabled and sp.method != "none"),
              "low-rank and sparse training are separate methods: set one of them"),
             (sp.rounds >= 1, f"sparse.rounds must be >= 1, got {sp.rounds}"),
-            (self.checkpoint_every >= 1,
-             f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.data.max_train is None or self.data.max_train >= o.batch_size,
              f"data.max_train={self.data.max_train} is smaller than one batch"),
         ]

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compactnn.config import ConfigError, config_to_dict
+from compactnn.config import ConfigError
 from compactnn.data.multitask import MultiTaskData, MultiTaskPart
-from compactnn.engine import DistInfo, LoopConfig, Run, Task, batched, lr_scheduler, predict, run
+from compactnn.engine import DistInfo, Run, Task, batched, lr_scheduler, predict, run
+from compactnn.engine.settings import RUN_KEYS, loop_config
 from compactnn.moe import nonzeros_per_example, nonzeros_per_task, task_expert_weights
 from compactnn.tasks.mtl.config import MTLConfig
 from compactnn.tasks.mtl.data import load_mtl_data
@@ -32,10 +33,6 @@ from compactnn.tasks.mtl.metrics import expert_selection_ari, task_loss, task_me
 from compactnn.tasks.mtl.model import MTLModel
 
 __all__ = ["RUN_KEYS", "MTLTask", "evaluate_part", "gate_report", "train_mtl"]
-
-# Keys that may change between an interrupted run and its resume.
-RUN_KEYS = frozenset({"resume", "stop_after_steps", "progress", "out", "device", "save_model"})
-
 
 def _to(part: MultiTaskPart, idx: Tensor, device: torch.device):
     x = part.x[idx].to(device)
@@ -175,15 +172,6 @@ class MTLTask(Task):
                 w.writerow([name, *row])
 
 
-def loop_config(cfg: MTLConfig) -> LoopConfig:
-    """The engine settings of a ``compactnn mtl`` config (its run-level keys)."""
-    return LoopConfig(epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size, seed=cfg.seed,
-                      out=cfg.out, resume=cfg.resume, checkpoint_every=cfg.checkpoint_every,
-                      stop_after_steps=cfg.stop_after_steps, progress=cfg.progress, desc="mtl",
-                      device=cfg.device, deterministic=cfg.deterministic, tensorboard=False,
-                      save_model=cfg.save_model, config=config_to_dict(cfg), run_keys=RUN_KEYS)
-
-
 def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
               data: MultiTaskData | None = None) -> Run:
     """Run ``compactnn mtl`` as configured: returns a :class:`~compactnn.engine.Run`
@@ -195,4 +183,6 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
     of ``cfg.data`` (its tasks are still filtered by ``cfg.data.tasks``).
     """
     cfg.validate()
-    return run(MTLTask(cfg, data), loop_config(cfg), dist_info)
+    loop = loop_config(cfg, epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size,
+                       desc="mtl", tensorboard=False)
+    return run(MTLTask(cfg, data), loop, dist_info)
