@@ -12,6 +12,7 @@ from compactnn.engine.checkpoint import (
 )
 from compactnn.engine.control import RunClock, StopFlag, seed_everything
 from compactnn.engine.distributed import DistInfo, init_distributed, shard, wrap_model
+from compactnn.engine.early_stop import EarlyStopConfig, EarlyStopping
 from compactnn.engine.evaluate import (
     batched,
     classification_metrics,
@@ -30,6 +31,8 @@ __all__ = [
     "RunConfig",
     "loop_config",
     "DistInfo",
+    "EarlyStopConfig",
+    "EarlyStopping",
     "FitConfig",
     "LoopConfig",
     "MetricLogger",

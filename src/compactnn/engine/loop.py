@@ -12,6 +12,8 @@ batch, the metrics of a split); :func:`run` does the rest the same way for all:
   same final weights; a checkpoint written with another config is refused.
 - One CSV row per epoch (``metrics.csv``), the final metrics in ``result.json``
   and the model in ``model.safetensors``.
+- Optional early stopping on a validation column of that row, ending with the
+  best epoch's weights (:mod:`compactnn.engine.early_stop`).
 
 With ``out=None`` nothing is written and signals keep their usual effect: the
 loop then just trains (see :func:`compactnn.engine.fit`).
@@ -38,6 +40,7 @@ from compactnn.engine.distributed import (
     shard,
     wrap_model,
 )
+from compactnn.engine.early_stop import EarlyStopConfig, EarlyStopping
 from compactnn.engine.logger import MetricLogger
 
 __all__ = ["LoopConfig", "Run", "Task", "run"]
@@ -60,6 +63,7 @@ class LoopConfig:
     deterministic: bool | None = True  # None: leave torch's setting as it is
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     save_model: bool = True  # write out/model.safetensors at the end
+    early_stop: EarlyStopConfig | None = None
     config: dict[str, Any] = field(default_factory=dict)  # saved and checked on resume
     run_keys: frozenset[str] = frozenset()  # config keys a resume may change
 
@@ -81,6 +85,7 @@ class Task:
 
     find_unused_parameters = False  # DDP: some steps leave parameters without gradients
     num_train = 0  # training examples (set by setup; the default batches permute them)
+    monitor = "val_loss"  # the column early stopping watches when its metric is "auto"
 
     def setup(self, info: DistInfo) -> None:
         """Load the data (and set :attr:`num_train`)."""
@@ -126,6 +131,12 @@ class Task:
     def evaluate(self, split: str) -> dict[str, float]:
         """Flat metrics of the model on ``split`` (``"val"`` each epoch)."""
         return {}
+
+    def early_stop_from(self) -> int:
+        """The first epoch (0-based) whose validation result early stopping may use
+        (later than 0 when earlier weights are not valid final weights, e.g. before
+        pruning reaches its budget)."""
+        return 0
 
     def epoch_extras(self) -> dict[str, Any]:
         """More columns of the epoch's CSV row."""
@@ -183,12 +194,17 @@ def run(task: Task, cfg: LoopConfig, info: DistInfo | None = None) -> Run:
     epoch, batch_in_epoch, step = 0, 0, 0
     running: dict[str, Any] = {"count": 0, "sums": {}}
     resumed: dict[str, Any] | None = None
+    early = _early_stopping(task, cfg.early_stop)
+    stopped_early = False
     if ckpt is not None and cfg.resume and ckpt.exists():
         check_same_config(ckpt, cfg.config, set(cfg.run_keys))
         state, extra = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
         epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
         running, resumed = state["running"], state
         task.load_state_dict(extra.get("task", {}))
+        if early is not None:
+            early.load_state_dict(extra["early_stop"])
+            stopped_early = bool(state.get("stopped_early", False))
     elif out is not None and info.is_main:
         (out / "config.json").write_text(json.dumps(cfg.config, indent=2))
         task.on_new_run(out)
@@ -205,14 +221,16 @@ def run(task: Task, cfg: LoopConfig, info: DistInfo | None = None) -> Run:
             return
         save_checkpoint(ckpt, model, opt, sched, state={
             "epoch": epoch, "batch": batch_in_epoch, "step": step, "running": running,
-            "config": cfg.config, "reason": reason, "seconds": clock()},
-            extra={"task": task.state_dict()})
+            "config": cfg.config, "reason": reason, "seconds": clock(),
+            "stopped_early": stopped_early},
+            extra={"task": task.state_dict(),
+                   **({"early_stop": early.state_dict()} if early is not None else {})})
 
     bar = _progress(cfg, info, cfg.epochs * steps_per_epoch, step)
     history: list[dict[str, Any]] = []
     stopped = False
     with StopFlag(enabled=out is not None) as flag:
-        while epoch < cfg.epochs:
+        while epoch < cfg.epochs and not stopped_early:
             if batch_in_epoch == 0:
                 task.on_epoch_start(epoch)
             ddp_model.train()
@@ -246,21 +264,34 @@ def run(task: Task, cfg: LoopConfig, info: DistInfo | None = None) -> Run:
             if logger is not None:
                 logger.log(row)
             history.append(row)
+            if early is not None and epoch >= task.early_stop_from():
+                stopped_early = early.update(row, epoch + 1, model)
             epoch, batch_in_epoch, running = epoch + 1, 0, {"count": 0, "sums": {}}
-            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-                save("epoch")
+            if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                save("early_stop" if stopped_early else "epoch")
     if bar is not None:
         bar.close()
     if logger is not None:
         logger.close()
     metrics: dict[str, Any] = {"finished": not stopped, "epoch": epoch, "step": step,
                                **task.summary()}
+    if early is not None:
+        metrics.update(early_stopped=stopped_early, **early.summary())
     if not stopped:
+        if early is not None and cfg.early_stop.restore_best:
+            early.restore(model)
         metrics.update(task.final_metrics())
         metrics["train_seconds"] = clock()
         if out is not None and info.is_main:
             _write_outputs(task, out, model, metrics, cfg.save_model)
     return Run(metrics=metrics, model=model, history=history)
+
+
+def _early_stopping(task: Task, cfg: EarlyStopConfig | None) -> EarlyStopping | None:
+    if cfg is None or not cfg.enabled:
+        return None
+    metric = task.monitor if cfg.metric == "auto" else cfg.metric
+    return EarlyStopping(metric, cfg.patience, cfg.mode, cfg.min_delta)
 
 
 def _epoch_row(task: Task, epoch: int, step: int, lr: float,

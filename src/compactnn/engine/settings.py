@@ -3,10 +3,11 @@ their validation, and their translation into the loop's :class:`LoopConfig`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from compactnn.config import ConfigError, config_to_dict
+from compactnn.engine.early_stop import EarlyStopConfig
 from compactnn.engine.loop import LoopConfig
 
 __all__ = ["RUN_KEYS", "RunConfig", "loop_config"]
@@ -29,6 +30,7 @@ class RunConfig:
     deterministic: bool = True
     progress: bool = True
     save_model: bool = True  # write out/model.safetensors at the end
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)  # off by default
 
     def validate_run(self) -> None:
         """Check the run-level keys (the task configs' ``validate`` calls it)."""
@@ -43,6 +45,7 @@ class RunConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self.early_stop.validate()
 
 
 def loop_config(cfg: RunConfig, *, epochs: int, batch_size: int, desc: str,
@@ -53,4 +56,5 @@ def loop_config(cfg: RunConfig, *, epochs: int, batch_size: int, desc: str,
                       stop_after_steps=cfg.stop_after_steps, progress=cfg.progress, desc=desc,
                       device=cfg.device, deterministic=cfg.deterministic,
                       tensorboard=tensorboard, save_model=cfg.save_model,
+                      early_stop=cfg.early_stop,
                       config=config_to_dict(cfg), run_keys=RUN_KEYS)

@@ -94,6 +94,7 @@ class _Sparsity:
         keep = sparse.target_keep_for_param_ratio(model, sp.param_ratio,
                                                   exclude=exclude or None)
         self.phases = [0]
+        self.settled_from = sp.warmup_epochs  # first epoch trained at the budget
         if sp.method == "iht":
             self.impl = sparse.IterativeHardThresholding(
                 model, keep, exclude=exclude or None,
@@ -105,6 +106,7 @@ class _Sparsity:
                 raise ConfigError(f"sparse.rounds={sp.rounds} needs optim.epochs >= "
                                   f"{sp.rounds + 1} (one phase of training per round)")
             self.phases = [k * per for k in range(sp.rounds + 1)]
+            self.settled_from = self.phases[-1]
             self.impl = sparse.IterativeMagnitudePruning(model, keep, rounds=sp.rounds,
                                                          exclude=exclude or None,
                                                          rewind=sp.rewind,
@@ -200,6 +202,10 @@ class ClassifyTask(Task):
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
         return evaluate(self.model, batched(x, y, batch_size=self.cfg.eval_batch_size),
                         device=self.info.device)
+
+    def early_stop_from(self) -> int:
+        # weights from before the sparse budget is reached are not valid final weights
+        return self.sparsifier.settled_from if self.sparsifier is not None else 0
 
     def epoch_extras(self) -> dict[str, Any]:
         return {"nonzero_params": count_nonzero_params(self.model)}

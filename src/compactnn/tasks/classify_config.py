@@ -102,6 +102,9 @@ class TrainConfig(RunConfig):
             (not (lr.enabled and sp.method != "none"),
              "low-rank and sparse training are separate methods: set one of them"),
             (sp.rounds >= 1, f"sparse.rounds must be >= 1, got {sp.rounds}"),
+            (not self.early_stop.enabled or self.data.name != "fashion_mnist"
+             or self.data.val_size >= 1,
+             "early stopping needs a validation split: data.val_size must be >= 1"),
             (self.data.max_train is None or self.data.max_train >= o.batch_size,
              f"data.max_train={self.data.max_train} is smaller than one batch"),
         ]

@@ -198,3 +198,12 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     r0, r1 = st.load_file(f"{multi}.rank0"), st.load_file(f"{multi}.rank1")
     assert_same(r0, r1)
     assert_same(ref, r0, exact=False)
+
+
+def test_early_stopping_ends_with_the_best_validation_weights(tmp_path):
+    r = train_mtl(make(tmp_path, "early_stop.patience=1", "optim.epochs=4", "optim.lr=0.05"))
+    m = r.metrics
+    assert m["finished"] and 1 <= m["best_epoch"] <= m["epoch"]
+    assert m["val_mean_mse"] == m["best_val_mean_mse"]  # the model is the best epoch's
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + m["epoch"]

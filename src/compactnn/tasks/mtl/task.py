@@ -144,6 +144,14 @@ class MTLTask(Task):
                      for s, lt in zip(self.data.tasks, losses, strict=True)})
         return loss + aux, sums, n
 
+    @property
+    def monitor(self) -> str:
+        """Early stopping's default column: the mean validation loss of the
+        classification tasks, or the mean validation MSE when all tasks regress."""
+        if all(t.kind == "regression" for t in self.data.tasks):
+            return "val_mean_mse"
+        return "val_mean_loss"
+
     def evaluate(self, split: str) -> dict[str, float]:
         return _flat(self._per_task(split))
 
