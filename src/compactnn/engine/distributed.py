@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DistInfo", "init_distributed", "wrap_model", "shard", "cleanup", "all_reduce_sum"]
+__all__ = ["DistInfo", "epoch_indices", "init_distributed", "shard", "wrap_model"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,18 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     return DistInfo(rank, world, local, dev)
 
 
-def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
-    """``DistributedDataParallel(model)`` when distributed, else ``model``."""
+def wrap_model(model: nn.Module, info: DistInfo,
+               find_unused_parameters: bool = False) -> nn.Module:
+    """``DistributedDataParallel(model)`` when distributed, else ``model``.
+    ``find_unused_parameters``: needed when a step may leave some parameters
+    without gradients (e.g. experts no example was routed to)."""
     if not info.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [info.local_rank] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(model, device_ids=ids,
+                                   find_unused_parameters=find_unused_parameters)
 
 
 def shard(indices: Tensor, info: DistInfo) -> Tensor:
@@ -75,14 +79,8 @@ def shard(indices: Tensor, info: DistInfo) -> Tensor:
     return indices[info.rank * per:(info.rank + 1) * per]
 
 
-def all_reduce_sum(values: Tensor, info: DistInfo) -> Tensor:
-    """Sum a tensor over ranks (identity in one process)."""
-    if info.enabled:
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def epoch_indices(num_examples: int, seed: int, epoch: int) -> Tensor:
+    """The order of the training examples in ``epoch``: a permutation that depends
+    only on ``(seed, epoch)``, so a resumed run and every process see the same one."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=gen)

@@ -11,8 +11,8 @@ import safetensors.torch as st
 import torch
 
 from compactnn.cli import main
-from compactnn.train.config import ConfigError, build_config, parse_overrides
-from compactnn.train.trainer import TrainConfig, train
+from compactnn.config import ConfigError, build_config, parse_overrides
+from compactnn.tasks.classify import TrainConfig, train
 
 BASE = ["data.name=digits", "model.name=mlp", "model.hidden=64,64,64", "optim.batch_size=32",
         "optim.epochs=2", "progress=false", "optim.lr=0.05"]
@@ -38,10 +38,10 @@ def assert_same(a: dict, b: dict, exact: bool = True) -> None:
 def test_deterministic_for_a_fixed_seed(tmp_path):
     r1 = train(make(tmp_path, "lowrank.param_ratio=0.5", out="a"))
     r2 = train(make(tmp_path, "lowrank.param_ratio=0.5", out="b"))
-    assert_same(weights(r1["model"]), weights(r2["model"]))
-    assert r1["test_accuracy"] == r2["test_accuracy"]
+    assert_same(weights(r1.model), weights(r2.model))
+    assert r1.metrics["test_accuracy"] == r2.metrics["test_accuracy"]
     r3 = train(make(tmp_path, "lowrank.param_ratio=0.5", "seed=1", out="c"))
-    assert not torch.equal(r1["model"].head.weight, r3["model"].head.weight)
+    assert not torch.equal(r1.model.head.weight, r3.model.head.weight)
 
 
 @pytest.mark.parametrize("extra", [
@@ -52,12 +52,12 @@ def test_resume_mid_epoch_is_exact(tmp_path, extra):
     full = train(make(tmp_path, *extra, out="full"))
     # Stop in the middle of the first epoch (digits: 34 steps per epoch at batch 32).
     stopped = train(make(tmp_path, *extra, "stop_after_steps=20", out="resumed"))
-    assert not stopped["finished"] and stopped["step"] == 20
+    assert not stopped.metrics["finished"] and stopped.metrics["step"] == 20
     assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
     resumed = train(make(tmp_path, *extra, out="resumed"))
-    assert resumed["finished"]
-    assert_same(weights(full["model"]), weights(resumed["model"]))
-    assert full["test_accuracy"] == resumed["test_accuracy"]
+    assert resumed.metrics["finished"]
+    assert_same(weights(full.model), weights(resumed.model))
+    assert full.metrics["test_accuracy"] == resumed.metrics["test_accuracy"]
     # one CSV row per epoch, no duplicates from the interrupted run
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2
@@ -136,22 +136,15 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 ])
 def test_sparse_baselines_reach_budget_and_resume_exactly(tmp_path, extra):
     full = train(make(tmp_path, *extra, out="full"))
-    budget = int(0.5 * full["dense_params"])
-    assert full["nonzero_params"] <= budget
-    assert full["nonzero_params"] >= budget - 50  # masks keep exactly the budget (+ rare 0s)
+    budget = int(0.5 * full.metrics["dense_params"])
+    assert full.metrics["nonzero_params"] <= budget
+    # masks keep exactly the budget (+ rare zeros)
+    assert full.metrics["nonzero_params"] >= budget - 50
     train(make(tmp_path, *extra, "stop_after_steps=40", out="resumed"))
     resumed = train(make(tmp_path, *extra, out="resumed"))
-    assert_same(weights(full["model"]), weights(resumed["model"]))
+    assert_same(weights(full.model), weights(resumed.model))
 
 
 def test_lowrank_and_sparse_together_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="separate methods"):
         make(tmp_path, "lowrank.param_ratio=0.5", "sparse.method=iht")
-
-
-def test_run_clock_counts_time_from_before_the_interruption():
-    from compactnn.train.checkpoint import RunClock
-
-    fresh, resumed = RunClock(None), RunClock({"seconds": 12.5, "epoch": 3})
-    assert 0.0 <= fresh() < 5.0
-    assert 12.5 <= resumed() < 17.5

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from compactnn._modules import unwrap
+from compactnn.config import ConfigError
 from compactnn.io import model_structure, read_metadata, restore_structure
 
-__all__ = ["StopFlag", "check_same_config", "save_checkpoint", "load_checkpoint",
-           "checkpoint_state", "flatten_state",
-           "unflatten_state", "unwrap"]
+__all__ = ["check_same_config", "checkpoint_state", "flatten_state", "load_checkpoint",
+           "save_checkpoint", "unflatten_state"]
 
 _FORMAT = "compactnn.checkpoint.v1"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP / ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str) -> Any:
@@ -150,51 +138,12 @@ def check_same_config(path: str | Path, config: dict[str, Any],
                       run_keys: set[str]) -> None:
     """Refuse to resume from ``path`` when its saved ``state["config"]`` differs from
     ``config`` in any key but ``run_keys`` (those a resume may change), naming them."""
-    from compactnn.train.config import ConfigError
-
     saved = {k: v for k, v in checkpoint_state(path)["config"].items() if k not in run_keys}
     now = {k: v for k, v in config.items() if k not in run_keys}
     if saved != now:
         diff = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
         raise ConfigError(f"{path} was written with a different config ({', '.join(diff)} "
                           "differ); use another out folder or resume=false")
-
-
-class RunClock:
-    """Training time across interruptions: ``clock()`` is the seconds spent
-    before the last resume (``state["seconds"]`` of the checkpoint) plus those
-    since this clock started."""
-
-    def __init__(self, state: dict[str, Any] | None = None) -> None:
-        self.before = float((state or {}).get("seconds", 0.0))
-        self.start = time.perf_counter()
-
-    def __call__(self) -> float:
-        return round(self.before + time.perf_counter() - self.start, 3)
-
-
-class StopFlag:
-    """Context manager: SIGINT/SIGTERM set ``raised`` (instead of killing the
-    process) so a training loop can save a checkpoint at its next step."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def load_checkpoint(

@@ -2,7 +2,7 @@
 config, the [MMoE]-style model with DSelect-k / Top-k / softmax gates, and metrics of
 prediction and expert selection. See docs/mtl.md."""
 
-from compactnn.mtl.config import (
+from compactnn.tasks.mtl.config import (
     DataConfig,
     ExpertConfig,
     GateConfig,
@@ -11,7 +11,8 @@ from compactnn.mtl.config import (
     OptimConfig,
     TowerConfig,
 )
-from compactnn.mtl.metrics import (
+from compactnn.tasks.mtl.data import known_tasks, load_mtl_data
+from compactnn.tasks.mtl.metrics import (
     expert_selection_ari,
     experts_per_task,
     paired_test,
@@ -20,8 +21,8 @@ from compactnn.mtl.metrics import (
     task_loss,
     task_metrics,
 )
-from compactnn.mtl.model import ConvExpert, MTLModel, build_gate
-from compactnn.mtl.trainer import evaluate_part, known_tasks, load_mtl_data, train_mtl
+from compactnn.tasks.mtl.model import ConvExpert, MTLModel, build_gate
+from compactnn.tasks.mtl.task import MTLTask, evaluate_part, gate_report, train_mtl
 
 __all__ = [
     "ConvExpert",
@@ -31,12 +32,14 @@ __all__ = [
     "LossConfig",
     "MTLConfig",
     "MTLModel",
+    "MTLTask",
     "OptimConfig",
     "TowerConfig",
     "build_gate",
     "evaluate_part",
     "expert_selection_ari",
     "experts_per_task",
+    "gate_report",
     "known_tasks",
     "load_mtl_data",
     "paired_test",

@@ -9,7 +9,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from compactnn.data.multitask import TaskSpec
-from compactnn.mtl.metrics import (
+from compactnn.tasks.mtl.metrics import (
     expert_selection_ari,
     experts_per_task,
     paired_test,

@@ -12,10 +12,10 @@ import safetensors.torch as st
 import torch
 
 from compactnn.cli import main
+from compactnn.config import ConfigError, build_config, parse_overrides
 from compactnn.data.synthetic import make_clustered_synthetic
-from compactnn.mtl import MTLConfig, MTLModel, train_mtl
-from compactnn.mtl.config import ExpertConfig, GateConfig
-from compactnn.train.config import ConfigError, build_config, parse_overrides
+from compactnn.tasks.mtl import MTLConfig, MTLModel, train_mtl
+from compactnn.tasks.mtl.config import ExpertConfig, GateConfig
 
 BASE = ["data.name=clustered", "data.num_tasks=4", "data.num_clusters=2", "data.n_train=256",
         "data.n_val=64", "data.n_test=64", "data.input_dim=12", "experts.num=4",
@@ -50,13 +50,13 @@ def assert_same(a: dict, b: dict, exact: bool = True) -> None:
 @pytest.mark.parametrize("gate", list(GATES))
 def test_two_epochs_end_to_end(tmp_path, gate):
     r = train_mtl(make(tmp_path, *GATES[gate]))
-    assert r["finished"] and r["epoch"] == 2 and r["step"] == 16
-    assert r["tasks"] == ["t0", "t1", "t2", "t3"]
-    assert all(0 < r["test"][t]["mse"] < 10 for t in r["tasks"])
-    assert len(r["expert_weights"]) == 4 and len(r["experts_per_task"]) == 4
-    assert -1 <= r["ari_support"] <= 1 and -1 <= r["ari_argmax"] <= 1
+    assert r.metrics["finished"] and r.metrics["epoch"] == 2 and r.metrics["step"] == 16
+    assert r.metrics["tasks"] == ["t0", "t1", "t2", "t3"]
+    assert all(0 < r.metrics["test"][t]["mse"] < 10 for t in r.metrics["tasks"])
+    assert len(r.metrics["expert_weights"]) == 4 and len(r.metrics["experts_per_task"]) == 4
+    assert -1 <= r.metrics["ari_support"] <= 1 and -1 <= r.metrics["ari_argmax"] <= 1
     if gate == "topk":
-        assert max(r["experts_per_task"]) <= 4
+        assert max(r.metrics["experts_per_task"]) <= 4
     out = tmp_path / "run"
     for f in ("config.json", "metrics.csv", "checkpoint.safetensors", "gate_weights.csv",
               "result.json"):
@@ -68,21 +68,21 @@ def test_two_epochs_end_to_end(tmp_path, gate):
 def test_deterministic_for_a_fixed_seed(tmp_path):
     r1 = train_mtl(make(tmp_path, *GATES["topk"], out="a"))
     r2 = train_mtl(make(tmp_path, *GATES["topk"], out="b"))
-    assert_same(weights(r1["model"]), weights(r2["model"]))
-    assert r1["test_mean_mse"] == r2["test_mean_mse"]
+    assert_same(weights(r1.model), weights(r2.model))
+    assert r1.metrics["test_mean_mse"] == r2.metrics["test_mean_mse"]
     r3 = train_mtl(make(tmp_path, *GATES["topk"], "seed=1", out="c"))
-    assert r3["test_mean_mse"] != r1["test_mean_mse"]
+    assert r3.metrics["test_mean_mse"] != r1.metrics["test_mean_mse"]
 
 
 @pytest.mark.parametrize("gate", ["dselect_k_per_example", "topk"])
 def test_resume_mid_epoch_is_exact(tmp_path, gate):
     full = train_mtl(make(tmp_path, *GATES[gate], out="full"))
     stopped = train_mtl(make(tmp_path, *GATES[gate], "stop_after_steps=5", out="resumed"))
-    assert not stopped["finished"] and stopped["step"] == 5
+    assert not stopped.metrics["finished"] and stopped.metrics["step"] == 5
     resumed = train_mtl(make(tmp_path, *GATES[gate], out="resumed"))
-    assert resumed["finished"]
-    assert_same(weights(full["model"]), weights(resumed["model"]))
-    assert full["test_mean_mse"] == resumed["test_mean_mse"]
+    assert resumed.metrics["finished"]
+    assert_same(weights(full.model), weights(resumed.model))
+    assert full.metrics["test_mean_mse"] == resumed.metrics["test_mean_mse"]
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2
 
@@ -111,7 +111,7 @@ def test_unknown_task_and_loss_weights(tmp_path):
     with pytest.raises(ConfigError, match="loss.weights has 3 entries for 2 tasks"):
         train_mtl(make(tmp_path, "data.tasks=t1,t0", "loss.weights=[1,1,1]"))
     r = train_mtl(make(tmp_path, "data.tasks=t1,t0", "loss.weights=[1,0.5]", out="sel"))
-    assert r["tasks"] == ["t1", "t0"]
+    assert r.metrics["tasks"] == ["t1", "t0"]
 
 
 def test_own_data_with_bad_labels_is_refused(tmp_path):
@@ -190,7 +190,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     common = [*BASE, "optim.epochs=1", "gate.name=dselect_k", "gate.per_example=true",
               "gate.reduction=mean", "gate.entropy_reg=0.01"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = weights(train_mtl(make(tmp_path, *common[len(BASE):], out="s"))["model"])
+    ref = weights(train_mtl(make(tmp_path, *common[len(BASE):], out="s")).model)
     multi = tmp_path / "multi"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc_per_node=2", str(worker), str(multi), *common,
@@ -198,3 +198,12 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     r0, r1 = st.load_file(f"{multi}.rank0"), st.load_file(f"{multi}.rank1")
     assert_same(r0, r1)
     assert_same(ref, r0, exact=False)
+
+
+def test_early_stopping_ends_with_the_best_validation_weights(tmp_path):
+    r = train_mtl(make(tmp_path, "early_stop.patience=1", "optim.epochs=4", "optim.lr=0.05"))
+    m = r.metrics
+    assert m["finished"] and 1 <= m["best_epoch"] <= m["epoch"]
+    assert m["val_mean_mse"] == m["best_val_mean_mse"]  # the model is the best epoch's
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + m["epoch"]

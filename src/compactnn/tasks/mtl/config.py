@@ -1,14 +1,15 @@
 """Typed configuration of ``compactnn mtl`` (filled by
-:func:`compactnn.train.config.build_config` from a TOML/JSON file and ``section.key=value``
+:func:`compactnn.config.build_config` from a TOML/JSON file and ``section.key=value``
 overrides; unknown keys, wrong types and impossible combinations are one-line
-:class:`~compactnn.train.config.ConfigError` s before any work starts)."""
+:class:`~compactnn.config.ConfigError` s before any work starts)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from compactnn.train.config import ConfigError
+from compactnn.config import ConfigError
+from compactnn.engine.settings import RunConfig
 
 __all__ = ["DataConfig", "ExpertConfig", "GateConfig", "LossConfig", "MTLConfig",
            "OptimConfig", "TowerConfig"]
@@ -88,7 +89,7 @@ class OptimConfig:
 
 
 @dataclass
-class MTLConfig:
+class MTLConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -96,18 +97,11 @@ class MTLConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     execution: Literal["dense", "sparse", "auto"] = "dense"  # how the experts run
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = "runs/mtl"
-    resume: bool = True  # continue from out/checkpoint.safetensors when present
-    checkpoint_every: int = 1  # epochs
-    stop_after_steps: int | None = None  # save and stop early (to test resuming)
     eval_batch_size: int = 2048
-    deterministic: bool = True
-    progress: bool = True
-    save_model: bool = True  # write out/model.safetensors at the end
 
     def validate(self) -> None:
+        self.validate_run()
         o, g, e, d = self.optim, self.gate, self.experts, self.data
         checks = [
             (o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}"),
@@ -144,9 +138,6 @@ class MTLConfig:
             (d.max_train is None or d.max_train >= o.batch_size,
              f"data.max_train={d.max_train} is smaller than one batch"),
             (d.max_eval is None or d.max_eval >= 1, "data.max_eval must be >= 1"),
-            (self.checkpoint_every >= 1,
-             f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -27,8 +27,7 @@ from compactnn.moe import (
     SoftmaxGate,
     mlp_experts,
 )
-from compactnn.mtl.config import ExpertConfig, GateConfig, TowerConfig
-from compactnn.train.config import ConfigError
+from compactnn.tasks.mtl.config import ExpertConfig, GateConfig, TowerConfig
 
 __all__ = ["ConvExpert", "MTLModel", "TaskTowers", "build_gate"]
 
@@ -121,7 +120,7 @@ class MTLModel(nn.Module):
         self.conv = experts.arch == "conv"
         if self.conv:
             if len(self.input_shape) != 3 or cat_cardinalities:
-                raise ConfigError("experts.arch=conv needs image inputs (N, C, H, W) without "
+                raise ValueError("experts.arch=conv needs image inputs (N, C, H, W) without "
                                   f"categorical columns; this data has input shape "
                                   f"{self.input_shape}")
             expert_list = nn.ModuleList(

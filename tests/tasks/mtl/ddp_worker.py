@@ -4,8 +4,8 @@ import sys
 
 import safetensors.torch as st
 
-from compactnn.mtl import MTLConfig, train_mtl
-from compactnn.train.config import build_config, parse_overrides
+from compactnn.config import build_config, parse_overrides
+from compactnn.tasks.mtl import MTLConfig, train_mtl
 
 if __name__ == "__main__":
     out_file, overrides = sys.argv[1], sys.argv[2:]
@@ -13,5 +13,5 @@ if __name__ == "__main__":
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_initialized() else 0
-    st.save_file({k: v.contiguous() for k, v in result["model"].state_dict().items()},
+    st.save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
                  f"{out_file}.rank{rank}")
