@@ -197,7 +197,7 @@ def test_init_and_init_kwargs_are_passed(monkeypatch):
 
     monkeypatch.setattr(spectral_mod, "truncated_svd", spy)
     model, _ = build("mlp")
-    factorize(model, rank=4, method="randomized")
+    factorize(model, rank=4, svd_method="randomized")
     assert seen == ["randomized"] * 3
     seen.clear()
     out, _ = factorize(model, rank=4, init="default")
@@ -442,7 +442,12 @@ BAD_CALLS = [
     (dict(rank=1000), ValueError, "rank=1000"),
     (dict(param_ratio=0.0), ValueError, "param_ratio=0.0"),
     (dict(param_ratio=1.5), ValueError, "param_ratio=1.5"),
-    (dict(param_ratio=True), ValueError, "param_ratio=True"),
+    (dict(param_ratio=True), TypeError, "param_ratio must be a number, got True"),
+    (dict(param_ratio="0.5"), TypeError, "param_ratio must be a number, got '0.5'"),
+    (dict(param_ratio=float("nan")), ValueError, "param_ratio=nan"),
+    (dict(rank=4, init=3), TypeError, "init must be"),
+    (dict(rank=4, activations=["relu"]), TypeError, "activations must be a dict"),
+    (dict(rank=4, include=r"(unclosed"), ValueError, "not a valid regex"),
     (dict(flop_ratio=-0.1), ValueError, "flop_ratio=-0.1"),
     (dict(param_ratio=0.01), ValueError, "param_ratio=0.01"),
     (dict(param_ratio=0.3, include=["fc1"]), ValueError, "param_ratio=0.3"),
