@@ -734,7 +734,8 @@ def test_calibration_with_a_data_free_init_is_ignored():
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                           nn.Linear(16, 4))
     calib = torch.randn(64, 12)
-    with_data, _ = factorize(model, rank=4, init="spectral", calibration=calib)
+    with pytest.warns(UserWarning, match="calibration is ignored: init='spectral'"):
+        with_data, _ = factorize(model, rank=4, init="spectral", calibration=calib)
     without, _ = factorize(model, rank=4, init="spectral")
     x = torch.randn(5, 12)
     torch.testing.assert_close(with_data(x), without(x))
