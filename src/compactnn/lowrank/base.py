@@ -158,9 +158,27 @@ class LowRankLayer(nn.Module):
         """Fan-in of the equivalent dense layer (for default initialization)."""
         raise NotImplementedError
 
+    #: The dense module type this layer replaces (``nn.Linear``, ``nn.Conv2d``).
+    dense_type: type[nn.Module]
+
+    def dense_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the equivalent dense module."""
+        raise NotImplementedError
+
+    @classmethod
+    def dense_structure(cls, module: nn.Module) -> dict[str, Any]:
+        """This class's constructor arguments (without rank and layer options)
+        that mirror the dense ``module``."""
+        raise NotImplementedError
+
     def to_dense(self) -> nn.Module:
         """The equivalent dense module, weight ``U @ V`` rebuilt once."""
-        raise NotImplementedError
+        dense = self.dense_type(**self.dense_kwargs(), device=self.U.device, dtype=self.U.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
 
     @classmethod
     def from_dense(
@@ -170,8 +188,24 @@ class LowRankLayer(nn.Module):
         init: str | Callable[..., Any] = "spectral",
         **init_kwargs: Any,
     ) -> LowRankLayer:
-        """Build a low-rank copy of ``module`` (see the subclasses)."""
-        raise NotImplementedError
+        """Low-rank copy of a dense ``module`` with every constructor argument kept,
+        bias copied and factors set by ``init`` (a registered name such as
+        ``"spectral"`` or ``"default"``, or a callable
+        ``fn(layer, weight=..., bias=..., **init_kwargs)``)."""
+        return cls._from_dense(module, rank, init, init_kwargs)
+
+    @classmethod
+    def _from_dense(cls, module: nn.Module, rank: int | float,
+                    init: str | Callable[..., Any], init_kwargs: dict[str, Any],
+                    **options: Any) -> LowRankLayer:
+        if not isinstance(module, cls.dense_type):
+            raise TypeError(f"{cls.__name__}.from_dense expects nn.{cls.dense_type.__name__}, "
+                            f"got {type(module).__name__}")
+        w = module.weight
+        layer = cls(**cls.dense_structure(module), rank=rank, **options, device=w.device,
+                    dtype=w.dtype)
+        layer._init_from(module, init, init_kwargs)
+        return layer
 
     # -- shared behaviour ------------------------------------------------
     def dense_weight(self) -> Tensor:

@@ -273,45 +273,34 @@ class LowRankConv2d(LowRankLayer):
         return x.shape[-2] * x.shape[-1] if x.dim() == 4 else 1
 
     def config(self) -> dict[str, Any]:
-        return {**self.conv_kwargs(), "rank": self.rank, "scheme": self.scheme}
+        return {**self.dense_kwargs(), "rank": self.rank, "scheme": self.scheme}
 
     # -- conversion ------------------------------------------------------------
-    def conv_kwargs(self) -> dict[str, Any]:
+    dense_type = nn.Conv2d
+
+    def dense_kwargs(self) -> dict[str, Any]:
         """The ``nn.Conv2d`` constructor arguments of the equivalent dense layer."""
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                     dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
                     padding_mode=self.padding_mode)
 
-    @classmethod
-    def from_dense(
-        cls,
-        module: nn.Module,
-        rank: int | float,
-        init: str | Callable[..., Any] = "spectral",
-        scheme: str = "channel",
-        **init_kwargs: Any,
-    ) -> LowRankConv2d:
-        """Low-rank copy of an ``nn.Conv2d`` with every constructor argument kept,
-        bias copied and factors set by ``init`` (see ``LowRankLinear.from_dense``)."""
-        if not isinstance(module, nn.Conv2d):
-            raise TypeError(f"LowRankConv2d.from_dense expects nn.Conv2d, got {type(module)}")
-        w = module.weight
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, rank,
-                    stride=module.stride, padding=module.padding, dilation=module.dilation,
-                    groups=module.groups, bias=module.bias is not None,
-                    padding_mode=module.padding_mode, scheme=scheme,
-                    device=w.device, dtype=w.dtype)
-        layer._init_from(module, init, init_kwargs)
-        return layer
+    conv_kwargs = dense_kwargs
 
-    def to_dense(self) -> nn.Conv2d:
-        dense = nn.Conv2d(**self.conv_kwargs(), device=self.U.device, dtype=self.U.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    @classmethod
+    def dense_structure(cls, module: nn.Module) -> dict[str, Any]:
+        return dict(in_channels=module.in_channels, out_channels=module.out_channels,
+                    kernel_size=module.kernel_size, stride=module.stride,
+                    padding=module.padding, dilation=module.dilation, groups=module.groups,
+                    bias=module.bias is not None, padding_mode=module.padding_mode)
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, rank: int | float,
+                   init: str | Callable[..., Any] = "spectral", scheme: str = "channel",
+                   **init_kwargs: Any) -> LowRankConv2d:
+        """Low-rank copy of an ``nn.Conv2d`` (see :meth:`LowRankLayer.from_dense`),
+        factorized by ``scheme``."""
+        return cls._from_dense(module, rank, init, init_kwargs, scheme=scheme)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

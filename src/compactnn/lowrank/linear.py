@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -92,37 +91,19 @@ class LowRankLinear(LowRankLayer):
         return max(1, x[:1].numel() // self.in_features) if x.dim() > 1 else 1
 
     def config(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "rank": self.rank, "bias": self.bias is not None}
+        return {**self.dense_kwargs(), "rank": self.rank}
 
     # -- conversion ------------------------------------------------------
-    @classmethod
-    def from_dense(
-        cls,
-        module: nn.Module,
-        rank: int | float,
-        init: str | Callable[..., Any] = "spectral",
-        **init_kwargs: Any,
-    ) -> LowRankLinear:
-        """Low-rank copy of an ``nn.Linear``: bias copied, factors set by ``init``
-        (a registered name such as ``"spectral"`` or ``"default"``, or a callable
-        ``fn(layer, weight=..., bias=..., **init_kwargs)``)."""
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"LowRankLinear.from_dense expects nn.Linear, got {type(module)}")
-        w = module.weight
-        layer = cls(module.in_features, module.out_features, rank,
-                    bias=module.bias is not None, device=w.device, dtype=w.dtype)
-        layer._init_from(module, init, init_kwargs)
-        return layer
+    dense_type = nn.Linear
 
-    def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.U.device, dtype=self.U.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    def dense_kwargs(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None}
+
+    @classmethod
+    def dense_structure(cls, module: nn.Module) -> dict[str, Any]:
+        return {"in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
