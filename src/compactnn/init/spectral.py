@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from compactnn._checks import check_choice, check_module
+from compactnn._checks import check_choice, check_int, check_module
 from compactnn.lowrank.base import LowRankLayer
 from compactnn.lowrank.registry import register_initializer
 
@@ -40,8 +40,7 @@ def truncated_svd(
     check_choice("method", method, SVD_METHODS)
     m, n = matrix.shape[-2:]
     small = min(m, n)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= small:
-        raise ValueError(f"rank={rank!r} must be an int in [1, {small}] for a {m}x{n} matrix")
+    check_int("rank", rank, 1, small)
     work = matrix if matrix.dtype == torch.float64 else matrix.float()
     if method == "auto":
         method = "randomized" if (small >= 256 and rank * 8 <= small) else "exact"
