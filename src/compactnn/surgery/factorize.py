@@ -62,6 +62,9 @@ def _candidates(model: nn.Module, names: list[str], scheme: str) -> list[Candida
     for name in names:
         mod = modules[name]
         w = mod.weight
+        if w.device.type == "meta":
+            raise ValueError(f"module {name!r} is on the meta device (its weights hold no "
+                             "values); materialize the model first (model.to_empty(...))")
         if not torch.isfinite(w).all() or (mod.bias is not None
                                            and not torch.isfinite(mod.bias).all()):
             raise ValueError(f"module {name!r} has non-finite weights; refusing to factorize")
