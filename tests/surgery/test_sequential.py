@@ -8,13 +8,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from compactnn import LowRankConv2d, LowRankLinear
-from compactnn.init.calibration import (
-    ACTIVATIONS,
-    DATA_AWARE_INITS,
-    compress_sequential,
-    detect_activations,
-)
-from compactnn.lowrank import available_initializers
+from compactnn.init import ACTIVATIONS
+from compactnn.lowrank import available_initializers, is_data_aware, lookup_initializer
+from compactnn.surgery import compress_sequential, detect_activations
 
 
 def gen(seed):
@@ -34,14 +30,16 @@ def recorder(rank=3, init="nonlinear", log=None):
         if log is not None:
             log.append({"module": module, "activation": activation,
                         "inputs": torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs])})
-        return LowRankLinear.from_dense(module, rank, init=init, inputs=inputs,
-                                        activation=activation)
+        extra = {"activation": activation} if lookup_initializer(init).activation_aware else {}
+        return LowRankLinear.from_dense(module, rank, init=init, inputs=inputs, **extra)
 
     return build
 
 
 def test_data_aware_inits_are_registered():
-    assert DATA_AWARE_INITS <= set(available_initializers())
+    assert available_initializers(data_aware=True) == ["lstsq", "nonlinear", "whitened"]
+    assert not is_data_aware("spectral") and not is_data_aware("default")
+    assert set(available_initializers(data_aware=False)) >= {"default", "spectral"}
     assert {"relu", "identity", "gelu", "silu"} <= set(ACTIVATIONS)
 
 
@@ -279,7 +277,7 @@ class _CountingBatches:
 
 @pytest.mark.parametrize("cache_bytes, passes", [(1 << 20, 1), (1000, 3)])
 def test_layer_inputs_cache_the_first_full_pass(cache_bytes, passes):
-    from compactnn.init.calibration import LayerInputs
+    from compactnn.init import LayerInputs
 
     layer = LowRankConv2d(3, 4, 3, rank=2)
     src = _CountingBatches([torch.randn(2, 3, 6, 6), torch.randn(3, 3, 6, 6)])

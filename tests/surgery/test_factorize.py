@@ -197,7 +197,7 @@ def test_init_and_init_kwargs_are_passed(monkeypatch):
 
     monkeypatch.setattr(spectral_mod, "truncated_svd", spy)
     model, _ = build("mlp")
-    factorize(model, rank=4, method="randomized")
+    factorize(model, rank=4, svd_method="randomized")
     assert seen == ["randomized"] * 3
     seen.clear()
     out, _ = factorize(model, rank=4, init="default")
@@ -349,7 +349,8 @@ def test_energy_allocation_follows_the_spectrum():
 
 def test_break_even_layers_are_kept_dense_and_reported():
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
-    out, report = factorize(model, rank=32)  # break-even of 64 x 64 is exactly 32
+    with pytest.warns(UserWarning, match="nothing to factorize"):
+        out, report = factorize(model, rank=32)  # break-even of 64 x 64 is exactly 32
     assert not lowrank_names(out)
     assert all(r.rank is None and "break-even" in r.note for r in report.layers)
     assert report.params_after == report.params_before
@@ -361,7 +362,8 @@ def test_break_even_layers_are_kept_dense_and_reported():
     out, report = factorize(nn.Sequential(nn.Linear(128, 10)), rank=9)
     assert isinstance(out[0], LowRankLinear)
     assert report.layers[0].rank == 9
-    _, report = factorize(nn.Sequential(nn.Linear(128, 10)), rank=10)
+    with pytest.warns(UserWarning, match="nothing to factorize"):
+        _, report = factorize(nn.Sequential(nn.Linear(128, 10)), rank=10)
     assert report.layers[0].rank is None
     assert "dense" in str(report)
 
@@ -442,7 +444,12 @@ BAD_CALLS = [
     (dict(rank=1000), ValueError, "rank=1000"),
     (dict(param_ratio=0.0), ValueError, "param_ratio=0.0"),
     (dict(param_ratio=1.5), ValueError, "param_ratio=1.5"),
-    (dict(param_ratio=True), ValueError, "param_ratio=True"),
+    (dict(param_ratio=True), TypeError, "param_ratio must be a number, got True"),
+    (dict(param_ratio="0.5"), TypeError, "param_ratio must be a number, got '0.5'"),
+    (dict(param_ratio=float("nan")), ValueError, "param_ratio=nan"),
+    (dict(rank=4, init=3), TypeError, "init must be"),
+    (dict(rank=4, activations=["relu"]), TypeError, "activations must be a dict"),
+    (dict(rank=4, include=r"(unclosed"), ValueError, "not a valid regex"),
     (dict(flop_ratio=-0.1), ValueError, "flop_ratio=-0.1"),
     (dict(param_ratio=0.01), ValueError, "param_ratio=0.01"),
     (dict(param_ratio=0.3, include=["fc1"]), ValueError, "param_ratio=0.3"),
@@ -729,7 +736,8 @@ def test_calibration_with_a_data_free_init_is_ignored():
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                           nn.Linear(16, 4))
     calib = torch.randn(64, 12)
-    with_data, _ = factorize(model, rank=4, init="spectral", calibration=calib)
+    with pytest.warns(UserWarning, match="calibration is ignored: init='spectral'"):
+        with_data, _ = factorize(model, rank=4, init="spectral", calibration=calib)
     without, _ = factorize(model, rank=4, init="spectral")
     x = torch.randn(5, 12)
     torch.testing.assert_close(with_data(x), without(x))

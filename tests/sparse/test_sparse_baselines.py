@@ -14,17 +14,18 @@ from torch import nn
 
 from compactnn import factorize
 from compactnn.models.mlp import MLP, MLPConfig
-from compactnn.models.resnet import ResNet, ResNetConfig, dense_first_last_exclude
+from compactnn.models.resnet import ResNet, ResNetConfig
 from compactnn.sparse import (
     IterativeHardThresholding,
     IterativeMagnitudePruning,
     SparsityMasks,
-    global_magnitude_masks,
+    magnitude_masks,
     prunable_weights,
     pruning_schedule,
     target_keep_for_param_ratio,
     target_keep_for_params,
 )
+from compactnn.surgery import dense_first_last_exclude
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,7 +92,7 @@ def test_global_masks_keep_exactly_the_largest(keep_frac, seed):
          "c": 0.1 * torch.randn(2, 3, 3, 3, generator=g)}
     total = sum(v.numel() for v in w.values())
     keep = round(keep_frac * total)
-    masks = global_magnitude_masks(w, keep)
+    masks = magnitude_masks(w, keep)
     assert set(masks) == set(w)
     assert all(masks[n].shape == w[n].shape and masks[n].dtype == torch.bool for n in w)
     assert sum(int(m.sum()) for m in masks.values()) == keep
@@ -107,21 +108,21 @@ def test_global_masks_errors():
     w = {"a": torch.randn(4)}
     for bad in (-1, 5):
         with pytest.raises(ValueError, match="keep"):
-            global_magnitude_masks(w, bad)
+            magnitude_masks(w, bad)
     for bad in (True, 2.0):
         with pytest.raises(TypeError):
-            global_magnitude_masks(w, bad)
+            magnitude_masks(w, bad)
     with pytest.raises(ValueError, match="NaN"):
-        global_magnitude_masks({"a": torch.tensor([1.0, float("nan")])}, 1)
+        magnitude_masks({"a": torch.tensor([1.0, float("nan")])}, 1)
     with pytest.raises(ValueError):
-        global_magnitude_masks({}, 0)
+        magnitude_masks({}, 0)
 
 
 def test_sparsity_masks_apply_and_account():
     m = mlp()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     weights = prunable_weights(m)
-    masks = SparsityMasks(global_magnitude_masks(weights, 100))
+    masks = SparsityMasks(magnitude_masks(weights, 100))
     assert masks.num_kept() == 100 and masks.numel() == 12 * 16 + 16 * 16 + 16 * 3
     assert masks.density() == pytest.approx(100 / masks.numel())
     assert masks.num_params(m) == n_params(m) - (masks.numel() - 100)
@@ -159,7 +160,7 @@ def test_param_ratio_accounting_is_exact(ratio):
     ex = dense_first_last_exclude(r)
     total = n_params(r)
     keep = target_keep_for_param_ratio(r, ratio, exclude=ex)
-    masks = SparsityMasks(global_magnitude_masks(prunable_weights(r, exclude=ex), keep))
+    masks = SparsityMasks(magnitude_masks(prunable_weights(r, exclude=ex), keep))
     assert masks.num_params(r) == math.floor(ratio * total)
     fixed = total - masks.numel()  # biases, BN, stem, fc
     assert fixed + keep == math.floor(ratio * total)
@@ -173,7 +174,7 @@ def test_equal_size_to_a_factorized_model():
     ex = dense_first_last_exclude(r)
     _, rep = factorize(r, param_ratio=0.2, exclude=ex)
     keep = target_keep_for_params(r, rep.params_after, exclude=ex)
-    masks = SparsityMasks(global_magnitude_masks(prunable_weights(r, exclude=ex), keep))
+    masks = SparsityMasks(magnitude_masks(prunable_weights(r, exclude=ex), keep))
     assert masks.num_params(r) == rep.params_after
     # a ratio computed as after / before lands on the same count despite float error
     assert target_keep_for_param_ratio(r, rep.params_after / rep.params_before,
@@ -191,8 +192,11 @@ def test_unreachable_budgets_and_bad_ratios():
         target_keep_for_params(r, 10, exclude=ex)
     with pytest.raises(ValueError, match="exceeds"):
         target_keep_for_params(r, n_params(r) + 1)
-    for bad in (0, -0.1, 1.5, True, "0.5", float("nan")):
+    for bad in (0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="param_ratio"):
+            target_keep_for_param_ratio(r, bad)
+    for bad in (True, "0.5", None):
+        with pytest.raises(TypeError, match="param_ratio must be a number"):
             target_keep_for_param_ratio(r, bad)
     with pytest.raises(ValueError, match="no prunable"):
         target_keep_for_params(nn.Sequential(nn.BatchNorm1d(3)), 3)
@@ -240,7 +244,7 @@ def test_imp_with_rewinding_to_init():
         assert kept == imp.schedule[rnd] == imp.current_keep
         assert imp.masks.num_kept() == kept == alive(m)
         # the largest trained magnitudes (pruned ones are zero, so among the survivors)
-        expected = global_magnitude_masks(trained, kept)
+        expected = magnitude_masks(trained, kept)
         assert all(torch.equal(imp.masks[n], expected[n]) for n in expected)
         for name, w in prunable_weights(m).items():
             mk = imp.masks[name]
@@ -261,7 +265,7 @@ def test_imp_prunes_globally_by_trained_magnitude():
     sgd_steps(m, torch.optim.SGD(m.parameters(), lr=0.1), 3)
     trained = {n: w.detach().clone() for n, w in prunable_weights(m).items()}
     imp.prune(m)
-    expected = global_magnitude_masks(trained, 50)
+    expected = magnitude_masks(trained, 50)
     assert all(torch.equal(imp.masks[n], expected[n]) for n in expected)
     for n, w in prunable_weights(m).items():  # fine-tuning: trained values kept
         assert torch.equal(w[expected[n]], trained[n][expected[n]])
@@ -321,7 +325,7 @@ def test_iht_keeps_exactly_s_after_every_step():
             assert sum(int((w != 0).sum()) for w in before.values()) > s
         assert iht.after_step(m) is True
         assert alive(m) == s
-        expected = global_magnitude_masks(before, s)  # H_s of the dense step's result
+        expected = magnitude_masks(before, s)  # H_s of the dense step's result
         assert all(torch.equal(iht.masks[n], expected[n]) for n in expected)
         assert all(b.any() for b in (m.layers[0].bias, m.head.bias))  # never thresholded
     assert iht.steps == 6
