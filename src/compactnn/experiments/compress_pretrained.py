@@ -62,7 +62,7 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
     every method at every budget (``scale`` overrides the registered sizes)."""
     from tqdm.auto import tqdm
 
-    from compactnn.models import dense_first_last_exclude
+    from compactnn.surgery import dense_first_last_exclude
 
     sc = scale or SCALES[model_name, quick]
     cfg = build_config(TrainConfig, {

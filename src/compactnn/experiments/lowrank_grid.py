@@ -138,8 +138,7 @@ def _finished(res: dict) -> dict:
 
 def check_budgets(configs: list[TrainConfig]) -> None:
     """Raise before any training if some arm's low-rank budget cannot be met."""
-    from compactnn.models import dense_first_last_exclude
-    from compactnn.surgery import factorize
+    from compactnn.surgery import dense_first_last_exclude, factorize
     from compactnn.tasks.classify import build_model, load_data
 
     seen = set()
