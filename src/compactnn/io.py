@@ -334,14 +334,15 @@ def _file(path: Any) -> Path:
 def _open(path: Path, device: str = "cpu"):
     from safetensors import SafetensorError, safe_open
 
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
-        raise ValueError(f"{path} is a pickle or torch.save archive, not a safetensors "
-                         "file; compactnn never unpickles checkpoints")
     try:
         return safe_open(str(path), framework="pt", device=device)
     except SafetensorError as e:
+        # (a safetensors file may itself start with 0x80: its first bytes are a length)
+        with path.open("rb") as f:
+            if f.read(4).startswith(_PICKLE_MAGIC):
+                raise ValueError(f"{path} is a pickle or torch.save archive, not a "
+                                 "safetensors file; compactnn never unpickles checkpoints") \
+                    from None
         raise ValueError(f"{path} is not a safetensors file or is damaged ({e})") from None
 
 
