@@ -237,7 +237,10 @@ def test_huge_claimed_layer_is_checked_on_meta_only(clean_file, tmp_path, monkey
     real = LowRankLinear.__init__
 
     def record(self, *args, **kwargs):
-        seen.append((args, torch.get_default_device().type))
+        device = torch.get_default_device().type
+        seen.append((args, device))
+        if device != "meta":  # never let a regression allocate 2 x 10 GB here
+            raise Allocated(f"LowRankLinear{args} built on {device}")
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(LowRankLinear, "__init__", record)
