@@ -561,3 +561,16 @@ def test_restore_structure_is_checked_and_all_or_nothing():
     with pytest.raises(ValueError, match=r"layer '1'.*ReLU"):
         restore_structure(other, structure)
     assert_unchanged(other, snap)
+
+
+def test_wrapped_model_is_saved_and_loaded_through_its_wrapper(tmp_path):
+    torch.manual_seed(0)
+    saved, _ = factorize(mlp(), rank=4)
+    save_model(nn.DataParallel(saved), tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == set(saved.state_dict())  # no "module." prefix
+    wrapper = nn.DataParallel(mlp())
+    assert load_model(wrapper, tmp_path / "w.safetensors") is wrapper
+    x = torch.randn(2, 16)
+    assert isinstance(wrapper.module[0], LowRankLinear)
+    assert torch.equal(wrapper.module(x), saved(x))

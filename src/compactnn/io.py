@@ -403,9 +403,9 @@ def restore_structure(model: nn.Module, structure: dict[str, Any] | str) -> nn.M
     error the model is unchanged. Prefer :func:`load_state`, which also bounds
     the layers by the tensors that are loaded into them."""
     check_module("model", model)
-    model = unwrap(model)
-    plan = _plan(model, _parse_structure(structure, "structure"), None, strict=True)
-    _commit(model, plan, None, strict=True)
+    inner = unwrap(model)
+    _commit(inner, _plan(inner, _parse_structure(structure, "structure"), None, True), None,
+            True)
     return model
 
 
@@ -419,11 +419,11 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor],
     if not isinstance(state, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise TypeError("state must map str keys to tensors")
-    model = unwrap(model)
+    inner = unwrap(model)
     headers = {k: (tuple(v.shape), _kind(v.dtype)) for k, v in state.items()}
     table = _Table("state", headers, lambda keys: {k: state[k] for k in keys})
-    plan = _plan(model, _parse_structure(structure, "state"), table, strict)
-    _commit(model, plan, table, strict)
+    _commit(inner, _plan(inner, _parse_structure(structure, "state"), table, strict), table,
+            strict)
     return model
 
 
@@ -479,7 +479,7 @@ def load_model(model: nn.Module, path: str | os.PathLike, strict: bool = True,
         raise ValueError(f"{p} is not a compactnn checkpoint (format={meta.get('format')!r})")
     if "lowrank_layers" not in meta:
         raise ValueError(f"{p}: the metadata lacks the 'lowrank_layers' entry")
-    model = unwrap(model)
-    plan = _plan(model, _parse_structure(meta["lowrank_layers"], str(p)), table, strict)
-    _commit(model, plan, table, strict)
+    inner = unwrap(model)
+    _commit(inner, _plan(inner, _parse_structure(meta["lowrank_layers"], str(p)), table,
+                         strict), table, strict)
     return model
