@@ -574,3 +574,40 @@ def test_wrapped_model_is_saved_and_loaded_through_its_wrapper(tmp_path):
     x = torch.randn(2, 16)
     assert isinstance(wrapper.module[0], LowRankLinear)
     assert torch.equal(wrapper.module(x), saved(x))
+
+
+def test_data_that_differs_from_its_header_is_refused(tmp_path, monkeypatch):
+    """A file changed between reading its headers and its data (or a reader that
+    disagrees with them) is refused, not loaded."""
+    import safetensors
+
+    torch.manual_seed(0)
+    saved, _ = factorize(mlp(), rank=4)
+    path = tmp_path / "m.safetensors"
+    save_model(saved, path)
+    real = safetensors.safe_open
+
+    class Lying:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def get_tensor(self, key):
+            t = self.inner.get_tensor(key)
+            return t.to(torch.int64) if key == "0.U" else t
+
+    monkeypatch.setattr(safetensors, "safe_open", lambda *a, **k: Lying(real(*a, **k)))
+    target = mlp()
+    snap = snapshot(target)
+    with pytest.raises(ValueError, match=r"'0\.U' is torch\.int64"):
+        load_model(target, path)
+    assert_unchanged(target, snap)

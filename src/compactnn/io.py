@@ -286,10 +286,11 @@ def _commit(model: nn.Module, plan: _Plan, table: _Table | None, strict: bool) -
     failure put every module and value back."""
     keys = sorted(plan.expected.keys() & table.headers.keys()) if table is not None else []
     state = table.read(keys) if table is not None else {}
-    for key, t in state.items():
-        if tuple(t.shape) != plan.expected[key][0]:  # the reader disagrees with its header
-            raise ValueError(f"{table.where}: tensor {key!r} has shape {tuple(t.shape)}, "
-                             f"not the {plan.expected[key][0]} its header claims")
+    for key, t in state.items():  # the data must be what the headers promised
+        shape, dtype = plan.expected[key]
+        if tuple(t.shape) != shape or _kind(t.dtype) != _kind(dtype):
+            raise ValueError(f"{table.where}: tensor {key!r} is {t.dtype} {tuple(t.shape)}, "
+                             f"not the {_kind(dtype)} {shape} its header claims")
     swaps = []
     for old, meta in plan.swaps:
         new = meta.to_empty(device=_first_tensor(old).device)
