@@ -39,8 +39,8 @@ __all__ = ["FORMAT", "save_model", "load_model", "load_state", "layer_config",
 FORMAT = "compactnn.lowrank.v1"
 _TYPES: dict[str, type[LowRankLayer]] = {"LowRankLinear": LowRankLinear,
                                          "LowRankConv2d": LowRankConv2d}
-# A dimension beyond this cannot be backed by any real checkpoint; refusing it
-# early keeps overflowing sizes out of the constructors.
+# No real layer has a dimension beyond this; refusing larger values early keeps
+# overflowing sizes out of the constructors (the tensor headers bound the rest).
 _MAX_DIM = 2**31 - 1
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle, a torch.save zip archive
 
