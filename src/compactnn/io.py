@@ -46,21 +46,17 @@ _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle, a torch.save zip archi
 
 
 # -- layer <-> constructor arguments ------------------------------------------
-# When the layers carry their own ``config()`` / ``from_config()``, each of the
-# two functions below becomes one line: ``return layer.config()`` and
-# ``return _TYPES[kind].from_config(config)``.
 def layer_config(layer: LowRankLayer) -> dict[str, Any]:
     """Constructor arguments that rebuild ``layer`` (JSON-serializable)."""
-    if isinstance(layer, LowRankLinear):
-        return {"in_features": layer.in_features, "out_features": layer.out_features,
-                "rank": layer.rank, "bias": layer.bias is not None}
-    if isinstance(layer, LowRankConv2d):
-        return {**layer.conv_kwargs(), "rank": layer.rank, "scheme": layer.scheme}
-    raise TypeError(f"no saved form for {type(layer).__name__}")
+    check_module("layer", layer, LowRankLayer)
+    if _TYPES.get(type(layer).__name__) is not type(layer):
+        raise TypeError(f"no saved form for {type(layer).__name__}; checkpoints hold "
+                        f"{', '.join(_TYPES)}")
+    return layer.config()
 
 
 def _construct(kind: str, config: dict[str, Any]) -> LowRankLayer:
-    return _TYPES[kind](**config)
+    return _TYPES[kind].from_config(config)
 
 
 def _size(v: Any, minimum: int = 1) -> int:
