@@ -79,8 +79,6 @@ def test_lowrank_linear_constructor(in_f, out_f, rank, bias):
     torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=False, reason="non-bool bias is read as truthy: issue 11 item 10, "
-                   "fixed in branch h2-core")
 @FUZZ
 @given(bias=st.sampled_from(["no", 0, 1, None, "False"]))
 def test_lowrank_layers_refuse_a_non_bool_bias(bias):
@@ -271,8 +269,6 @@ def test_factorize(budget, rank, ratio, include, exclude, inplace):
     assert y.shape == (2, 5) and torch.isfinite(y).all()
 
 
-@pytest.mark.xfail(strict=False, reason="raw operator errors for include/exclude types: "
-                   "issue 11 item 10, fixed in branch h2-core")
 @FUZZ
 @given(arg=st.sampled_from(["include", "exclude"]),
        bad=st.sampled_from([(2.5, TypeError), (object(), TypeError), (3, TypeError),
