@@ -611,3 +611,18 @@ def test_data_that_differs_from_its_header_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"'0\.U' is torch\.int64"):
         load_model(target, path)
     assert_unchanged(target, snap)
+
+
+@pytest.mark.parametrize("call", ["load_state", "restore_structure"])
+def test_in_memory_entry_points_validate_argument_types(call):
+    from compactnn import io
+
+    fn = getattr(io, call)
+    args = (mlp(), {}) if call == "load_state" else (mlp(),)
+    with pytest.raises(TypeError, match="structure"):
+        fn(*args, [("0", "LowRankLinear")])
+    with pytest.raises(TypeError, match="model"):
+        fn("model", *args[1:], {})
+    if call == "load_state":
+        with pytest.raises(TypeError, match="state"):
+            fn(mlp(), {"0.weight": [1.0]}, {})

@@ -107,6 +107,13 @@ _SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
 }
 
 
+def _check_structure(structure: Any) -> Any:
+    if not isinstance(structure, dict | str):
+        raise TypeError("structure must be a dict (from model_structure) or its JSON text, "
+                        f"got {type(structure).__name__}")
+    return structure
+
+
 def _parse_structure(raw: Any, where: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """``{name: (type, config)}`` from the recorded structure, every key and type
     checked; raises ``ValueError`` naming ``where`` and the offending entry."""
@@ -400,6 +407,7 @@ def restore_structure(model: nn.Module, structure: dict[str, Any] | str) -> nn.M
     error the model is unchanged. Prefer :func:`load_state`, which also bounds
     the layers by the tensors that are loaded into them."""
     check_module("model", model)
+    _check_structure(structure)
     inner = unwrap(model)
     _commit(inner, _plan(inner, _parse_structure(structure, "structure"), None, True), None,
             True)
@@ -416,6 +424,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor],
     if not isinstance(state, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise TypeError("state must map str keys to tensors")
+    _check_structure(structure)
     inner = unwrap(model)
     headers = {k: (tuple(v.shape), _kind(v.dtype)) for k, v in state.items()}
     table = _Table("state", headers, lambda keys: {k: state[k] for k in keys})
