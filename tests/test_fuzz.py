@@ -17,18 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from compactnn import (
-    DSelectKGate,
-    LowRankConv2d,
-    LowRankLayer,
-    LowRankLinear,
-    NoisyTopKGate,
-    SoftmaxGate,
-    factorize,
-    load_model,
-    save_model,
-)
+from compactnn import LowRankConv2d, LowRankLayer, LowRankLinear, factorize, load_model, save_model
 from compactnn.io import model_structure
+from compactnn.moe import DSelectKGate, NoisyTopKGate, SoftmaxGate
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
