@@ -170,6 +170,8 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
             try:
                 _get(url, part, have, dl, progress)
                 break
+            except FetchError:
+                raise
             except _Cut as e:
                 errors.append(f"{url}: {e}")
             except urllib.error.HTTPError as e:
@@ -209,6 +211,12 @@ def _get(url: str, part: Path, have: int, dl: Download, progress: bool) -> None:
         raise
     with resp:
         start = _resume_offset(resp, have)
+        total = _announced_size(resp, start)
+        if total is not None and total != dl.size:
+            part.unlink(missing_ok=True)
+            raise DataIntegrityError(
+                f"{url} serves {total} bytes but the pinned {dl.filename} has {dl.size} (a "
+                "different file); nothing was installed")
         mode = "r+b" if start else "wb"
         bar = _bar(dl, start, progress)
         try:
@@ -253,6 +261,18 @@ def _resume_offset(resp, have: int) -> int:
     return 0
 
 
+def _announced_size(resp, start: int) -> int | None:
+    """The whole file's size as the server states it, if it does."""
+    rng = resp.headers.get("Content-Range", "")
+    if rng and "/" in rng and not rng.endswith("/*"):
+        try:
+            return int(rng.rsplit("/", 1)[1])
+        except ValueError:
+            return None
+    length = resp.headers.get("Content-Length")
+    return start + int(length) if length and length.isdigit() else None
+
+
 def _bar(dl: Download, start: int, progress: bool):
     if not progress:
         return None
@@ -293,15 +313,16 @@ def _extract(ds: DataSet, archive: Path, member: str, folder: Path, fname: str) 
 
 def _open_member(archive: Path, member: str):
     # one named member, streamed: nothing else in the archive is ever written out
-    if archive.name.endswith((".tar.gz.part", ".tgz.part")):
-        tf = tarfile.open(archive, "r:gz")
-        f = tf.extractfile(member)
-        if f is None:
-            tf.close()
-            raise DataIntegrityError(f"{member} in {archive.name} is not a regular file")
-        return _closing_both(f, tf)
-    zf = zipfile.ZipFile(archive)
-    return _closing_both(zf.open(member), zf)
+    tar = archive.name.endswith((".tar.gz.part", ".tgz.part"))
+    container = tarfile.open(archive, "r:gz") if tar else zipfile.ZipFile(archive)
+    try:
+        f = container.extractfile(member) if tar else container.open(member)
+    except KeyError:
+        f = None
+    if f is None:
+        container.close()
+        raise DataIntegrityError(f"{archive.name} has no file {member}; nothing was installed")
+    return _closing_both(f, container)
 
 
 @contextmanager
