@@ -158,6 +158,9 @@ def test_the_url_override_keeps_the_real_pins(tmp_path, file_server, monkeypatch
     files = idx_files(tmp_path / "src")
     for name, data in files.items():
         file_server.files[f"mirror/{name}"] = data
+    real = registry.DATASETS["fashion_mnist"]  # the real pins; no system copy, no env var
+    monkeypatch.setitem(registry.DATASETS, "fashion_mnist", dataclasses.replace(real, system=()))
+    monkeypatch.delenv("COMPACTNN_FASHION_MNIST", raising=False)
     monkeypatch.setenv("COMPACTNN_DATA_URL_FASHION_MNIST", f"{file_server.url}/mirror/")
     with pytest.raises(DataIntegrityError, match="pinned"):
         fetch("fashion_mnist", progress=False, echo=quiet)
@@ -320,3 +323,45 @@ def test_a_second_fetch_of_the_same_data_set_is_refused_while_one_runs(tiny):
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(FetchError, match="another `compactnn data fetch fashion_mnist`"):
             fetch("fashion_mnist", progress=False, echo=quiet)
+
+
+def test_an_installed_data_set_is_left_alone(tiny, tmp_path, file_server, monkeypatch):
+    ds, files = tiny
+    env = tmp_path / "env"
+    env.mkdir()
+    for name, data in files.items():
+        (env / name).write_bytes(data)
+    monkeypatch.setenv("COMPACTNN_FASHION_MNIST", str(env))
+    lines = []
+    assert fetch("fashion_mnist", progress=False, echo=lines.append) == env
+    assert file_server.requests == [] and "already installed" in lines[0]
+
+
+def test_fetching_while_the_env_var_points_elsewhere_says_so(tiny, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("COMPACTNN_FASHION_MNIST", str(empty))
+    lines = []
+    fetch("fashion_mnist", progress=False, echo=lines.append)
+    assert "COMPACTNN_FASHION_MNIST is set" in lines[-1] and "unset it" in lines[-1]
+
+
+def test_a_complete_but_wrong_leftover_part_is_downloaded_again(tiny, file_server):
+    ds, files = tiny
+    name = "train-labels-idx1-ubyte.gz"
+    folder = cache_dir(ds)
+    folder.mkdir(parents=True)
+    (folder / f".{name}.part").write_bytes(b"\0" * len(files[name]))
+    fetch("fashion_mnist", progress=False, echo=quiet)
+    assert (folder / name).read_bytes() == files[name]
+    assert (f"fm/{name}", None) in file_server.requests  # from the start, not resumed
+
+
+def test_not_enough_space_is_refused_before_downloading(tiny, file_server, monkeypatch):
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(fetch_mod.shutil, "disk_usage", lambda p: usage(10, 10, 100))
+    with pytest.raises(CacheError, match="not enough space"):
+        fetch("fashion_mnist", progress=False, echo=quiet)
+    assert file_server.requests == []

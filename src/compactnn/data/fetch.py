@@ -32,13 +32,14 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from compactnn.data.errors import CacheError, DataIntegrityError, FetchError
+from compactnn.data.errors import CacheError, DataIntegrityError, DataNotFoundError, FetchError
 from compactnn.data.registry import (
     DataSet,
     Download,
     cache_dir,
     find_files,
     get_dataset,
+    locate,
     sha256_of,
     verify_file,
 )
@@ -67,9 +68,11 @@ def download_urls(ds: DataSet, dl: Download) -> tuple[str, ...]:
 
 def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None] = print
           ) -> Path:
-    """Make data set ``name`` present and verified in its cache folder; return the folder.
+    """Make data set ``name`` present and verified in its cache folder; return the folder
+    the loaders will read it from.
 
-    Files already there and matching their pins are kept; missing or corrupt ones are
+    A data set installed elsewhere (its environment variable, the system copy) is left
+    alone. In the cache, files matching their pins are kept; missing or corrupt ones are
     downloaded (and extracted from their archive). ``echo`` receives one line per action.
 
     Raises:
@@ -77,6 +80,13 @@ def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None
         FetchError: the download failed. DataIntegrityError: it does not match the pin.
     """
     ds = name if isinstance(name, DataSet) else get_dataset(name)
+    try:
+        loc = locate(ds, verify=False)
+    except (DataNotFoundError, DataIntegrityError):
+        loc = None
+    if loc is not None and loc.origin != "cache":
+        echo(f"{ds.name}: already installed in {loc.folder} ({loc.origin}); nothing to fetch")
+        return loc.folder
     folder = cache_dir(ds)
     _prepare(folder)
     with _lock(folder, ds):
@@ -91,11 +101,14 @@ def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None
                     echo(f"{ds.name}: {found[f].name} does not match its checksum; "
                          "downloading it again")
                     found[f].unlink()
-            _check_space(folder, dl)
             part = folder / f".{dl.filename}.part"
+            _check_space(folder, dl, part, [ds.file(f).size for f in wanted])
             _download(ds, dl, part, progress, echo)
             _place(ds, dl, part, folder, wanted)
     echo(f"{ds.name}: ready in {folder}")
+    if os.environ.get(ds.env_var):
+        echo(f"note: {ds.env_var} is set, so the loaders read {os.environ[ds.env_var]} and not "
+             f"the cache; unset it to use the fetched copy")
     return folder
 
 
@@ -118,9 +131,10 @@ def _prepare(folder: Path) -> None:
                          f"free it {hint}") from e
 
 
-def _check_space(folder: Path, dl: Download) -> None:
-    # the archive and its extracted members coexist until the archive is removed
-    need = dl.size * (4 if dl.members else 1)
+def _check_space(folder: Path, dl: Download, part: Path, sizes: list[int]) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    # an archive and its extracted members coexist until the archive is removed
+    need = max(dl.size - have, 0) + (sum(sizes) if dl.members else 0)
     free = shutil.disk_usage(folder).free
     if free < need:
         raise CacheError(f"not enough space in {folder} for {dl.filename}: need about "
@@ -157,6 +171,8 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
     """Complete ``part`` to the pinned bytes of ``dl`` or raise; never leaves a part file
     that is longer than ``dl.size`` or that fails the checksum."""
     errors: list[str] = []
+    if part.exists() and part.stat().st_size == dl.size and sha256_of(part) != dl.sha256:
+        part.unlink()  # a complete but wrong leftover: download it again, not resume it
     for url in download_urls(ds, dl):
         for _ in range(ATTEMPTS):
             have = part.stat().st_size if part.exists() else 0
