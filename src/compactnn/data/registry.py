@@ -282,17 +282,17 @@ def locate(name: str | DataSet, verify: bool | None = None) -> Location:
 def _checked(loc: Location, verify: bool | None) -> Location:
     if verify is None:
         verify = loc.origin == "cache" or loc.dataset.verify_on_use
-    if verify:
-        for fname, path in loc.files.items():
-            if not verify_file(path, loc.dataset.file(fname)):
-                fix = (f"run `{loc.dataset.command}` to replace it" if loc.origin == "cache"
-                       else f"replace it, or unset {loc.dataset.env_var} and run "
-                            f"`{loc.dataset.command}`" if loc.origin == "env"
-                       else f"reinstall it ({loc.dataset.system_label}) or run "
-                            f"`{loc.dataset.command}`")
-                raise DataIntegrityError(f"{path}: SHA-256 differs from the pinned "
-                                         f"{loc.dataset.title} file (corrupt or a different "
-                                         f"version); {fix}")
+    if not verify:
+        return loc
+    ds = loc.dataset
+    fixes = {"cache": f"run `{ds.command}` to replace it",
+             "env": f"replace it, or unset {ds.env_var} and run `{ds.command}`",
+             "system": f"reinstall it ({ds.system_label}) or run `{ds.command}`"}
+    for fname, path in loc.files.items():
+        if not verify_file(path, ds.file(fname)):
+            raise DataIntegrityError(f"{path}: SHA-256 differs from the pinned {ds.title} "
+                                     f"file (corrupt or a different version); "
+                                     f"{fixes[loc.origin]}")
     return loc
 
 
