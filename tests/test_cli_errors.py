@@ -3,6 +3,7 @@ errors (traceback, a request for a report, exit 1); ``--debug`` and COMPACTNN_DE
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 
 import pytest
@@ -11,14 +12,20 @@ import compactnn.cli as cli
 from compactnn.cli import main
 from compactnn.cli_errors import format_user_error, is_user_error, pop_debug_flag
 from compactnn.data.errors import CacheError, DataIntegrityError, DataNotFoundError, FetchError
+from compactnn.data.registry import DATASETS
 
 
 @pytest.fixture
 def cache_is_a_file(tmp_path, monkeypatch):
+    """`data fetch fashion_mnist` must use the cache (no system copy, no env var), and the
+    cache folder is a file: a user error."""
     blocker = tmp_path / "cache"
     blocker.write_text("x")
     monkeypatch.setenv("COMPACTNN_CACHE", str(blocker))
     monkeypatch.delenv("COMPACTNN_DEBUG", raising=False)
+    monkeypatch.delenv("COMPACTNN_FASHION_MNIST", raising=False)
+    monkeypatch.setitem(DATASETS, "fashion_mnist",
+                        dataclasses.replace(DATASETS["fashion_mnist"], system=()))
     return blocker
 
 
