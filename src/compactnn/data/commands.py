@@ -9,6 +9,7 @@ SHA-256. ``fetch`` downloads into the cache (see :mod:`compactnn.data.fetch`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,10 @@ def describe(ds: DataSet, verify: bool = False) -> tuple[list[str], bool]:
                        f", CHECKSUM MISMATCH: {', '.join(p.name for p in bad)}")
     env = os.environ.get(ds.env_var)
     places = [f"${ds.env_var} ({env or 'not set'})"]
+    for spec in ds.system:
+        resolved = system_dirs(dataclasses.replace(ds, system=(spec,)))
+        if not resolved:  # a "pkg:module/..." folder of a package that is not installed
+            places.append(f"the {spec[4:].split('/')[0]} package (not installed)")
     for folder in [*system_dirs(ds), cache_dir(ds)]:
         _, missing = find_files(folder, ds)
         places.append(f"{folder} ({'has the files' if not missing else 'no'})")
