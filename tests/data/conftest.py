@@ -83,3 +83,11 @@ def file_server():
     server = FileServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def module_file_server():
+    """One server for a whole module (for property tests that run many examples)."""
+    server = FileServer()
+    yield server
+    server.close()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compactnn.data import fetch as fetch_mod
 from compactnn.data import registry
@@ -365,3 +367,55 @@ def test_not_enough_space_is_refused_before_downloading(tiny, file_server, monke
     with pytest.raises(CacheError, match="not enough space"):
         fetch("fashion_mnist", progress=False, echo=quiet)
     assert file_server.requests == []
+
+
+PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(PAYLOAD)), max_size=fetch_mod.ATTEMPTS + 1))
+def test_any_pattern_of_cut_connections_ends_exact_or_resumable(module_file_server, cuts):
+    """Against a reference model of the retries: the file ends byte-exact when fewer than
+    ATTEMPTS responses are cut short; otherwise a FetchError keeps a part that is a prefix
+    of the file, and the next fetch finishes it."""
+    import os
+    import tempfile
+
+    server = module_file_server
+    server.files["p/x.bin"] = PAYLOAD
+    server.cut["p/x.bin"] = list(cuts)
+    ds = dataclasses.replace(
+        registry.DATASETS["census"], system=(),
+        files=(DataFile("x.bin", len(PAYLOAD), sha(PAYLOAD)),),
+        downloads=(Download("x.bin", (f"{server.url}/p/x.bin",), len(PAYLOAD),
+                            sha(PAYLOAD)),))
+    have, finished = 0, False  # the model
+    for i in range(fetch_mod.ATTEMPTS):
+        have = min(have + cuts[i], len(PAYLOAD)) if i < len(cuts) else len(PAYLOAD)
+        if have == len(PAYLOAD):
+            finished = True
+            break
+    old = os.environ.get("COMPACTNN_CACHE")
+    os.environ["COMPACTNN_CACHE"] = tempfile.mkdtemp()
+    try:
+        folder = cache_dir(ds)
+        if finished:
+            fetch(ds, progress=False, echo=quiet)
+            assert (folder / "x.bin").read_bytes() == PAYLOAD
+        else:
+            with pytest.raises(FetchError):
+                fetch(ds, progress=False, echo=quiet)
+            part_path = folder / ".x.bin.part"
+            assert part_path.exists() == (have > 0)  # an empty part is not kept
+            part = part_path.read_bytes() if have else b""
+            assert len(part) == have and PAYLOAD.startswith(part)
+            assert not (folder / "x.bin").exists()
+            server.cut["p/x.bin"] = []
+            fetch(ds, progress=False, echo=quiet)
+            assert (folder / "x.bin").read_bytes() == PAYLOAD
+        assert leftovers(folder) == []
+    finally:
+        if old is None:
+            os.environ.pop("COMPACTNN_CACHE", None)
+        else:
+            os.environ["COMPACTNN_CACHE"] = old

@@ -204,6 +204,8 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
                     f"{dl.filename} from {url} does not match its pinned SHA-256 (a changed "
                     "or tampered file); it was deleted and nothing was installed")
             return
+    if part.exists() and part.stat().st_size == 0:
+        part.unlink()
     kept = (f"; the partial download ({part.stat().st_size / 1e6:.1f} MB) is kept and "
             "resumed when you run the command again" if part.exists() else "")
     raise FetchError(f"could not download {dl.filename} ({errors[-1] if errors else 'no URL'})"
