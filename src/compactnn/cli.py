@@ -8,13 +8,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from compactnn.cli_errors import EXIT_CODES_HELP, pop_debug_flag, run_guarded
+from compactnn.data.commands import add_data_parser
 from compactnn.utils import machine_info
 
 __all__ = ["main"]
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from compactnn.experiments import registry
+    from compactnn.experiments import registry, reproduce
 
     exps = registry()
     if args.only:
@@ -30,31 +32,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     mode = "quick" if quick else "full"
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{mode}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    command = (f"compactnn reproduce{' --full' if args.full else ''}"
+               f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}"
+               f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}"
+               f"{' --fetch' if args.fetch else ''}")
     print(f"compactnn reproduce ({mode} mode): {len(chosen)} experiment(s) -> {out}")
-    sections = [f"# compactnn reproduce ({mode} mode)\n",
-                f"Command: `compactnn reproduce{' --full' if args.full else ''}"
-                f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}"
-                f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}`  ",
-                f"Machine: {machine_info()}  ", f"Date: {datetime.now():%Y-%m-%d %H:%M}\n"]
     t_all = time.perf_counter()
-    for exp in chosen:
-        t0 = time.perf_counter()
-        print(f"\n== {exp.name}: {exp.description}")
-        sub = out / exp.name
-        sub.mkdir(exist_ok=True)
-        kwargs = {"jobs": args.jobs} if exp.parallel else {}
-        result = exp.run(sub, quick, args.seed, **kwargs)
-        took = time.perf_counter() - t0
-        print(result.markdown)
-        print(f"({exp.name} took {took:.1f} s)")
-        # Figures are referenced relative to the report.
-        md = result.markdown.replace("](", f"]({exp.name}/")
-        sections.append(f"## {exp.name}\n\n{exp.description}. Took {took:.1f} s.\n\n{md}\n")
-    report = out / "report.md"
-    report.write_text("\n".join(sections))
-    print(f"\nAll done in {time.perf_counter() - t_all:.1f} s. Report: {report}")
-    return 0
+    summary = reproduce(chosen, out, quick, args.seed, jobs=args.jobs, fetch=args.fetch,
+                        command=command, machine=machine_info(), debug=args.debug)
+    ran, skipped, failed = (summary.by_status(s) for s in ("ok", "skipped", "failed"))
+    print(f"\nDone in {time.perf_counter() - t_all:.1f} s: {len(ran)} ran, {len(skipped)} "
+          f"skipped, {len(failed)} failed. Report: {summary.report}")
+    for o in skipped + failed:
+        print(f"  {o.status} {o.name}: {o.reason}")
+    return summary.exit_code
 
 
 def _positive_int(text: str) -> int:
@@ -118,7 +109,11 @@ def _cmd_mtl(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compactnn",
-        description="Compact neural networks by structure: experiments and tools.")
+        description="Compact neural networks by structure: experiments and tools.",
+        epilog=EXIT_CODES_HELP)
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks for user errors too (anywhere on the line; "
+                             "or COMPACTNN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("reproduce", help="run the experiments that reproduce the papers' claims",
@@ -133,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="worker processes (one thread each) for experiments made of many "
                         "independent trainings, e.g. lowrank_grid (default 1)")
+    p.add_argument("--fetch", action="store_true",
+                   help="download missing data sets first (`compactnn data fetch`); without "
+                        "it, experiments whose data is missing are skipped (exit code 3)")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(
@@ -167,17 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the registered experiments",
                        description="List the experiments `compactnn reproduce` can run.")
     p.set_defaults(func=_cmd_list)
+    add_data_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished runs and checkpoints are kept; run the same command "
-              "again to resume", file=sys.stderr)
-        return 130
+    args.debug = debug
+    return run_guarded(lambda: args.func(args), debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -278,7 +278,7 @@ def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> Experimen
 
 
 @register("lowrank_grid", "Fashion-MNIST MLP: init x Frobenius decay x budget vs dense/sparse",
-          parallel=True)
+          parallel=True, data=("fashion_mnist",))
 def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     return run_grid(out_dir, SCALES["mlp", quick], seed, jobs)
 
@@ -287,6 +287,6 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
 # takes about 50 minutes with --jobs 2 on 2 CPU cores; the full scale needs a GPU.
 @register("lowrank_grid_resnet",
           "Fashion-MNIST ResNet-20: init x Frobenius decay x budget vs dense/sparse",
-          in_quick=False, parallel=True)
+          in_quick=False, parallel=True, data=("fashion_mnist",))
 def run_resnet(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     return run_grid(out_dir, SCALES["resnet20", quick], seed, jobs)
