@@ -84,6 +84,12 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
         load_config_file,
         parse_overrides,
     )
+    from compactnn.engine import TrainingDiverged, exit_code, json_safe
+
+    def error(e: BaseException, code: int) -> int:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return code
 
     try:
         base = load_config_file(args.config) if args.config else {}
@@ -92,13 +98,16 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
         result = run(cfg).metrics
-    except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except TrainingDiverged as e:
+        return error(e, 1)
+    # ConfigError is a ValueError; RunFolderError (out unusable or busy) an OSError
+    except (ValueError, OSError, ImportError) as e:
+        return error(e, 2)
     for key in drop:  # large arrays also saved to files
         result.pop(key, None)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(json_safe(result), indent=2, allow_nan=False))
+    if result.get("signal"):  # stopped by SIGINT/SIGTERM after saving: say so to the caller
+        return exit_code(result["signal"])
     return 0
 
 
@@ -171,13 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `train`/`mtl` take KEY=VALUE overrides on both sides of --config
+        if args.command in ("train", "mtl") and all("=" in a and not a.startswith("-")
+                                                    for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\ninterrupted: finished runs and checkpoints are kept; run the same command "
               "again to resume", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
 
 
 if __name__ == "__main__":  # pragma: no cover
