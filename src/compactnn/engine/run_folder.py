@@ -10,6 +10,8 @@ exclusive lock for the whole run, written atomically and as strict JSON.
   CSV rows interleaved. The operating system drops the lock when the process
   ends, however it ends.
 - Temporary files left by a save that was killed halfway are removed on start.
+- A run that fails before writing anything (a config or data error) removes the
+  folders it created, so a typo leaves no empty run folder behind.
 - Files are written to a temporary name and renamed, so a reader never sees
   half a file; JSON is strict (no ``NaN``/``Infinity``: a non-finite number is
   written as ``null``).
@@ -75,14 +77,25 @@ class RunFolder:
         self.path = Path(out)
         self.is_main = is_main
         self._lock: Any = None
+        self._created: list[Path] = []  # folders this run made, deepest last
 
     def __enter__(self) -> RunFolder:
         if self.is_main:
             self._prepare()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.release()
+        if exc_type is not None and self._created:
+            self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        (self.path / ".lock").unlink(missing_ok=True)
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()  # only succeeds while empty
+            except OSError:
+                return
 
     def release(self) -> None:
         if self._lock is not None:
@@ -94,8 +107,10 @@ class RunFolder:
         p = self.path
         if p.exists() and not p.is_dir():
             raise RunFolderError(f"out={str(p)!r} is a file, not a folder")
+        missing = [q for q in (p, *p.parents) if not q.exists()]
         try:
             p.mkdir(parents=True, exist_ok=True)
+            self._created = missing[::-1]
         except OSError as e:
             raise RunFolderError(f"cannot create the run folder {str(p)!r}: "
                                  f"{e.strerror or e}") from None

@@ -126,6 +126,15 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, _note_stop)
 
 
+def _pool(workers: int):
+    """Worker processes for the grid's runs (spawned: no state forked from the parent)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init)
+
+
 def _train_job(cfg: TrainConfig, threads: int | None) -> dict:
     """One arm (in a worker process when ``threads`` is set). A run that already
     finished in ``cfg.out`` with the same config is read back, not re-evaluated."""
@@ -188,12 +197,10 @@ def _run_jobs(configs: list[TrainConfig], workers: int) -> list[dict]:
                 results.append(_finished(_train_job(cfg, None)))
                 bar.update()
             return results
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
         out: list[dict | None] = [None] * len(configs)
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_worker_init)
+        pool = _pool(workers)
         try:
             futures = {pool.submit(_train_job, cfg, 1): i for i, cfg in enumerate(configs)}
             for fut in as_completed(futures):
