@@ -29,10 +29,11 @@ from compactnn.engine.evaluate import (
 )
 from compactnn.engine.fit import FitConfig, fit
 from compactnn.engine.logger import MetricLogger
-from compactnn.engine.loop import LoopConfig, Run, Task, run
+from compactnn.engine.loop import LoopConfig, Run, run
 from compactnn.engine.run_folder import RunFolder, RunFolderBusy, RunFolderError, json_safe
 from compactnn.engine.schedules import lr_lambda, lr_scheduler
 from compactnn.engine.settings import RUN_KEYS, RunConfig, loop_config
+from compactnn.engine.task import Task
 
 __all__ = [
     "RUN_KEYS",

@@ -22,30 +22,26 @@ loop then just trains (see :func:`compactnn.engine.fit`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from compactnn.config import ConfigError
 from compactnn.engine.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from compactnn.engine.checkpoint_checks import check_loop_state
 from compactnn.engine.control import RunClock, StopFlag, TrainingDiverged, seed_everything
 from compactnn.engine.distributed import (
     DistInfo,
-    epoch_indices,
     init_distributed,
-    shard,
     wrap_model,
 )
 from compactnn.engine.early_stop import EarlyStopConfig, EarlyStopping
 from compactnn.engine.logger import MetricLogger
 from compactnn.engine.run_folder import RunFolder, RunFolderError
+from compactnn.engine.task import Task
 
-__all__ = ["LoopConfig", "Run", "Task", "run"]
+__all__ = ["LoopConfig", "Run", "run"]
 
 
 @dataclass
@@ -78,92 +74,6 @@ class Run:
     metrics: dict[str, Any]
     model: nn.Module
     history: list[dict[str, Any]]
-
-
-class Task:
-    """What the loop trains. Override :meth:`setup`, :meth:`build`,
-    :meth:`train_step` and (for validation rows and final metrics)
-    :meth:`evaluate`; the other hooks default to doing nothing."""
-
-    find_unused_parameters = False  # DDP: some steps leave parameters without gradients
-    num_train = 0  # training examples (set by setup; the default batches permute them)
-    monitor = "val_loss"  # the column early stopping watches when its metric is "auto"
-
-    def setup(self, info: DistInfo) -> None:
-        """Load the data (and set :attr:`num_train`)."""
-        raise NotImplementedError
-
-    def steps_per_epoch(self, batch_size: int, info: DistInfo) -> int:
-        """Optimizer steps per epoch: whole global batches of the training set."""
-        if batch_size % info.world_size:
-            raise ConfigError(f"optim.batch_size={batch_size} must be divisible by the "
-                              f"{info.world_size} processes")
-        steps = self.num_train // batch_size
-        if steps < 1:
-            raise ConfigError(f"optim.batch_size={batch_size} exceeds the {self.num_train} "
-                              "training examples")
-        return steps
-
-    def build(self, info: DistInfo, steps_per_epoch: int
-              ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
-        """The model (on ``info.device``), its optimizer and a per-step LR scheduler
-        (or ``None``)."""
-        raise NotImplementedError
-
-    def batches(self, epoch: int, start: int, batch_size: int, seed: int,
-                info: DistInfo) -> Iterator[Any]:
-        """This process's batches of ``epoch`` from batch number ``start`` on: by
-        default index tensors, shards of a ``(seed, epoch)`` permutation."""
-        perm = epoch_indices(self.num_train, seed, epoch)
-        for b in range(start, len(perm) // batch_size):
-            yield shard(perm[b * batch_size:(b + 1) * batch_size], info)
-
-    def train_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float], int]:
-        """Forward one batch through ``model`` (possibly DDP-wrapped): returns the
-        objective to minimize, sums of per-example statistics to average over the
-        epoch (``{"loss": ...}`` is shown in the progress bar), and the batch size."""
-        raise NotImplementedError
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called before the first step of each epoch."""
-
-    def after_step(self) -> None:
-        """Called after each optimizer step."""
-
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Flat metrics of the model on ``split`` (``"val"`` each epoch)."""
-        return {}
-
-    def early_stop_from(self) -> int:
-        """The first epoch (0-based) whose validation result early stopping may use
-        (later than 0 when earlier weights are not valid final weights, e.g. before
-        pruning reaches its budget)."""
-        return 0
-
-    def epoch_extras(self) -> dict[str, Any]:
-        """More columns of the epoch's CSV row."""
-        return {}
-
-    def summary(self) -> dict[str, Any]:
-        """Entries of the result of every run, finished or not."""
-        return {}
-
-    def final_metrics(self) -> dict[str, Any]:
-        """Entries of the result of a finished run (test metrics...)."""
-        return {}
-
-    def on_new_run(self, out: Path) -> None:
-        """Write files of a fresh run (main process only)."""
-
-    def write_outputs(self, out: Path, metrics: dict[str, Any]) -> None:
-        """Write more files at the end of a finished run (main process only)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint besides the model, optimizer and scheduler."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
