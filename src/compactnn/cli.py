@@ -124,6 +124,20 @@ def _cmd_mtl(args: argparse.Namespace) -> int:
     return _run_configured(args, MTLConfig, train_mtl, ("expert_weights",))
 
 
+def _add_configured(sub, name: str, func, example: str, help: str, description: str) -> None:
+    """A subcommand run from a typed config (``train``, ``mtl``)."""
+    p = sub.add_parser(name, help=help, description=(
+        f"{description} Overrides may stand before and after --config. Runs unchanged "
+        "under `torchrun --nproc_per_node=N`. Resumes from OUT/checkpoint.safetensors when "
+        "present; exits 1 if the loss diverges, 130/143 after saving on SIGINT/SIGTERM."))
+    p.add_argument("--config", help="a .toml or .json config file")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help=f"config overrides such as {example} (see --print-config)")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compactnn",
@@ -144,34 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "independent trainings, e.g. lowrank_grid (default 1)")
     p.set_defaults(func=_cmd_reproduce)
 
-    p = sub.add_parser(
-        "train", help="train a dense, low-rank or sparse classifier (torchrun-ready)",
+    _add_configured(
+        sub, "train", _cmd_train, "optim.lr=0.1",
+        help="train a dense, low-rank or sparse classifier (torchrun-ready)",
         description="Train with a typed config: a TOML/JSON file and/or section.key=value "
                     "overrides, e.g. `compactnn train model.name=resnet20 "
-                    "lowrank.param_ratio=0.1 lowrank.frobenius_decay=1e-4 optim.epochs=5`. "
-                    "Runs unchanged under `torchrun --nproc_per_node=N`. Resumes from "
-                    "OUT/checkpoint.safetensors when present.")
-    p.add_argument("--config", help="a .toml or .json config file")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides such as optim.lr=0.1 (see --print-config)")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "mtl", help="multi-task training: DSelect-k / Top-k / softmax gates (torchrun-ready)",
+                    "lowrank.param_ratio=0.1 lowrank.frobenius_decay=1e-4 optim.epochs=5`.")
+    _add_configured(
+        sub, "mtl", _cmd_mtl, "gate.name=topk",
+        help="multi-task training: DSelect-k / Top-k / softmax gates (torchrun-ready)",
         description="Train a multi-gate mixture of experts on multi-task data with a typed "
                     "config: a TOML/JSON file and/or section.key=value overrides, e.g. "
                     "`compactnn mtl data.name=census gate.name=dselect_k gate.k=2 "
-                    "experts.num=8 optim.epochs=5`. Runs unchanged under `torchrun "
-                    "--nproc_per_node=N`. Resumes from OUT/checkpoint.safetensors when "
-                    "present. See docs/mtl.md.")
-    p.add_argument("--config", help="a .toml or .json config file")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides such as gate.name=topk (see --print-config)")
-    p.set_defaults(func=_cmd_mtl)
+                    "experts.num=8 optim.epochs=5`. See docs/mtl.md.")
 
     p = sub.add_parser("list", help="list the registered experiments",
                        description="List the experiments `compactnn reproduce` can run.")
