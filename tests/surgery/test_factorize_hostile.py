@@ -213,3 +213,12 @@ def test_random_conv_layers_error_or_build(cin, cout, k, groups, rank, scheme):
     assert layer(x).shape == dense(x).shape
     if layer.rank == layer.full_rank:  # full rank reproduces the layer
         torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_meta_calibration_is_refused_and_the_model_kept():
+    model = Tied()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match="calibration batch 0 is a meta tensor"):
+        factorize(model, rank=2, init="nonlinear", calibration=torch.empty(4, 32, device="meta"),
+                  inplace=True)
+    assert_untouched(model, snap)
