@@ -66,7 +66,9 @@ def test_tied_layers_stay_tied_with_one_factor_pair():
     out.d.U.data.add_(1.0)
     torch.testing.assert_close(out.d.dense_weight(), out.e.dense_weight())
     merged = merge(out)
-    torch.testing.assert_close(merged.d.weight, merged.e.weight)
+    assert merged.d.weight is merged.e.weight  # merging keeps the tie
+    assert merged.d.bias is not merged.e.bias
+    torch.testing.assert_close(merged.d.weight, out.d.dense_weight())
 
 
 def test_tied_layers_with_a_tied_bias_share_it():
@@ -74,6 +76,9 @@ def test_tied_layers_with_a_tied_bias_share_it():
     model.e.bias = model.d.bias
     out, report = factorize(model, rank=4)
     assert out.d.bias is out.e.bias
+    merged = merge(out)
+    assert merged.d.bias is merged.e.bias and merged.d.weight is merged.e.weight
+    assert sum(p.numel() for p in merged.parameters()) == unique_count(model)
     assert report.params_after == unique_count(out) == 4 * 64 + 32 + 4 * 32 + 4
 
 
