@@ -227,3 +227,21 @@ def test_meta_calibration_is_refused_and_the_model_kept():
         factorize(model, rank=2, init="nonlinear", calibration=torch.empty(4, 32, device="meta"),
                   inplace=True)
     assert_untouched(model, snap)
+
+
+def test_an_init_failing_mid_way_leaves_an_inplace_model_as_it_was():
+    calls = []
+
+    def flaky(layer, weight=None, bias=None):
+        calls.append(layer)
+        if len(calls) == 2:
+            raise FloatingPointError("second layer fails")
+        return layer
+
+    model = Tied()
+    snap = snapshot(model)
+    with pytest.raises(FloatingPointError, match="second layer fails"):
+        factorize(model, rank=2, init=flaky, inplace=True, include=["d", "e", "head"])
+    assert len(calls) == 2
+    assert_untouched(model, snap)
+    assert model.e.weight is model.d.weight  # the tie is intact too
