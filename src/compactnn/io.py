@@ -310,13 +310,15 @@ def _commit(model: nn.Module, plan: _Plan, table: _Table | None, strict: bool) -
             replace_module(model, old, new)
         if table is not None:
             model.load_state_dict(state, strict=strict)
-    except Exception as e:
+    except BaseException as e:  # an interrupt mid-copy is rolled back too
         for old, new in swaps:
             replace_module(model, new, old)
         with torch.no_grad():
             for k, t in model.state_dict().items():
                 if k in backup:
                     t.copy_(backup[k])
+        if not isinstance(e, Exception):
+            raise
         where = table.where if table is not None else "structure"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{where} could not be loaded ({first}); the model is "
