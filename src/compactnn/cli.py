@@ -75,6 +75,12 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
         load_config_file,
         parse_overrides,
     )
+    from compactnn.engine import TrainingDiverged, exit_code, json_safe
+
+    def error(e: BaseException, code: int) -> int:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return code
 
     try:
         base = load_config_file(args.config) if args.config else {}
@@ -83,13 +89,16 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
         result = run(cfg).metrics
-    except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except TrainingDiverged as e:
+        return error(e, 1)
+    # ConfigError is a ValueError; RunFolderError (out unusable or busy) an OSError
+    except (ValueError, OSError, ImportError) as e:
+        return error(e, 2)
     for key in drop:  # large arrays also saved to files
         result.pop(key, None)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(json_safe(result), indent=2, allow_nan=False))
+    if result.get("signal"):  # stopped by SIGINT/SIGTERM after saving: say so to the caller
+        return exit_code(result["signal"])
     return 0
 
 
@@ -104,6 +113,20 @@ def _cmd_mtl(args: argparse.Namespace) -> int:
 
     # expert weights are written to OUT/gate_weights.csv
     return _run_configured(args, MTLConfig, train_mtl, ("expert_weights",))
+
+
+def _add_configured(sub, name: str, func, example: str, help: str, description: str) -> None:
+    """A subcommand run from a typed config (``train``, ``mtl``)."""
+    p = sub.add_parser(name, help=help, description=(
+        f"{description} Overrides may stand before and after --config. Runs unchanged "
+        "under `torchrun --nproc_per_node=N`. Resumes from OUT/checkpoint.safetensors when "
+        "present; exits 1 if the loss diverges, 130/143 after saving on SIGINT/SIGTERM."))
+    p.add_argument("--config", help="a .toml or .json config file")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help=f"config overrides such as {example} (see --print-config)")
+    p.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,34 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "it, experiments whose data is missing are skipped (exit code 3)")
     p.set_defaults(func=_cmd_reproduce)
 
-    p = sub.add_parser(
-        "train", help="train a dense, low-rank or sparse classifier (torchrun-ready)",
+    _add_configured(
+        sub, "train", _cmd_train, "optim.lr=0.1",
+        help="train a dense, low-rank or sparse classifier (torchrun-ready)",
         description="Train with a typed config: a TOML/JSON file and/or section.key=value "
                     "overrides, e.g. `compactnn train model.name=resnet20 "
-                    "lowrank.param_ratio=0.1 lowrank.frobenius_decay=1e-4 optim.epochs=5`. "
-                    "Runs unchanged under `torchrun --nproc_per_node=N`. Resumes from "
-                    "OUT/checkpoint.safetensors when present.")
-    p.add_argument("--config", help="a .toml or .json config file")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides such as optim.lr=0.1 (see --print-config)")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "mtl", help="multi-task training: DSelect-k / Top-k / softmax gates (torchrun-ready)",
+                    "lowrank.param_ratio=0.1 lowrank.frobenius_decay=1e-4 optim.epochs=5`.")
+    _add_configured(
+        sub, "mtl", _cmd_mtl, "gate.name=topk",
+        help="multi-task training: DSelect-k / Top-k / softmax gates (torchrun-ready)",
         description="Train a multi-gate mixture of experts on multi-task data with a typed "
                     "config: a TOML/JSON file and/or section.key=value overrides, e.g. "
                     "`compactnn mtl data.name=census gate.name=dselect_k gate.k=2 "
-                    "experts.num=8 optim.epochs=5`. Runs unchanged under `torchrun "
-                    "--nproc_per_node=N`. Resumes from OUT/checkpoint.safetensors when "
-                    "present. See docs/mtl.md.")
-    p.add_argument("--config", help="a .toml or .json config file")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides such as gate.name=topk (see --print-config)")
-    p.set_defaults(func=_cmd_mtl)
+                    "experts.num=8 optim.epochs=5`. See docs/mtl.md.")
 
     p = sub.add_parser("list", help="list the registered experiments",
                        description="List the experiments `compactnn reproduce` can run.")
@@ -171,7 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `train`/`mtl` take KEY=VALUE overrides on both sides of --config
+        if args.command in ("train", "mtl") and all("=" in a and not a.startswith("-")
+                                                    for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.debug = debug
     return run_guarded(lambda: args.func(args), debug)
 

@@ -82,10 +82,10 @@ def run_guarded(func: Callable[[], int], debug: bool) -> int:
     """Run a command body, turning exceptions into the messages and exit codes above."""
     try:
         return func()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\ninterrupted: finished runs and checkpoints are kept; run the same command "
               "again to resume", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", 2))  # 130 for SIGINT, 143 for SIGTERM
     except Exception as e:
         if is_user_error(e):
             if debug:
