@@ -247,3 +247,18 @@ def test_a_run_failing_before_writing_leaves_no_folder(tmp_path):
     with pytest.raises(ConfigError, match="exceeds"):
         run(Regression(), loop(tmp_path / "a" / "b", batch_size=100))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    from compactnn.engine import TrainingDiverged, checkpoint_state
+
+    class Corrupting(Regression):
+        def after_step(self):
+            super().after_step()
+            if self.steps_seen == 8:  # the last step of epoch 2: no NaN loss follows
+                with torch.no_grad():
+                    self.model[0].weight[0, 0] = float("inf")
+
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 8"):
+        run(Corrupting(), loop(tmp_path))
+    assert checkpoint_state(tmp_path / "checkpoint.safetensors")["step"] == 4
