@@ -179,11 +179,15 @@ def test_a_second_run_in_the_same_folder_is_refused_at_once(tmp_path):
 @pytest.mark.parametrize("sub,match", [
     ("f", "is a file, not a folder"),
     ("f/sub", "cannot create the run folder"),
+    ("g", r"checkpoint.safetensors.tmp is in the way"),
+    ("h", r"result.json is in the way"),
 ])
 def test_an_unusable_out_fails_before_training(tmp_path, sub, match):
     from compactnn.engine import RunFolderError
 
     (tmp_path / "f").write_text("x")
+    (tmp_path / "g" / "checkpoint.safetensors.tmp").mkdir(parents=True)  # blocks atomic saves
+    (tmp_path / "h" / "result.json").mkdir(parents=True)
     task = Regression()
     with pytest.raises(RunFolderError, match=match):
         run(task, loop(tmp_path / sub))
