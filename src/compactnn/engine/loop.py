@@ -173,11 +173,8 @@ class _Loop:
         return state
 
     def _save(self, reason: str) -> None:
-        if self.ckpt is None or not self.info.is_main:
+        if self.ckpt is None:
             return
-        state = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                 "running": self.running, "config": self.cfg.config, "reason": reason,
-                 "seconds": self.clock(), "stopped_early": self.stopped_early}
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()
                    if p.is_floating_point()):
             # a checkpoint of NaN weights would replace the last good one
@@ -185,6 +182,11 @@ class _Loop:
                 f"the weights became non-finite by step {self.step} (epoch {self.epoch}); "
                 f"training stopped and {self._last_checkpoint()}. Lower optim.lr or check "
                 "the data and the config, then start again in another out folder")
+        if not self.info.is_main:  # every process checks (the same weights); one writes
+            return
+        state = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                 "running": self.running, "config": self.cfg.config, "reason": reason,
+                 "seconds": self.clock(), "stopped_early": self.stopped_early}
         extra = {"task": self.task.state_dict()}
         if self.early is not None:
             extra["early_stop"] = self.early.state_dict()
