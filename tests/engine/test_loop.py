@@ -266,3 +266,20 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     with pytest.raises(TrainingDiverged, match="weights became non-finite by step 8"):
         run(Corrupting(), loop(tmp_path))
     assert checkpoint_state(tmp_path / "checkpoint.safetensors")["step"] == 4
+
+
+def test_on_epoch_end_sees_every_row_and_can_stop_the_run(tmp_path):
+    seen = []
+    r = run(Regression(), loop(None, on_epoch_end=seen.append))
+    assert seen == r.history
+
+    class Pruned(Exception):
+        pass
+
+    def prune(row):
+        if row["epoch"] == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        run(Regression(), loop(tmp_path, on_epoch_end=prune))
+    assert run(Regression(), loop(tmp_path)).metrics["finished"]  # lock released, resumed
