@@ -179,11 +179,15 @@ def test_a_second_run_in_the_same_folder_is_refused_at_once(tmp_path):
 @pytest.mark.parametrize("sub,match", [
     ("f", "is a file, not a folder"),
     ("f/sub", "cannot create the run folder"),
+    ("g", r"checkpoint.safetensors.tmp is in the way"),
+    ("h", r"result.json is in the way"),
 ])
 def test_an_unusable_out_fails_before_training(tmp_path, sub, match):
     from compactnn.engine import RunFolderError
 
     (tmp_path / "f").write_text("x")
+    (tmp_path / "g" / "checkpoint.safetensors.tmp").mkdir(parents=True)  # blocks atomic saves
+    (tmp_path / "h" / "result.json").mkdir(parents=True)
     task = Regression()
     with pytest.raises(RunFolderError, match=match):
         run(task, loop(tmp_path / sub))
@@ -247,3 +251,35 @@ def test_a_run_failing_before_writing_leaves_no_folder(tmp_path):
     with pytest.raises(ConfigError, match="exceeds"):
         run(Regression(), loop(tmp_path / "a" / "b", batch_size=100))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    from compactnn.engine import TrainingDiverged, checkpoint_state
+
+    class Corrupting(Regression):
+        def after_step(self):
+            super().after_step()
+            if self.steps_seen == 8:  # the last step of epoch 2: no NaN loss follows
+                with torch.no_grad():
+                    self.model[0].weight[0, 0] = float("inf")
+
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 8"):
+        run(Corrupting(), loop(tmp_path))
+    assert checkpoint_state(tmp_path / "checkpoint.safetensors")["step"] == 4
+
+
+def test_on_epoch_end_sees_every_row_and_can_stop_the_run(tmp_path):
+    seen = []
+    r = run(Regression(), loop(None, on_epoch_end=seen.append))
+    assert seen == r.history
+
+    class Pruned(Exception):
+        pass
+
+    def prune(row):
+        if row["epoch"] == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        run(Regression(), loop(tmp_path, on_epoch_end=prune))
+    assert run(Regression(), loop(tmp_path)).metrics["finished"]  # lock released, resumed

@@ -141,6 +141,9 @@ def check_loop_state(state: Any, where: str) -> dict[str, Any]:
         v = state.get(key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{where}: state.{key} must be an integer >= 0, got {v!r}")
+    seconds = state.get("seconds", 0.0)
+    if not (_is_number(seconds) and math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"{where}: state.seconds must be a number >= 0, got {seconds!r}")
     running = state.get("running")
     ok = isinstance(running, dict) and set(running) == {"count", "sums"} and \
         isinstance(running["count"], int) and not isinstance(running["count"], bool) and \

@@ -22,6 +22,7 @@ loop then just trains (see :func:`compactnn.engine.fit`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,8 @@ class LoopConfig:
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     save_model: bool = True  # write out/model.safetensors at the end
     early_stop: EarlyStopConfig | None = None
+    # called with each epoch's row (after it is logged): e.g. a tuner's report/prune hook
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
     config: dict[str, Any] = field(default_factory=dict)  # saved and checked on resume
     run_keys: frozenset[str] = frozenset()  # config keys a resume may change
 
@@ -173,7 +176,16 @@ class _Loop:
         return state
 
     def _save(self, reason: str) -> None:
-        if self.ckpt is None or not self.info.is_main:
+        if self.ckpt is None:
+            return
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()
+                   if p.is_floating_point()):
+            # a checkpoint of NaN weights would replace the last good one
+            raise TrainingDiverged(
+                f"the weights became non-finite by step {self.step} (epoch {self.epoch}); "
+                f"training stopped and {self._last_checkpoint()}. Lower optim.lr or check "
+                "the data and the config, then start again in another out folder")
+        if not self.info.is_main:  # every process checks (the same weights); one writes
             return
         state = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
                  "running": self.running, "config": self.cfg.config, "reason": reason,
@@ -250,6 +262,8 @@ class _Loop:
         if logger is not None:
             logger.log(row)
         history.append(row)
+        if self.cfg.on_epoch_end is not None:
+            self.cfg.on_epoch_end(row)
         if self.early is not None and self.epoch >= self.task.early_stop_from():
             self.stopped_early = self.early.update(row, self.epoch + 1, self.model)
         self.epoch, self.batch = self.epoch + 1, 0

@@ -81,7 +81,11 @@ class RunFolder:
 
     def __enter__(self) -> RunFolder:
         if self.is_main:
-            self._prepare()
+            try:
+                self._prepare()
+            except BaseException:  # __exit__ does not run when __enter__ fails
+                self.__exit__(RunFolderError, None, None)
+                raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -131,7 +135,6 @@ class RunFolder:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            self.release()
             raise RunFolderError(f"cannot write to the run folder {str(p)!r}: "
                                  f"{e.strerror or e}") from None
         self._clean_stale()
@@ -141,6 +144,11 @@ class RunFolder:
             stem, dot_tmp, _ = f.name.partition(".tmp")
             if dot_tmp and stem in OUTPUT_FILES and f.is_file():
                 f.unlink(missing_ok=True)
+        for name in OUTPUT_FILES:  # what the run will write (and its temporary name)
+            for target in (self.path / name, self.path / f"{name}.tmp"):
+                if target.exists() and not target.is_file():
+                    raise RunFolderError(f"{target} is in the way (not a file); "
+                                         "remove it or choose another out")
 
     def write_text(self, name: str, text: str) -> None:
         _atomic_write(self.path / name, text)

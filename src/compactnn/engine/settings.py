@@ -3,8 +3,9 @@ their validation, and their translation into the loop's :class:`LoopConfig`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from compactnn.config import config_to_dict, require
 from compactnn.engine.early_stop import EarlyStopConfig
@@ -47,12 +48,13 @@ class RunConfig:
 
 
 def loop_config(cfg: RunConfig, *, epochs: int, batch_size: int, desc: str,
-                tensorboard: bool = True) -> LoopConfig:
+                tensorboard: bool = True,
+                on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> LoopConfig:
     """The loop settings of a task config."""
     return LoopConfig(epochs=epochs, batch_size=batch_size, seed=cfg.seed, out=cfg.out,
                       resume=cfg.resume, checkpoint_every=cfg.checkpoint_every,
                       stop_after_steps=cfg.stop_after_steps, progress=cfg.progress, desc=desc,
                       device=cfg.device, deterministic=cfg.deterministic,
                       tensorboard=tensorboard, save_model=cfg.save_model,
-                      early_stop=cfg.early_stop,
+                      early_stop=cfg.early_stop, on_epoch_end=on_epoch_end,
                       config=config_to_dict(cfg), run_keys=RUN_KEYS)

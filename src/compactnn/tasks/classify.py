@@ -12,6 +12,7 @@ coefficient is positive.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +232,13 @@ class ClassifyTask(Task):
             self.sparsifier.load_state_dict(state["sparsity"])
 
 
-def train(cfg: TrainConfig, dist_info: DistInfo | None = None) -> Run:
+def train(cfg: TrainConfig, dist_info: DistInfo | None = None,
+          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> Run:
     """Run ``compactnn train`` as configured: returns a :class:`~compactnn.engine.Run`
     (``.metrics``, ``.model``, ``.history``) and writes the config, ``metrics.csv``,
-    checkpoints, ``model.safetensors`` and ``result.json`` to ``cfg.out``."""
+    checkpoints, ``model.safetensors`` and ``result.json`` to ``cfg.out``.
+    ``on_epoch_end(row)`` sees each epoch's metrics row (e.g. to report to a tuner)."""
     cfg.validate()
     loop = loop_config(cfg, epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size,
-                       desc="train")
+                       desc="train", on_epoch_end=on_epoch_end)
     return run(ClassifyTask(cfg), loop, dist_info)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,8 @@ class MTLTask(Task):
 
 
 def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
-              data: MultiTaskData | None = None) -> Run:
+              data: MultiTaskData | None = None,
+              on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> Run:
     """Run ``compactnn mtl`` as configured: returns a :class:`~compactnn.engine.Run`
     (``.metrics``, ``.model``, ``.history``) and writes the config, ``metrics.csv``,
     ``gate_weights.csv``, checkpoints, ``model.safetensors`` and ``result.json`` to
@@ -189,8 +191,9 @@ def train_mtl(cfg: MTLConfig, dist_info: DistInfo | None = None,
 
     ``data``: a :class:`~compactnn.data.multitask.MultiTaskData` of your own, used instead
     of ``cfg.data`` (its tasks are still filtered by ``cfg.data.tasks``).
+    ``on_epoch_end(row)``: sees each epoch's metrics row (e.g. to report to a tuner).
     """
     cfg.validate()
     loop = loop_config(cfg, epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size,
-                       desc="mtl", tensorboard=False)
+                       desc="mtl", tensorboard=False, on_epoch_end=on_epoch_end)
     return run(MTLTask(cfg, data), loop, dist_info)
