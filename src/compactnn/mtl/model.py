@@ -58,7 +58,7 @@ def build_gate(cfg: GateConfig, num_experts: int, input_dim: int | None) -> Gate
                             entropy_reg=cfg.entropy_reg, reduction=cfg.reduction)
     if cfg.name == "topk":
         return NoisyTopKGate(num_experts, k=cfg.k, input_dim=input_dim, noisy=cfg.noisy,
-                             w_importance=cfg.w_importance, w_load=cfg.w_load)
+                             importance_reg=cfg.w_importance, load_reg=cfg.w_load)
     return SoftmaxGate(num_experts, input_dim=input_dim)
 
 
@@ -136,8 +136,6 @@ class MTLModel(nn.Module):
                                 execution=execution)
         self.towers = TaskTowers(len(self.tasks), experts.out, list(towers.hidden),
                                  [t.output_dim for t in self.tasks])
-        # static gates with dense execution: mix all tasks with one product
-        self._batched = execution == "dense" and not gate.per_example
 
     def features(self, x: Tensor, x_cat: Tensor | None = None) -> Tensor:
         """Flattened inputs with the categorical embeddings appended: the MLP experts'
@@ -153,11 +151,5 @@ class MTLModel(nn.Module):
     def forward(self, x: Tensor, x_cat: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         feats = self.features(x, x_cat)
         expert_in = x if self.conv else feats
-        if self._batched:
-            weights, aux = self.moe.gate_weights(expert_in)
-            outs = torch.stack([e(expert_in) for e in self.moe.experts], 1)  # (B, n, o)
-            mixed = torch.einsum("tn,bno->tbo", torch.stack(weights), outs)
-        else:
-            mixed_list, aux = self.moe(expert_in, routing_input=feats)
-            mixed = torch.stack(mixed_list)
+        mixed, aux = self.moe.mix(expert_in, routing_input=feats)  # (T, batch, out)
         return self.towers(mixed), aux
