@@ -13,7 +13,9 @@ from torch import nn
 
 from compactnn.moe import (
     DSelectKGate,
+    GateBank,
     MixtureOfExperts,
+    MLPBank,
     MultiGateMoE,
     NoisyTopKGate,
     SoftmaxGate,
@@ -191,6 +193,11 @@ def test_torch_compile(execution: str) -> None:
         torch.testing.assert_close(gc, g)
 
 
+# sparse execution leaves experts without rows (no gradient); capacity execution has
+# static shapes, every expert runs on its slots
+EXECUTIONS_DDP = (("dense", False), ("sparse", True), ("capacity", False))
+
+
 def _ddp_worker(rank: int, world_size: int, init_file: str, result_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -199,13 +206,13 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, result_dir: str) -> 
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
     try:
-        for execution, find_unused in (("dense", False), ("sparse", True)):
+        for execution, find_unused in EXECUTIONS_DDP:
             model = make_model(seed=0, execution=execution)
-            if execution == "sparse":
-                with torch.no_grad():
-                    for gate in model.gates:
-                        gate.z_proj.weight.normal_(0, 3.0)
-                        dist.broadcast(gate.z_proj.weight, 0)
+            assert isinstance(model.gates, GateBank) and isinstance(model.experts, MLPBank)
+            if execution != "dense":
+                with torch.no_grad():  # saturated selectors: sparse weights
+                    model.gates.z_proj.weight.normal_(0, 3.0)
+                    dist.broadcast(model.gates.z_proj.weight, 0)
             ddp = DDP(model, find_unused_parameters=find_unused)
             optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
             torch.manual_seed(100 + rank)  # different data on each rank
@@ -225,7 +232,7 @@ def test_ddp_step_keeps_ranks_identical() -> None:
         init_file = os.path.join(tmp, "init")
         mp.spawn(_ddp_worker, args=(2, init_file, tmp), nprocs=2, join=True)
         initial = torch.cat([p.detach().flatten() for p in make_model(seed=0).parameters()])
-        for execution in ("dense", "sparse"):
+        for execution, _ in EXECUTIONS_DDP:
             p0 = torch.load(os.path.join(tmp, f"{execution}_0.pt"))
             p1 = torch.load(os.path.join(tmp, f"{execution}_1.pt"))
             torch.testing.assert_close(p0, p1, rtol=0, atol=1e-6)

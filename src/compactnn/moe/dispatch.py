@@ -302,10 +302,12 @@ def capacity_mix(experts: Experts, x: Tensor, weights: Tensor,
         y = _run_each(experts, range(n), list(routed.unbind(0)))
     slot_weights = full.transpose(1, 2).gather(2, rows.unsqueeze(0).expand(tasks, n, capacity))
     slot_weights = slot_weights * valid  # (T, n, C)
-    flat = y.reshape(n * capacity, -1)
-    z = slot_weights.reshape(tasks, n * capacity, 1) * flat.unsqueeze(0)  # (T, n*C, F)
-    out = torch.zeros(tasks, batch, flat.shape[-1], dtype=z.dtype, device=z.device)
-    out = out.index_add(1, rows.reshape(-1), z)
+    flat = y.reshape(n * capacity, 1, -1)
+    z = flat * slot_weights.reshape(tasks, n * capacity).t().unsqueeze(-1)  # (n*C, T, F)
+    # rows of a leading axis are summed with one contiguous add each
+    out = torch.zeros(batch, tasks * flat.shape[-1], dtype=z.dtype, device=z.device)
+    out = out.index_add(0, rows.reshape(-1), z.reshape(n * capacity, -1))
+    out = out.view(batch, tasks, -1).transpose(0, 1)
     return out.reshape(tasks, batch, *y.shape[2:]), dropped
 
 

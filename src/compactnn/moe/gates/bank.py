@@ -90,8 +90,12 @@ class GateBank(nn.Module):
         return check_routing_input(x, self.input_dim, type(self).__name__)
 
     def _per_task(self, y: Tensor, *shape: int) -> Tensor:
-        """A task-major linear output ``(batch, T * prod(shape))`` as ``(T, batch, *shape)``."""
-        return y.view(y.shape[0], self.num_tasks, *shape).transpose(0, 1)
+        """A task-major linear output ``(batch, T * prod(shape))`` as ``(batch, T, *shape)``.
+
+        Per-example banks compute batch-first, on contiguous memory, and return their
+        weights as a ``(T, batch, n)`` view (which the batched mixing reads back as the
+        contiguous ``(batch, T, n)`` it needs)."""
+        return y.view(y.shape[0], self.num_tasks, *shape)
 
     # -- conversion to and from separate gates
 
@@ -208,7 +212,8 @@ class DSelectKBank(GateBank):
         init_dselect_k_(self, self.gamma)
 
     def logits(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Selector logits ``(T, [batch,] k, m)`` and weight logits ``(T, [batch,] k)``."""
+        """Selector logits ``(T, k, m)`` and weight logits ``(T, k)`` (static), or
+        ``(batch, T, k, m)`` and ``(batch, T, k)`` (per-example: batch first)."""
         x = self._routing_input(x)
         if x is None:
             return self.z_logits, self.w_logits
@@ -218,19 +223,22 @@ class DSelectKBank(GateBank):
     def selector_outputs(self, x: Tensor | None = None) -> Tensor:
         """Reachable selector outputs ``(T, [batch,] k, n)``."""
         z, _ = self.logits(x)
-        return all_code_outputs(smooth_step(z, self.gamma))[..., : self.num_experts]
+        r = all_code_outputs(smooth_step(z, self.gamma))[..., : self.num_experts]
+        return r if self.input_dim is None else r.transpose(0, 1)
 
     def task_forward(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z, w = self.logits(x)
         r = all_code_outputs(smooth_step(z, self.gamma))[..., : self.num_experts]
         weights = mix_selectors(r, w)
+        per_example = self.input_dim is not None
         if not self.training:
-            return weights, weights.new_zeros(self.num_tasks)
-        aux = dselect_k_regularization(
-            r, num_experts=self.num_experts, entropy_reg=self._config["entropy_reg"],
-            penalty_eps=self._config["penalty_eps"], per_example=self.input_dim is not None,
-            reduction=self._config["reduction"])
-        return weights, aux
+            aux = weights.new_zeros(self.num_tasks)
+        else:
+            aux = dselect_k_regularization(
+                r, num_experts=self.num_experts, entropy_reg=self._config["entropy_reg"],
+                penalty_eps=self._config["penalty_eps"], per_example=per_example,
+                reduction=self._config["reduction"])
+        return (weights.transpose(0, 1) if per_example else weights), aux
 
 
 class SoftmaxBank(GateBank):
@@ -260,6 +268,7 @@ class SoftmaxBank(GateBank):
         x = self._routing_input(x)
         logits = self.logits if x is None else self._per_task(self.proj(x), self.num_experts)
         weights = torch.softmax(logits, dim=-1)
+        weights = weights if x is None else weights.transpose(0, 1)
         return weights, weights.new_zeros(self.num_tasks)
 
 
@@ -291,7 +300,8 @@ class NoisyTopKBank(GateBank):
                 p.zero_()
 
     def draw_noise(self, like: Tensor) -> Tensor:
-        """Standard normal noise shaped like ``like`` (a method, so tests can fix it)."""
+        """Standard normal noise shaped like ``like``: ``(T, n)`` or ``(batch, T, n)`` (a
+        method, so tests can fix it)."""
         return torch.randn_like(like)
 
     def task_forward(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -309,11 +319,12 @@ class NoisyTopKBank(GateBank):
             noise_std = noise = None
         weights, logits, top_values = topk_route(clean, noise, noise_std, self.k)
         if not self.training:
-            return weights, weights.new_zeros(self.num_tasks)
-        aux = topk_aux(weights, clean, logits, noise_std, top_values, k=self.k,
-                       importance_reg=self._config["importance_reg"],
-                       load_reg=self._config["load_reg"], per_example=x is not None)
-        return weights, aux
+            aux = weights.new_zeros(self.num_tasks)
+        else:
+            aux = topk_aux(weights, clean, logits, noise_std, top_values, k=self.k,
+                           importance_reg=self._config["importance_reg"],
+                           load_reg=self._config["load_reg"], per_example=x is not None)
+        return (weights if x is None else weights.transpose(0, 1)), aux
 
 
 _BANKS: dict[type[Gate], type[GateBank]] = {

@@ -86,11 +86,13 @@ def all_code_outputs(s: Tensor) -> Tensor:
     most-significant-bit first (``s[..., 0]`` is the top bit), as ``numpy.binary_repr`` does
     in the official code. The result, shape ``(..., 2**m)``, sums to 1 over the last axis.
     """
-    out = torch.ones_like(s[..., :1])
-    for j in range(s.shape[-1]):
+    # Bits are added from the least significant (s[..., -1]) up: prepending bit j as the new
+    # most significant bit doubles the codes by concatenation, a contiguous copy.
+    last = s[..., -1:]
+    out = torch.cat((1 - last, last), dim=-1)
+    for j in range(s.shape[-1] - 2, -1, -1):
         bit = s[..., j : j + 1]
-        # Appending bit j as the new least significant bit of every code seen so far.
-        out = torch.stack((out * (1 - bit), out * bit), dim=-1).flatten(-2)
+        out = torch.cat((out * (1 - bit), out * bit), dim=-1)
     return out
 
 
@@ -103,12 +105,12 @@ def dselect_k_regularization(r: Tensor, *, num_experts: int, entropy_reg: float,
                              penalty_eps: float, per_example: bool,
                              reduction: Reduction = "sum") -> Tensor:
     """Entropy regularizer plus unreachable-code penalty of reachable selector outputs
-    ``r`` of shape ``(..., k, n)``; with ``per_example`` the axis before ``k`` is the batch
-    and is reduced. Returns one value per remaining leading index (a scalar for one gate,
-    ``(T,)`` for a bank)."""
+    ``r`` of shape ``(..., k, n)``; with ``per_example`` the first axis is the batch and is
+    reduced. Returns one value per remaining leading index (a scalar for one gate, ``(T,)``
+    for a bank, whose per-example outputs are ``(batch, T, k, n)``)."""
     lead = r.shape[:-2]
     if per_example:
-        lead = lead[:-1]
+        lead = lead[1:]
     aux = torch.zeros(lead, dtype=r.dtype, device=r.device)
     if entropy_reg > 0:
         entropy = -(r * torch.log(r + ENTROPY_EPS)).sum(dim=(-2, -1))

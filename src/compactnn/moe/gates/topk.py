@@ -67,19 +67,19 @@ def load_probability(clean: Tensor, noisy: Tensor, noise_std: Tensor, top_values
 def topk_aux(weights: Tensor, clean: Tensor, logits: Tensor, noise_std: Tensor | None,
              top_values: Tensor, *, k: int, importance_reg: float, load_reg: float,
              per_example: bool) -> Tensor:
-    """Importance and load losses of weights ``(..., [batch,] n)``; with ``per_example``
-    the axis before ``n`` is the batch and is summed. ``noise_std`` is None when no noise
-    was drawn (then the load loss, which needs the noise, is 0). Returns one value per
+    """Importance and load losses of weights ``([batch,] ..., n)``; with ``per_example``
+    the first axis is the batch and is summed. ``noise_std`` is None when no noise was
+    drawn (then the load loss, which needs the noise, is 0). Returns one value per
     remaining leading index."""
-    lead = weights.shape[:-2] if per_example else weights.shape[:-1]
+    lead = weights.shape[1:-1] if per_example else weights.shape[:-1]
     aux = torch.zeros(lead, dtype=weights.dtype, device=weights.device)
     if importance_reg > 0:
-        importance = weights.sum(dim=-2) if per_example else weights
+        importance = weights.sum(dim=0) if per_example else weights
         aux = aux + importance_reg * cv_squared(importance)
     n = weights.shape[-1]
     if load_reg > 0 and noise_std is not None and k < n:
         load = load_probability(clean, logits, noise_std, top_values, k)
-        load = load.sum(dim=-2) if per_example else load
+        load = load.sum(dim=0) if per_example else load
         aux = aux + load_reg * cv_squared(load)
     return aux
 
