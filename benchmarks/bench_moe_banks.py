@@ -17,7 +17,10 @@ per-example softmax, per-example noisy Top-k) and each (T, E):
 Printed: milliseconds per step, steps per second of the bank (dense), the bank's ratio to
 the hand-written reference (ideal 1.00x) and the loop's ratio to the bank, and the gate's
 share of the bank's dense step (the gate bank's own forward+backward time divided by the
-step's). All timings of one (gate, T, E) cell are taken round-robin (median of repeats).
+step's). All timings of one (gate, T, E) cell are taken round-robin, and each is the
+*minimum* over the repeats: on a shared machine a millisecond-scale step is often
+preempted for a whole scheduler slice, and the minimum is the least disturbed
+measurement (the median is printed by ``--median``).
 
     python benchmarks/bench_moe_banks.py [--quick] [--threads 1] [--repeats 5]
 """
@@ -27,6 +30,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -41,7 +46,7 @@ from compactnn.moe import (
     SoftmaxGate,
     mlp_experts,
 )
-from compactnn.utils import interleaved_timings, machine_info
+from compactnn.utils import machine_info
 
 BATCH, HIDDEN, OUT, K = 64, 16, 8, 2
 
@@ -119,6 +124,22 @@ class Hand:
 # --------------------------------------------------------------------------- timed functions
 
 
+def round_robin(fns: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                median: bool) -> dict[str, float]:
+    """Seconds per call of each function, one call of each in turn per round."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    pick = statistics.median if median else min
+    return {k: pick(v) for k, v in times.items()}
+
+
 def layer_step(moe: MultiGateMoE, x: Tensor, probe: Tensor) -> Callable[[], None]:
     def run() -> None:
         moe.zero_grad(set_to_none=True)
@@ -139,7 +160,7 @@ def gate_step(moe: MultiGateMoE, x: Tensor) -> Callable[[], None]:
 
 
 def measure(gate: str, tasks: int, experts: int, dim: int, repeats: int, warmup: int,
-            loop: bool) -> dict:
+            loop: bool, median: bool = False) -> dict:
     torch.manual_seed(0)
     x = torch.randn(BATCH, dim)
     probe = torch.randn(tasks, BATCH, OUT)
@@ -164,7 +185,7 @@ def measure(gate: str, tasks: int, experts: int, dim: int, repeats: int, warmup:
         fns["loop"] = layer_step(separate, x, probe)
     hand = Hand(gate, tasks, experts, dim)
     fns["hand"] = lambda: hand.step(x, probe)
-    t = interleaved_timings(fns, repeats=repeats, warmup=warmup)
+    t = round_robin(fns, repeats, warmup, median)
     return {"gate": gate, "T": tasks, "E": experts, **{k: v * 1e3 for k, v in t.items()}}
 
 
@@ -193,7 +214,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--experts", type=int, nargs="+", help="default 8 16 64")
     parser.add_argument("--gates", nargs="+", choices=sorted(GATES), help="default all")
     parser.add_argument("--dim", type=int, default=100, help="expert input width")
-    parser.add_argument("--repeats", type=int, help="timed rounds (default 5, quick 3)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 15, quick 7)")
+    parser.add_argument("--median", action="store_true", help="report medians, not minima")
     parser.add_argument("--warmup", type=int, help="untimed rounds (default 2, quick 1)")
     parser.add_argument("--loop-max-experts", type=int, default=16,
                         help="time the per-module loop only up to this many experts")
@@ -202,18 +224,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     tasks = args.tasks or ([2, 128] if args.quick else [2, 16, 128])
     experts = args.experts or ([16] if args.quick else [8, 16, 64])
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (7 if args.quick else 15)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     print(f"Machine: {machine_info()}; load average {os.getloadavg()[0]:.2f} at start")
     print(f"MultiGateMoE, batch {BATCH}, experts {args.dim} -> {HIDDEN} -> {OUT}, k = {K}, "
-          f"fwd+bwd, median of {repeats} round-robin repeats after {warmup} warm-up\n")
+          f"fwd+bwd, {'median' if args.median else 'minimum'} of {repeats} round-robin "
+          f"repeats after {warmup} warm-up\n")
     rows = []
     for gate in args.gates or list(GATES):
         for e in experts:
             for t in tasks:
                 rows.append(measure(gate, t, e, args.dim, repeats, warmup,
-                                    loop=e <= args.loop_max_experts))
-    print(format_table(rows))
+                                    loop=e <= args.loop_max_experts, median=args.median))
+                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print("\n" + format_table(rows))
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
     return rows
 
