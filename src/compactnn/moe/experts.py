@@ -166,6 +166,11 @@ class MLPBank(nn.Module):
         if len(counts) != self.num_members or sum(counts) != x.shape[0]:
             raise ValueError(f"counts must give {self.num_members} slices covering the "
                              f"{x.shape[0]} rows, got {list(counts)}")
+        # One unbind per layer: its backward stacks the members' gradients into one
+        # tensor, where indexing w[e] per member would allocate a full-size zero gradient
+        # for every member.
+        weights = [w.unbind(0) for w in self.weights]
+        biases = None if self.biases is None else [b.unbind(0) for b in self.biases]
         pieces = []
         start = 0
         for e, count in enumerate(counts):
@@ -173,9 +178,9 @@ class MLPBank(nn.Module):
                 continue
             h = x[start : start + count]
             start += count
-            for i, w in enumerate(self.weights):
-                h = (torch.addmm(self.biases[i][e], h, w[e]) if self.biases is not None
-                     else h @ w[e])
+            for i in range(self.num_layers):
+                h = (torch.addmm(biases[i][e], h, weights[i][e]) if biases is not None
+                     else h @ weights[i][e])
                 h = self._hidden(h, i)
             pieces.append(h)
         return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
