@@ -300,15 +300,17 @@ def capacity_mix(experts: Experts, x: Tensor, weights: Tensor,
         y = experts(routed)
     else:
         y = _run_each(experts, range(n), list(routed.unbind(0)))
-    slot_weights = full.transpose(1, 2).gather(2, rows.unsqueeze(0).expand(tasks, n, capacity))
-    slot_weights = slot_weights * valid  # (T, n, C)
-    flat = y.reshape(n * capacity, 1, -1)
-    z = flat * slot_weights.reshape(tasks, n * capacity).t().unsqueeze(-1)  # (n*C, T, F)
-    # rows of a leading axis are summed with one contiguous add each
-    out = torch.zeros(batch, tasks * flat.shape[-1], dtype=z.dtype, device=z.device)
-    out = out.index_add(0, rows.reshape(-1), z.reshape(n * capacity, -1))
-    out = out.view(batch, tasks, -1).transpose(0, 1)
-    return out.reshape(tasks, batch, *y.shape[2:]), dropped
+    # The slot outputs go back to their (expert, row) cells of a dense (n, batch, ...)
+    # tensor, zero elsewhere, and the tasks mix it with the dense path's batched product
+    # under weights masked to the kept pairs: no (slots x tasks) intermediate.
+    kept = torch.zeros(n, batch, dtype=full.dtype, device=full.device)
+    kept = kept.scatter(1, rows, valid.to(full.dtype))  # (n, batch): 1 where a pair ran
+    cell = (rows + torch.arange(n, device=rows.device).unsqueeze(1) * batch).reshape(-1)
+    flat = y.reshape(n * capacity, -1)
+    cells = torch.zeros(n * batch, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    cells = cells.index_add(0, cell, flat).view(n, batch, *y.shape[2:])
+    out = _mix_outputs(cells, full * kept.t())
+    return out, dropped
 
 
 def mix(experts: Experts, x: Tensor, weights: Tensor, execution: Execution = "auto", *,
