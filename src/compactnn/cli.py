@@ -8,13 +8,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from compactnn.cli_errors import EXIT_CODES_HELP, pop_debug_flag, run_guarded
+from compactnn.data.commands import add_data_parser
 from compactnn.utils import machine_info
 
 __all__ = ["main"]
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from compactnn.experiments import registry
+    from compactnn.experiments import registry, reproduce
 
     exps = registry()
     if args.only:
@@ -30,31 +32,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     mode = "quick" if quick else "full"
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{mode}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    command = (f"compactnn reproduce{' --full' if args.full else ''}"
+               f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}"
+               f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}"
+               f"{' --fetch' if args.fetch else ''}")
     print(f"compactnn reproduce ({mode} mode): {len(chosen)} experiment(s) -> {out}")
-    sections = [f"# compactnn reproduce ({mode} mode)\n",
-                f"Command: `compactnn reproduce{' --full' if args.full else ''}"
-                f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}"
-                f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}`  ",
-                f"Machine: {machine_info()}  ", f"Date: {datetime.now():%Y-%m-%d %H:%M}\n"]
     t_all = time.perf_counter()
-    for exp in chosen:
-        t0 = time.perf_counter()
-        print(f"\n== {exp.name}: {exp.description}")
-        sub = out / exp.name
-        sub.mkdir(exist_ok=True)
-        kwargs = {"jobs": args.jobs} if exp.parallel else {}
-        result = exp.run(sub, quick, args.seed, **kwargs)
-        took = time.perf_counter() - t0
-        print(result.markdown)
-        print(f"({exp.name} took {took:.1f} s)")
-        # Figures are referenced relative to the report.
-        md = result.markdown.replace("](", f"]({exp.name}/")
-        sections.append(f"## {exp.name}\n\n{exp.description}. Took {took:.1f} s.\n\n{md}\n")
-    report = out / "report.md"
-    report.write_text("\n".join(sections))
-    print(f"\nAll done in {time.perf_counter() - t_all:.1f} s. Report: {report}")
-    return 0
+    summary = reproduce(chosen, out, quick, args.seed, jobs=args.jobs, fetch=args.fetch,
+                        command=command, machine=machine_info(), debug=args.debug)
+    ran, skipped, failed = (summary.by_status(s) for s in ("ok", "skipped", "failed"))
+    print(f"\nDone in {time.perf_counter() - t_all:.1f} s: {len(ran)} ran, {len(skipped)} "
+          f"skipped, {len(failed)} failed. Report: {summary.report}")
+    for o in skipped + failed:
+        print(f"  {o.status} {o.name}: {o.reason}")
+    return summary.exit_code
 
 
 def _positive_int(text: str) -> int:
@@ -84,6 +75,12 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
         load_config_file,
         parse_overrides,
     )
+    from compactnn.engine import TrainingDiverged, exit_code, json_safe
+
+    def error(e: BaseException, code: int) -> int:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return code
 
     try:
         base = load_config_file(args.config) if args.config else {}
@@ -92,13 +89,16 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
         result = run(cfg).metrics
-    except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except TrainingDiverged as e:
+        return error(e, 1)
+    # ConfigError is a ValueError; RunFolderError (out unusable or busy) an OSError
+    except (ValueError, OSError, ImportError) as e:
+        return error(e, 2)
     for key in drop:  # large arrays also saved to files
         result.pop(key, None)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(json_safe(result), indent=2, allow_nan=False))
+    if result.get("signal"):  # stopped by SIGINT/SIGTERM after saving: say so to the caller
+        return exit_code(result["signal"])
     return 0
 
 
@@ -115,10 +115,28 @@ def _cmd_mtl(args: argparse.Namespace) -> int:
     return _run_configured(args, MTLConfig, train_mtl, ("expert_weights",))
 
 
+def _add_configured(sub, name: str, func, example: str, help: str, description: str) -> None:
+    """A subcommand run from a typed config (``train``, ``mtl``)."""
+    p = sub.add_parser(name, help=help, description=(
+        f"{description} Overrides may stand before and after --config. Runs unchanged "
+        "under `torchrun --nproc_per_node=N`. Resumes from OUT/checkpoint.safetensors when "
+        "present; exits 1 if the loss diverges, 130/143 after saving on SIGINT/SIGTERM."))
+    p.add_argument("--config", help="a .toml or .json config file")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help=f"config overrides such as {example} (see --print-config)")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compactnn",
-        description="Compact neural networks by structure: experiments and tools.")
+        description="Compact neural networks by structure: experiments and tools.",
+        epilog=EXIT_CODES_HELP)
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks for user errors too (anywhere on the line; "
+                             "or COMPACTNN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("reproduce", help="run the experiments that reproduce the papers' claims",
@@ -133,51 +151,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="worker processes (one thread each) for experiments made of many "
                         "independent trainings, e.g. lowrank_grid (default 1)")
+    p.add_argument("--fetch", action="store_true",
+                   help="download missing data sets first (`compactnn data fetch`); without "
+                        "it, experiments whose data is missing are skipped (exit code 3)")
     p.set_defaults(func=_cmd_reproduce)
 
-    p = sub.add_parser(
-        "train", help="train a dense, low-rank or sparse classifier (torchrun-ready)",
+    _add_configured(
+        sub, "train", _cmd_train, "optim.lr=0.1",
+        help="train a dense, low-rank or sparse classifier (torchrun-ready)",
         description="Train with a typed config: a TOML/JSON file and/or section.key=value "
                     "overrides, e.g. `compactnn train model.name=resnet20 "
-                    "lowrank.param_ratio=0.1 lowrank.frobenius_decay=1e-4 optim.epochs=5`. "
-                    "Runs unchanged under `torchrun --nproc_per_node=N`. Resumes from "
-                    "OUT/checkpoint.safetensors when present.")
-    p.add_argument("--config", help="a .toml or .json config file")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides such as optim.lr=0.1 (see --print-config)")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "mtl", help="multi-task training: DSelect-k / Top-k / softmax gates (torchrun-ready)",
+                    "lowrank.param_ratio=0.1 lowrank.frobenius_decay=1e-4 optim.epochs=5`.")
+    _add_configured(
+        sub, "mtl", _cmd_mtl, "gate.name=topk",
+        help="multi-task training: DSelect-k / Top-k / softmax gates (torchrun-ready)",
         description="Train a multi-gate mixture of experts on multi-task data with a typed "
                     "config: a TOML/JSON file and/or section.key=value overrides, e.g. "
                     "`compactnn mtl data.name=census gate.name=dselect_k gate.k=2 "
-                    "experts.num=8 optim.epochs=5`. Runs unchanged under `torchrun "
-                    "--nproc_per_node=N`. Resumes from OUT/checkpoint.safetensors when "
-                    "present. See docs/mtl.md.")
-    p.add_argument("--config", help="a .toml or .json config file")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides such as gate.name=topk (see --print-config)")
-    p.set_defaults(func=_cmd_mtl)
+                    "experts.num=8 optim.epochs=5`. See docs/mtl.md.")
 
     p = sub.add_parser("list", help="list the registered experiments",
                        description="List the experiments `compactnn reproduce` can run.")
     p.set_defaults(func=_cmd_list)
+    add_data_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished runs and checkpoints are kept; run the same command "
-              "again to resume", file=sys.stderr)
-        return 130
+    argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `train`/`mtl` take KEY=VALUE overrides on both sides of --config
+        if args.command in ("train", "mtl") and all("=" in a and not a.startswith("-")
+                                                    for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.debug = debug
+    return run_guarded(lambda: args.func(args), debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

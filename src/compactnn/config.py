@@ -11,18 +11,38 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "build_config", "config_to_dict", "load_config_file", "parse_overrides"]
+__all__ = ["ConfigError", "build_config", "config_to_dict", "finite", "load_config_file",
+           "parse_overrides", "require"]
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A configuration key or value that is not valid."""
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` with the message of the first failed check
+    (``validate`` methods list their ``(condition, message)`` pairs)."""
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def finite(value: float | None, low: float = -math.inf, high: float = math.inf, *,
+           low_open: bool = False, high_open: bool = False) -> bool:
+    """``value`` is a finite number in the range (``None`` is not)."""
+    if value is None or not math.isfinite(value):
+        return False
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    return above and below
 
 
 def _suggest(key: str, options: list[str]) -> str:

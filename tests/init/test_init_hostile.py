@@ -112,3 +112,13 @@ def test_factors_that_overflow_the_layer_dtype_are_refused():
     with pytest.raises(ValueError, match="too large for the layer's dtype torch.float16"):
         spectral_(layer, w)
     assert_same(layer, before)
+
+
+def test_meta_or_integer_calibration_inputs_are_refused():
+    layer = LowRankLinear(8, 6, 2)
+    before = state(layer)
+    with pytest.raises(ValueError, match="inputs batch 0 is a meta tensor"):
+        nonlinear_(layer, torch.randn(6, 8), inputs=torch.empty(4, 8, device="meta"))
+    with pytest.raises(TypeError, match="inputs batch 0 must be a floating-point tensor"):
+        whitened_(layer, torch.randn(6, 8), inputs=torch.ones(4, 8, dtype=torch.long))
+    assert_same(layer, before)

@@ -48,6 +48,7 @@ class Tied(nn.Module):
 
 
 # -- tied parameters ------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:budget met only")  # 32x32 layers: coarse rank steps
 def test_tied_layers_stay_tied_with_one_factor_pair():
     model = Tied()
     out, report = factorize(model, param_ratio=0.5)
@@ -65,7 +66,9 @@ def test_tied_layers_stay_tied_with_one_factor_pair():
     out.d.U.data.add_(1.0)
     torch.testing.assert_close(out.d.dense_weight(), out.e.dense_weight())
     merged = merge(out)
-    torch.testing.assert_close(merged.d.weight, merged.e.weight)
+    assert merged.d.weight is merged.e.weight  # merging keeps the tie
+    assert merged.d.bias is not merged.e.bias
+    torch.testing.assert_close(merged.d.weight, out.d.dense_weight())
 
 
 def test_tied_layers_with_a_tied_bias_share_it():
@@ -73,6 +76,9 @@ def test_tied_layers_with_a_tied_bias_share_it():
     model.e.bias = model.d.bias
     out, report = factorize(model, rank=4)
     assert out.d.bias is out.e.bias
+    merged = merge(out)
+    assert merged.d.bias is merged.e.bias and merged.d.weight is merged.e.weight
+    assert sum(p.numel() for p in merged.parameters()) == unique_count(model)
     assert report.params_after == unique_count(out) == 4 * 64 + 32 + 4 * 32 + 4
 
 
@@ -212,3 +218,30 @@ def test_random_conv_layers_error_or_build(cin, cout, k, groups, rank, scheme):
     assert layer(x).shape == dense(x).shape
     if layer.rank == layer.full_rank:  # full rank reproduces the layer
         torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_meta_calibration_is_refused_and_the_model_kept():
+    model = Tied()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match="calibration batch 0 is a meta tensor"):
+        factorize(model, rank=2, init="nonlinear", calibration=torch.empty(4, 32, device="meta"),
+                  inplace=True)
+    assert_untouched(model, snap)
+
+
+def test_an_init_failing_mid_way_leaves_an_inplace_model_as_it_was():
+    calls = []
+
+    def flaky(layer, weight=None, bias=None):
+        calls.append(layer)
+        if len(calls) == 2:
+            raise FloatingPointError("second layer fails")
+        return layer
+
+    model = Tied()
+    snap = snapshot(model)
+    with pytest.raises(FloatingPointError, match="second layer fails"):
+        factorize(model, rank=2, init=flaky, inplace=True, include=["d", "e", "head"])
+    assert len(calls) == 2
+    assert_untouched(model, snap)
+    assert model.e.weight is model.d.weight  # the tie is intact too

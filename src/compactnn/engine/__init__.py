@@ -10,7 +10,14 @@ from compactnn.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from compactnn.engine.control import RunClock, StopFlag, seed_everything
+from compactnn.engine.control import (
+    RunClock,
+    RunInterrupted,
+    StopFlag,
+    TrainingDiverged,
+    exit_code,
+    seed_everything,
+)
 from compactnn.engine.distributed import DistInfo, init_distributed, shard, wrap_model
 from compactnn.engine.early_stop import EarlyStopConfig, EarlyStopping
 from compactnn.engine.evaluate import (
@@ -22,9 +29,11 @@ from compactnn.engine.evaluate import (
 )
 from compactnn.engine.fit import FitConfig, fit
 from compactnn.engine.logger import MetricLogger
-from compactnn.engine.loop import LoopConfig, Run, Task, run
+from compactnn.engine.loop import LoopConfig, Run, run
+from compactnn.engine.run_folder import RunFolder, RunFolderBusy, RunFolderError, json_safe
 from compactnn.engine.schedules import lr_lambda, lr_scheduler
 from compactnn.engine.settings import RUN_KEYS, RunConfig, loop_config
+from compactnn.engine.task import Task
 
 __all__ = [
     "RUN_KEYS",
@@ -38,15 +47,22 @@ __all__ = [
     "MetricLogger",
     "Run",
     "RunClock",
+    "RunFolder",
+    "RunFolderBusy",
+    "RunFolderError",
+    "RunInterrupted",
     "StopFlag",
+    "TrainingDiverged",
     "Task",
     "batched",
     "check_same_config",
     "checkpoint_state",
     "classification_metrics",
     "evaluate",
+    "exit_code",
     "fit",
     "init_distributed",
+    "json_safe",
     "load_checkpoint",
     "lr_lambda",
     "lr_scheduler",

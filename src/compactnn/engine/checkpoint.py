@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from compactnn._modules import unwrap
 from compactnn.config import ConfigError
+from compactnn.engine.checkpoint_checks import check_optimizer_state, check_scheduler_state
 from compactnn.io import model_structure, read_metadata, restore_structure
 
 __all__ = ["check_same_config", "checkpoint_state", "flatten_state", "load_checkpoint",
@@ -51,13 +52,24 @@ def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str) -> Any:
 
 
 def unflatten_state(obj: Any, tensors: dict[str, Tensor]) -> Any:
-    """Inverse of :func:`flatten_state`."""
+    """Inverse of :func:`flatten_state`; a ``ValueError`` for a reference to a
+    tensor that is not in ``tensors`` or a malformed entry."""
     if isinstance(obj, dict):
         if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
+            name = obj["__tensor__"]
+            if not isinstance(name, str) or name not in tensors:
+                raise ValueError(f"tensor {name!r} is missing")
+            return tensors[name]
         if "__items__" in obj:
-            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+            items = obj["__items__"]
+            if not isinstance(items, list) or not all(
+                    isinstance(it, list) and len(it) == 2 and isinstance(it[0], str | int)
+                    and not isinstance(it[0], bool) for it in items):
+                raise ValueError("malformed table of items")
+            return {k: unflatten_state(v, tensors) for k, v in items}
         if "__tuple__" in obj:
+            if not isinstance(obj["__tuple__"], list):
+                raise ValueError("malformed tuple")
             return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
         return {k: unflatten_state(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -75,6 +87,23 @@ def _rng_state(tensors: dict[str, Tensor]) -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     return {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
             "python": [version, list(internal), gauss]}
+
+
+def _check_rng(meta: Any, tensors: dict[str, Tensor], where: str) -> None:
+    """Refuse generator states that the setters below would choke on halfway."""
+    ok = isinstance(meta, dict) and isinstance(tensors.get("rng.torch"), Tensor) and \
+        tensors["rng.torch"].dtype == torch.uint8 and \
+        isinstance(tensors.get("rng.numpy"), Tensor) and tensors["rng.numpy"].shape == (624,)
+    if ok:
+        np_meta, py_meta = meta.get("numpy"), meta.get("python")
+        ok = (isinstance(np_meta, list) and len(np_meta) == 4 and np_meta[0] == "MT19937"
+              and all(isinstance(v, int | float) for v in np_meta[1:])
+              and isinstance(py_meta, list) and len(py_meta) == 3
+              and isinstance(py_meta[0], int) and isinstance(py_meta[1], list)
+              and len(py_meta[1]) == 625 and all(isinstance(v, int) for v in py_meta[1])
+              and (py_meta[2] is None or isinstance(py_meta[2], float)))
+    if not ok:
+        raise ValueError(f"{where}: the random generators' state is malformed")
 
 
 def _set_rng_state(meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
@@ -158,25 +187,49 @@ def load_checkpoint(
     low-rank layers are rebuilt first), ``optimizer`` and ``scheduler``.
 
     Returns ``(state, extra)``. Raises ``ValueError`` with one line when
-    the file is not a compactnn checkpoint or belongs to another model.
+    the file is not a compactnn checkpoint, belongs to another model, or holds
+    an optimizer, scheduler or generator state that does not fit (see
+    :mod:`compactnn.engine.checkpoint_checks`); the optimizer, scheduler and
+    generators are then untouched and the model's weights are put back.
     """
     import safetensors.torch as st
 
+    where = f"checkpoint {path}"
     meta = _read_meta(path)
     target = unwrap(model)
     table = st.load_file(str(path), device=str(map_location))
     try:
+        opt_state = sched_state = None
+        if optimizer is not None and "optimizer" in meta:
+            opt_state = unflatten_state(meta["optimizer"], table)
+        extra = unflatten_state(meta.get("extra", {}), table)
+        if not isinstance(meta.get("state", {}), dict) or not isinstance(extra, dict):
+            raise ValueError("state and extra must be tables")
+        if restore_rng:
+            _check_rng(meta.get("rng"), table, where)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    before = {k: v.detach().clone() for k, v in target.state_dict().items()}
+    try:
         restore_structure(target, meta["structure"])
         target.load_state_dict({k[len("model."):]: v for k, v in table.items()
                                 if k.startswith("model.")})
-    except (RuntimeError, ValueError, TypeError) as e:
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
-        raise ValueError(f"checkpoint {path} does not fit this model ({first}); "
+        raise ValueError(f"{where} does not fit this model ({first}); "
                          "use a fresh output folder or the matching config") from None
-    if optimizer is not None and "optimizer" in meta:
-        optimizer.load_state_dict(unflatten_state(meta["optimizer"], table))
-    if scheduler is not None and "scheduler" in meta:
-        scheduler.load_state_dict(meta["scheduler"])
+    try:
+        if opt_state is not None:
+            check_optimizer_state(opt_state, optimizer, where)
+        if scheduler is not None and "scheduler" in meta:
+            sched_state = check_scheduler_state(meta["scheduler"], scheduler, where)
+    except ValueError:
+        target.load_state_dict(before)
+        raise
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    if sched_state is not None:
+        scheduler.load_state_dict(sched_state)
     if restore_rng:
         _set_rng_state(meta["rng"], table)
-    return meta["state"], unflatten_state(meta["extra"], table)
+    return meta.get("state", {}), extra

@@ -1,5 +1,6 @@
 """Process-level control of a training run: seeding, the stop flag raised by
-SIGINT/SIGTERM, and a clock that survives interruptions."""
+SIGINT/SIGTERM, a clock that survives interruptions, and the two ways a run
+ends without finishing (:class:`RunInterrupted`, :class:`TrainingDiverged`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,27 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RunClock", "StopFlag", "seed_everything"]
+__all__ = ["RunClock", "RunInterrupted", "StopFlag", "TrainingDiverged", "exit_code",
+           "seed_everything"]
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite; the last checkpoint written
+    before it is kept."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT/SIGTERM after saving; ``signum`` is the signal."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = "") -> None:
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+        self.signum = int(signum)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's exit status of a process ended by signal ``signum``
+    (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + int(signum)
 
 
 def seed_everything(seed: int) -> None:

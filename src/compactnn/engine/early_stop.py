@@ -102,7 +102,9 @@ class EarlyStopping:
         return {"best": self.best, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "weights": self.best_weights}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module | None = None) -> None:
+        """Restore :meth:`state_dict`'s output; with ``model``, the kept weights
+        must match its state dict's names and shapes."""
         best = state["best"]
         if best is not None and not isinstance(best, int | float):
             raise ValueError(f"early stopping state: best must be a number, got {best!r}")
@@ -113,4 +115,13 @@ class EarlyStopping:
         if weights is not None and not (isinstance(weights, dict) and all(
                 isinstance(v, Tensor) for v in weights.values())):
             raise ValueError("early stopping state: weights must be a table of tensors")
+        if weights is not None and model is not None:
+            live = model.state_dict()
+            bad = [k for k in live.keys() | weights.keys()
+                   if k not in live or k not in weights or live[k].shape != weights[k].shape]
+            if bad:
+                raise ValueError(f"early stopping state: the kept weights do not fit the "
+                                 f"model (entry {sorted(bad)[0]!r})")
+        if state["bad_epochs"] < 0 or state["best_epoch"] < 0:
+            raise ValueError("early stopping state: negative counters")
         self.best_weights = weights

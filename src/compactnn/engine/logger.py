@@ -36,17 +36,36 @@ class MetricLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step`` (those of an interrupted run that a
-        resume will redo)."""
+        resume will redo), and a last row that a kill cut short: a row without its
+        line end, with too few fields or an unreadable step."""
         if not (self.enabled and self.path.exists()):
             return
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        keep = [r for r in rows if int(float(r.get("step", 0))) <= step]
-        if len(keep) != len(rows) and self._fields:
-            with open(self.path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self._fields)
-                w.writeheader()
+        text = self.path.read_text()
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # torn: the write of this row never finished
+        if not lines:  # not even a whole header: start the file afresh
+            self.path.unlink()
+            self._fields = None
+            return
+        rows = list(csv.reader(lines))
+        self._fields = rows[0]
+        keep = []
+        for row in rows[1:]:
+            rec = dict(zip(self._fields, row, strict=False))
+            try:
+                ok = len(row) == len(self._fields) and int(float(rec["step"])) <= step
+            except (KeyError, ValueError):
+                ok = False
+            if ok:
+                keep.append(row)
+        if len(keep) != len(rows) - 1 or "".join(lines) != text:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(self._fields)
                 w.writerows(keep)
+            tmp.replace(self.path)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:

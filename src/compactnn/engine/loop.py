@@ -21,29 +21,27 @@ loop then just trains (see :func:`compactnn.engine.fit`).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from compactnn.config import ConfigError
 from compactnn.engine.checkpoint import check_same_config, load_checkpoint, save_checkpoint
-from compactnn.engine.control import RunClock, StopFlag, seed_everything
+from compactnn.engine.checkpoint_checks import check_loop_state
+from compactnn.engine.control import RunClock, StopFlag, TrainingDiverged, seed_everything
 from compactnn.engine.distributed import (
     DistInfo,
-    epoch_indices,
     init_distributed,
-    shard,
     wrap_model,
 )
 from compactnn.engine.early_stop import EarlyStopConfig, EarlyStopping
 from compactnn.engine.logger import MetricLogger
+from compactnn.engine.run_folder import RunFolder, RunFolderError
+from compactnn.engine.task import Task
 
-__all__ = ["LoopConfig", "Run", "Task", "run"]
+__all__ = ["LoopConfig", "Run", "run"]
 
 
 @dataclass
@@ -78,92 +76,6 @@ class Run:
     history: list[dict[str, Any]]
 
 
-class Task:
-    """What the loop trains. Override :meth:`setup`, :meth:`build`,
-    :meth:`train_step` and (for validation rows and final metrics)
-    :meth:`evaluate`; the other hooks default to doing nothing."""
-
-    find_unused_parameters = False  # DDP: some steps leave parameters without gradients
-    num_train = 0  # training examples (set by setup; the default batches permute them)
-    monitor = "val_loss"  # the column early stopping watches when its metric is "auto"
-
-    def setup(self, info: DistInfo) -> None:
-        """Load the data (and set :attr:`num_train`)."""
-        raise NotImplementedError
-
-    def steps_per_epoch(self, batch_size: int, info: DistInfo) -> int:
-        """Optimizer steps per epoch: whole global batches of the training set."""
-        if batch_size % info.world_size:
-            raise ConfigError(f"optim.batch_size={batch_size} must be divisible by the "
-                              f"{info.world_size} processes")
-        steps = self.num_train // batch_size
-        if steps < 1:
-            raise ConfigError(f"optim.batch_size={batch_size} exceeds the {self.num_train} "
-                              "training examples")
-        return steps
-
-    def build(self, info: DistInfo, steps_per_epoch: int
-              ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
-        """The model (on ``info.device``), its optimizer and a per-step LR scheduler
-        (or ``None``)."""
-        raise NotImplementedError
-
-    def batches(self, epoch: int, start: int, batch_size: int, seed: int,
-                info: DistInfo) -> Iterator[Any]:
-        """This process's batches of ``epoch`` from batch number ``start`` on: by
-        default index tensors, shards of a ``(seed, epoch)`` permutation."""
-        perm = epoch_indices(self.num_train, seed, epoch)
-        for b in range(start, len(perm) // batch_size):
-            yield shard(perm[b * batch_size:(b + 1) * batch_size], info)
-
-    def train_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float], int]:
-        """Forward one batch through ``model`` (possibly DDP-wrapped): returns the
-        objective to minimize, sums of per-example statistics to average over the
-        epoch (``{"loss": ...}`` is shown in the progress bar), and the batch size."""
-        raise NotImplementedError
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called before the first step of each epoch."""
-
-    def after_step(self) -> None:
-        """Called after each optimizer step."""
-
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Flat metrics of the model on ``split`` (``"val"`` each epoch)."""
-        return {}
-
-    def early_stop_from(self) -> int:
-        """The first epoch (0-based) whose validation result early stopping may use
-        (later than 0 when earlier weights are not valid final weights, e.g. before
-        pruning reaches its budget)."""
-        return 0
-
-    def epoch_extras(self) -> dict[str, Any]:
-        """More columns of the epoch's CSV row."""
-        return {}
-
-    def summary(self) -> dict[str, Any]:
-        """Entries of the result of every run, finished or not."""
-        return {}
-
-    def final_metrics(self) -> dict[str, Any]:
-        """Entries of the result of a finished run (test metrics...)."""
-        return {}
-
-    def on_new_run(self, out: Path) -> None:
-        """Write files of a fresh run (main process only)."""
-
-    def write_outputs(self, out: Path, metrics: dict[str, Any]) -> None:
-        """Write more files at the end of a finished run (main process only)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint besides the model, optimizer and scheduler."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-
-
 def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
@@ -177,114 +89,206 @@ def _progress(cfg: LoopConfig, info: DistInfo, total: int, initial: int):
 
 
 def run(task: Task, cfg: LoopConfig, info: DistInfo | None = None) -> Run:
-    """Train ``task`` as configured (see the module doc); returns a :class:`Run`."""
+    """Train ``task`` as configured (see the module doc); returns a :class:`Run`.
+
+    Raises :class:`~compactnn.engine.run_folder.RunFolderError` before any work
+    when ``out`` cannot be used (or another run holds it), and
+    :class:`~compactnn.engine.control.TrainingDiverged` when the loss becomes
+    NaN or infinite (the last checkpoint written before it is kept)."""
     info = info or init_distributed(cfg.device)
-    if cfg.deterministic is not None:
-        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    if cfg.seed is not None:
-        seed_everything(cfg.seed)
-    task.setup(info)
-    steps_per_epoch = task.steps_per_epoch(cfg.batch_size, info)
-    out = Path(cfg.out) if cfg.out is not None else None
-    if out is not None and info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    model, opt, sched = task.build(info, steps_per_epoch)
+    folder = RunFolder(cfg.out, info.is_main) if cfg.out is not None else None
+    with folder if folder is not None else contextlib.nullcontext():
+        return _Loop(task, cfg, info, folder).run()
 
-    ckpt = out / "checkpoint.safetensors" if out is not None else None
-    epoch, batch_in_epoch, step = 0, 0, 0
-    running: dict[str, Any] = {"count": 0, "sums": {}}
-    resumed: dict[str, Any] | None = None
-    early = _early_stopping(task, cfg.early_stop)
-    stopped_early = False
-    if ckpt is not None and cfg.resume and ckpt.exists():
-        check_same_config(ckpt, cfg.config, set(cfg.run_keys))
-        state, extra = load_checkpoint(ckpt, model, opt, sched, map_location=info.device)
-        epoch, batch_in_epoch, step = state["epoch"], state["batch"], state["step"]
-        running, resumed = state["running"], state
-        task.load_state_dict(extra.get("task", {}))
-        if early is not None:
-            early.load_state_dict(extra["early_stop"])
-            stopped_early = bool(state.get("stopped_early", False))
-    elif out is not None and info.is_main:
-        (out / "config.json").write_text(json.dumps(cfg.config, indent=2))
-        task.on_new_run(out)
 
-    logger = MetricLogger(out, enabled=info.is_main, tensorboard=cfg.tensorboard) \
-        if out is not None else None
-    if logger is not None:
-        logger.truncate_after(step)
-    ddp_model = wrap_model(model, info, task.find_unused_parameters)
-    clock = RunClock(resumed)
+class _Loop:
+    """One call of :func:`run`: the position in training and what is saved."""
 
-    def save(reason: str) -> None:
-        if ckpt is None or not info.is_main:
-            return
-        save_checkpoint(ckpt, model, opt, sched, state={
-            "epoch": epoch, "batch": batch_in_epoch, "step": step, "running": running,
-            "config": cfg.config, "reason": reason, "seconds": clock(),
-            "stopped_early": stopped_early},
-            extra={"task": task.state_dict(),
-                   **({"early_stop": early.state_dict()} if early is not None else {})})
+    def __init__(self, task: Task, cfg: LoopConfig, info: DistInfo,
+                 folder: RunFolder | None) -> None:
+        self.task, self.cfg, self.info, self.folder = task, cfg, info, folder
+        self.ckpt = folder.path / "checkpoint.safetensors" if folder is not None else None
+        self.epoch = self.batch = self.step = 0
+        self.saved_step: int | None = None
+        self.running: dict[str, Any] = {"count": 0, "sums": {}}
+        self.early: EarlyStopping | None = None  # made after setup: the task names its metric
+        self.stopped_early = False
 
-    bar = _progress(cfg, info, cfg.epochs * steps_per_epoch, step)
-    history: list[dict[str, Any]] = []
-    stopped = False
-    with StopFlag(enabled=out is not None) as flag:
-        while epoch < cfg.epochs and not stopped_early:
-            if batch_in_epoch == 0:
-                task.on_epoch_start(epoch)
-            ddp_model.train()
-            for batch in task.batches(epoch, batch_in_epoch, cfg.batch_size,
-                                      cfg.seed or 0, info):
-                objective, sums, n = task.train_step(ddp_model, batch)
-                opt.zero_grad(set_to_none=True)
-                objective.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                task.after_step()
-                for k, v in sums.items():
-                    running["sums"][k] = running["sums"].get(k, 0.0) + v
-                running["count"] += n
-                batch_in_epoch += 1
-                step += 1
-                if bar is not None:
-                    bar.update()
-                    loss = running["sums"].get("loss", 0.0) / max(running["count"], 1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
-                if flag.raised or (cfg.stop_after_steps is not None
-                                   and step >= cfg.stop_after_steps):
-                    stopped = True
-                    break
-            if stopped:
-                save("stopped")
-                break
-            row = _epoch_row(task, epoch, step, _lr(opt), running)
-            row["seconds"] = clock()
+    def run(self) -> Run:
+        task, cfg, info = self.task, self.cfg, self.info
+        if cfg.deterministic is not None:
+            torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+        if cfg.seed is not None:
+            seed_everything(cfg.seed)
+        task.setup(info)
+        self.steps_per_epoch = task.steps_per_epoch(cfg.batch_size, info)
+        self.model, self.opt, self.sched = task.build(info, self.steps_per_epoch)
+        self.early = _early_stopping(task, cfg.early_stop)
+        resumed = self._resume()
+        logger = None
+        if self.folder is not None:
+            logger = MetricLogger(self.folder.path, enabled=info.is_main,
+                                  tensorboard=cfg.tensorboard)
+            logger.truncate_after(self.step)
+        self.clock = RunClock(resumed)
+        bar = _progress(cfg, info, cfg.epochs * self.steps_per_epoch, self.step)
+        try:
+            history, signum = self._train(logger, bar)
+        finally:
+            if bar is not None:
+                bar.close()
             if logger is not None:
-                logger.log(row)
-            history.append(row)
-            if early is not None and epoch >= task.early_stop_from():
-                stopped_early = early.update(row, epoch + 1, model)
-            epoch, batch_in_epoch, running = epoch + 1, 0, {"count": 0, "sums": {}}
-            if stopped_early or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-                save("early_stop" if stopped_early else "epoch")
-    if bar is not None:
-        bar.close()
-    if logger is not None:
-        logger.close()
-    metrics: dict[str, Any] = {"finished": not stopped, "epoch": epoch, "step": step,
-                               **task.summary()}
-    if early is not None:
-        metrics.update(early_stopped=stopped_early, **early.summary())
-    if not stopped:
-        if early is not None and cfg.early_stop.restore_best:
-            early.restore(model)
-        metrics.update(task.final_metrics())
-        metrics["train_seconds"] = clock()
-        if out is not None and info.is_main:
-            _write_outputs(task, out, model, metrics, cfg.save_model)
-    return Run(metrics=metrics, model=model, history=history)
+                logger.close()
+        return self._finish(history, signum)
+
+    def _resume(self) -> dict[str, Any] | None:
+        """Load the checkpoint of an interrupted run, or start a fresh one."""
+        task, cfg, info, ckpt = self.task, self.cfg, self.info, self.ckpt
+        if ckpt is None:
+            return None
+        if not (cfg.resume and ckpt.exists()):
+            if info.is_main:
+                self.folder.write_json("config.json", cfg.config)
+                task.on_new_run(self.folder.path)
+            return None
+        check_same_config(ckpt, cfg.config, set(cfg.run_keys))
+        state, extra = load_checkpoint(ckpt, self.model, self.opt, self.sched,
+                                       map_location=info.device)
+        where = f"checkpoint {ckpt}"
+        check_loop_state(state, where)
+        if state["batch"] > self.steps_per_epoch or state["epoch"] > cfg.epochs:
+            raise ValueError(f"{where}: its position (epoch {state['epoch']}, batch "
+                             f"{state['batch']}) is outside this run")
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.running, self.saved_step = state["running"], self.step
+        try:
+            task.load_state_dict(extra.get("task", {}))
+            if self.early is not None:
+                if "early_stop" not in extra:
+                    raise ValueError("the early stopping state is missing")
+                self.early.load_state_dict(extra["early_stop"], self.model)
+                self.stopped_early = bool(state.get("stopped_early", False))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        return state
+
+    def _save(self, reason: str) -> None:
+        if self.ckpt is None or not self.info.is_main:
+            return
+        state = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                 "running": self.running, "config": self.cfg.config, "reason": reason,
+                 "seconds": self.clock(), "stopped_early": self.stopped_early}
+        extra = {"task": self.task.state_dict()}
+        if self.early is not None:
+            extra["early_stop"] = self.early.state_dict()
+        try:
+            save_checkpoint(self.ckpt, self.model, self.opt, self.sched, state=state,
+                            extra=extra)
+        except OSError as e:
+            raise RunFolderError(
+                f"cannot write the checkpoint {self.ckpt} at step {self.step}: "
+                f"{e.strerror or e}; {self._last_checkpoint()}") from None
+        self.saved_step = self.step
+
+    def _last_checkpoint(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint of this run was written"
+        return f"the last checkpoint kept is the one of step {self.saved_step}"
+
+    def _check_finite(self, objective: Tensor) -> None:
+        ok = torch.isfinite(objective.detach()).to(torch.int32)
+        if self.info.enabled:  # every process must take the same branch
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if not bool(ok):
+            raise TrainingDiverged(
+                f"the training loss became {float(objective.detach())} at step {self.step + 1} "
+                f"(epoch {self.epoch + 1}); training stopped and "
+                f"{self._last_checkpoint()}. Lower optim.lr or check the data and the "
+                "config, then start again in another out folder (or with resume=false)")
+
+    def _train(self, logger: MetricLogger | None, bar) -> tuple[list[dict[str, Any]], int | None]:
+        task, cfg, info = self.task, self.cfg, self.info
+        ddp_model = wrap_model(self.model, info, task.find_unused_parameters)
+        history: list[dict[str, Any]] = []
+        with StopFlag(enabled=self.folder is not None) as flag:
+            while self.epoch < cfg.epochs and not self.stopped_early:
+                if self.batch == 0:
+                    task.on_epoch_start(self.epoch)
+                ddp_model.train()
+                for batch in task.batches(self.epoch, self.batch, cfg.batch_size,
+                                          cfg.seed or 0, info):
+                    objective, sums, n = task.train_step(ddp_model, batch)
+                    self._check_finite(objective)
+                    self.opt.zero_grad(set_to_none=True)
+                    objective.backward()
+                    self.opt.step()
+                    if self.sched is not None:
+                        self.sched.step()
+                    task.after_step()
+                    for k, v in sums.items():
+                        self.running["sums"][k] = self.running["sums"].get(k, 0.0) + v
+                    self.running["count"] += n
+                    self.batch += 1
+                    self.step += 1
+                    if bar is not None:
+                        bar.update()
+                        loss = self.running["sums"].get("loss", 0.0) / max(
+                            self.running["count"], 1)
+                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}")
+                    if flag.raised or (cfg.stop_after_steps is not None
+                                       and self.step >= cfg.stop_after_steps):
+                        self._save("stopped")
+                        return history, (flag.signum if flag.raised else 0)
+                self._end_epoch(logger, history)
+        return history, None
+
+    def _end_epoch(self, logger: MetricLogger | None, history: list[dict[str, Any]]) -> None:
+        row = _epoch_row(self.task, self.epoch, self.step, _lr(self.opt), self.running)
+        row["seconds"] = self.clock()
+        if logger is not None:
+            logger.log(row)
+        history.append(row)
+        if self.early is not None and self.epoch >= self.task.early_stop_from():
+            self.stopped_early = self.early.update(row, self.epoch + 1, self.model)
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.running = {"count": 0, "sums": {}}
+        if self.stopped_early or self.epoch % self.cfg.checkpoint_every == 0 \
+                or self.epoch == self.cfg.epochs:
+            self._save("early_stop" if self.stopped_early else "epoch")
+
+    def _finish(self, history: list[dict[str, Any]], signum: int | None) -> Run:
+        """``signum``: None when training ran to its end, 0 when ``stop_after_steps``
+        stopped it, else the signal that did."""
+        stopped = signum is not None
+        metrics: dict[str, Any] = {"finished": not stopped, "epoch": self.epoch,
+                                   "step": self.step, **self.task.summary()}
+        if signum:
+            metrics["signal"] = signum
+        if self.early is not None:
+            metrics.update(early_stopped=self.stopped_early, **self.early.summary())
+        if not stopped:
+            if self.early is not None and self.cfg.early_stop.restore_best:
+                self.early.restore(self.model)
+            metrics.update(self.task.final_metrics())
+            metrics["train_seconds"] = self.clock()
+            if self.folder is not None and self.info.is_main:
+                self._write_outputs(metrics)
+        return Run(metrics=metrics, model=self.model, history=history)
+
+    def _write_outputs(self, metrics: dict[str, Any]) -> None:
+        out = self.folder.path
+        self.task.write_outputs(out, metrics)
+        if self.cfg.save_model:
+            from compactnn.io import save_model
+
+            try:
+                save_model(self.model, out / "model.safetensors")
+            except OSError as e:
+                raise RunFolderError(f"cannot write {out / 'model.safetensors'}: "
+                                     f"{e.strerror or e}") from None
+        self.folder.write_json("result.json", metrics)
 
 
 def _early_stopping(task: Task, cfg: EarlyStopConfig | None) -> EarlyStopping | None:
@@ -302,13 +306,3 @@ def _epoch_row(task: Task, epoch: int, step: int, lr: float,
     row.update({f"val_{k}": v for k, v in task.evaluate("val").items()})
     row.update(task.epoch_extras())
     return row
-
-
-def _write_outputs(task: Task, out: Path, model: nn.Module, metrics: dict[str, Any],
-                   save_model: bool) -> None:
-    task.write_outputs(out, metrics)
-    if save_model:
-        from compactnn.io import save_model as save
-
-        save(model, out / "model.safetensors")
-    (out / "result.json").write_text(json.dumps(metrics, indent=2))

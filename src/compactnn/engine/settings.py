@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from compactnn.config import ConfigError, config_to_dict
+from compactnn.config import config_to_dict, require
 from compactnn.engine.early_stop import EarlyStopConfig
 from compactnn.engine.loop import LoopConfig
 
@@ -34,17 +34,15 @@ class RunConfig:
 
     def validate_run(self) -> None:
         """Check the run-level keys (the task configs' ``validate`` calls it)."""
-        checks = [
+        require([
+            (bool(self.out.strip()), "out must name a folder, got an empty string"),
             (self.checkpoint_every >= 1,
              f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.eval_batch_size >= 1,
              f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.stop_after_steps is None or self.stop_after_steps >= 1,
              f"stop_after_steps must be >= 1, got {self.stop_after_steps}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        ])
         self.early_stop.validate()
 
 

@@ -7,6 +7,9 @@ returns a markdown section for the run's report. ``quick`` selects the small
 sizes that keep the README's main job short; the full mode is the papers' scale.
 Experiments registered with ``parallel=True`` made of many independent trainings
 also take ``jobs``, the number of worker processes (``compactnn reproduce --jobs``).
+``data`` names the registered data sets (:mod:`compactnn.data.registry`) an experiment
+reads, so that :func:`~compactnn.experiments.driver.reproduce` can skip it with one line
+when one is missing instead of failing inside it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Experiment", "ExperimentResult", "register", "registry", "get"]
+__all__ = ["Experiment", "ExperimentResult", "get", "register", "registry", "reproduce"]
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Experiment:
     run: Callable[..., ExperimentResult]
     in_quick: bool = True  # part of the default `compactnn reproduce`
     parallel: bool = False  # run() takes jobs=N worker processes
+    data: tuple[str, ...] = ()  # registered data sets it reads (compactnn.data.registry)
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -50,12 +54,13 @@ _MODULES = [
 ]
 
 
-def register(name: str, description: str, in_quick: bool = True, parallel: bool = False):
+def register(name: str, description: str, in_quick: bool = True, parallel: bool = False,
+             data: tuple[str, ...] = ()):
     """Decorator: register ``run(out_dir, quick, seed)`` under ``name`` (with a
-    ``jobs`` keyword too when ``parallel``)."""
+    ``jobs`` keyword too when ``parallel``); ``data``: the data sets it reads."""
 
     def deco(fn: Callable[..., ExperimentResult]):
-        _REGISTRY[name] = Experiment(name, description, fn, in_quick, parallel)
+        _REGISTRY[name] = Experiment(name, description, fn, in_quick, parallel, tuple(data))
         return fn
 
     return deco
@@ -73,3 +78,11 @@ def get(name: str) -> Experiment:
     if name not in exps:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(exps)}")
     return exps[name]
+
+
+def reproduce(*args, **kwargs):
+    """Run experiments, skipping those whose data is missing and recording failures; see
+    :func:`compactnn.experiments.driver.reproduce`."""
+    from compactnn.experiments.driver import reproduce as run
+
+    return run(*args, **kwargs)

@@ -41,7 +41,8 @@ SCALES = {  # (model, quick): the dense training and the calibration set
 
 
 @register("compress_pretrained",
-          "Compress a trained Fashion-MNIST MLP: SVD vs whitened vs lstsq vs nonlinear")
+          "Compress a trained Fashion-MNIST MLP: SVD vs whitened vs lstsq vs nonlinear",
+          data=("fashion_mnist",))
 def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
     return run_compression(out_dir, "mlp", quick, seed)
 
@@ -50,7 +51,7 @@ def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
 # fine-tunes it twelve times (about 20 minutes on 2 CPU cores); its full scale needs a GPU.
 @register("compress_pretrained_resnet",
           "Compress a trained Fashion-MNIST ResNet-20: SVD vs whitened vs lstsq vs nonlinear",
-          in_quick=False)
+          in_quick=False, data=("fashion_mnist",))
 def run_resnet(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
     return run_compression(out_dir, "resnet20", quick, seed)
 
@@ -62,7 +63,7 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
     every method at every budget (``scale`` overrides the registered sizes)."""
     from tqdm.auto import tqdm
 
-    from compactnn.models import dense_first_last_exclude
+    from compactnn.surgery import dense_first_last_exclude
 
     sc = scale or SCALES[model_name, quick]
     cfg = build_config(TrainConfig, {

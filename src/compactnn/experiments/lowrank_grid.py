@@ -20,11 +20,13 @@ arm here) needs a GPU.
 
 from __future__ import annotations
 
+import signal
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from compactnn.config import build_config
+from compactnn.engine import RunInterrupted
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
 from compactnn.tasks.classify import TrainConfig, train
@@ -108,9 +110,36 @@ def paired_pvalue(a: list[float], b: list[float]) -> str:
     return f"{ttest_rel(a, b).pvalue:.3f}"
 
 
+_STOP: list[int] = []  # in a worker: the signal received between runs
+
+
+def _note_stop(signum, frame) -> None:
+    _STOP.append(signum)
+
+
+def _worker_init() -> None:
+    """A worker outlives SIGINT/SIGTERM between runs (dying would break the pool):
+    it notes the signal and starts no further run (see :func:`_train_job`)."""
+    import signal
+
+    signal.signal(signal.SIGINT, _note_stop)
+    signal.signal(signal.SIGTERM, _note_stop)
+
+
+def _pool(workers: int):
+    """Worker processes for the grid's runs (spawned: no state forked from the parent)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init)
+
+
 def _train_job(cfg: TrainConfig, threads: int | None) -> dict:
     """One arm (in a worker process when ``threads`` is set). A run that already
     finished in ``cfg.out`` with the same config is read back, not re-evaluated."""
+    if _STOP:  # a signal arrived between runs: start nothing, report the stop
+        return {"finished": False, "signal": _STOP[0]}
     out = Path(cfg.out)
     if cfg.resume and (out / "result.json").exists():
         import json
@@ -132,14 +161,13 @@ def _finished(res: dict) -> dict:
     # A run stopped by SIGINT/SIGTERM saved its checkpoint: stop the grid too (a
     # re-run of the same command resumes every run from its folder).
     if not res["finished"]:
-        raise KeyboardInterrupt
+        raise RunInterrupted(res.get("signal") or signal.SIGINT)
     return res
 
 
 def check_budgets(configs: list[TrainConfig]) -> None:
     """Raise before any training if some arm's low-rank budget cannot be met."""
-    from compactnn.models import dense_first_last_exclude
-    from compactnn.surgery import factorize
+    from compactnn.surgery import dense_first_last_exclude, factorize
     from compactnn.tasks.classify import build_model, load_data
 
     seen = set()
@@ -168,11 +196,10 @@ def _run_jobs(configs: list[TrainConfig], workers: int) -> list[dict]:
                 results.append(_finished(_train_job(cfg, None)))
                 bar.update()
             return results
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
         out: list[dict | None] = [None] * len(configs)
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        pool = _pool(workers)
         try:
             futures = {pool.submit(_train_job, cfg, 1): i for i, cfg in enumerate(configs)}
             for fut in as_completed(futures):
@@ -279,7 +306,7 @@ def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> Experimen
 
 
 @register("lowrank_grid", "Fashion-MNIST MLP: init x Frobenius decay x budget vs dense/sparse",
-          parallel=True)
+          parallel=True, data=("fashion_mnist",))
 def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     return run_grid(out_dir, SCALES["mlp", quick], seed, jobs)
 
@@ -288,6 +315,6 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
 # takes about 50 minutes with --jobs 2 on 2 CPU cores; the full scale needs a GPU.
 @register("lowrank_grid_resnet",
           "Fashion-MNIST ResNet-20: init x Frobenius decay x budget vs dense/sparse",
-          in_quick=False, parallel=True)
+          in_quick=False, parallel=True, data=("fashion_mnist",))
 def run_resnet(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     return run_grid(out_dir, SCALES["resnet20", quick], seed, jobs)

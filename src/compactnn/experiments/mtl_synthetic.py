@@ -20,6 +20,7 @@ The helpers here (:func:`run_arm`, :func:`comparison_table`, ...) are shared wit
 from __future__ import annotations
 
 import math
+import signal
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 
 from compactnn.config import build_config, parse_overrides
 from compactnn.data.multitask import MultiTaskData
+from compactnn.engine import RunInterrupted
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
 from compactnn.tasks.mtl.config import MTLConfig
@@ -48,7 +50,10 @@ def run_arm(out_dir: Path, overrides: Sequence[str], data: MultiTaskData | None 
     cfg = build_config(MTLConfig, parse_overrides(
         ["progress=false", "save_model=false", "resume=false", f"out={out_dir}",
          *overrides]))
-    return train_mtl(cfg, data=data).metrics
+    metrics = train_mtl(cfg, data=data).metrics
+    if not metrics["finished"]:  # SIGINT/SIGTERM: the run saved; stop the experiment too
+        raise RunInterrupted(metrics.get("signal") or signal.SIGINT)
+    return metrics
 
 
 def _fmt_p(p: float) -> str:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compactnn._checks import check_int
+from compactnn._checks import check_int, check_tensor
 from compactnn.lowrank import LowRankLayer
 
 __all__ = [
@@ -156,10 +156,7 @@ class LayerInputs(FirstPassCache):
     def _stream(self) -> Iterator[Tensor]:
         gen = torch.Generator().manual_seed(self.seed)
         for i, x in enumerate(self._raw()):
-            if not torch.is_floating_point(x):
-                raise TypeError(f"inputs batch {i} has dtype {x.dtype}; expected floats")
-            if not torch.isfinite(x).all():
-                raise ValueError(f"inputs batch {i} contains non-finite values (NaN or inf)")
+            check_tensor(f"inputs batch {i}", x, floating=True)  # finite, not meta
             rows = self.layer.input_rows(x)
             if rows.shape[0] > self.max_patches:
                 idx = torch.randperm(rows.shape[0], generator=gen)[: self.max_patches]

@@ -355,14 +355,26 @@ def _report(cands: list[Candidate], ranks: list[int | None], params_before: int,
 
 
 def merge(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Replace every low-rank layer by its dense equivalent (``to_dense``). A
-    low-rank layer passed as the model itself is returned as a new dense module."""
+    """Replace every low-rank layer by its dense equivalent (``to_dense``). Layers
+    sharing one factor pair (tied by ``factorize``) get one shared dense weight,
+    and a shared bias stays shared. A low-rank layer passed as the model itself is
+    returned as a new dense module."""
     check_module("model", model)
     check_bool("inplace", inplace)
     if isinstance(model, LowRankLayer):  # no parent to swap it in
         return model.to_dense()
     if not inplace:
         model = copy.deepcopy(model)
+    shared: dict[tuple[str, int, int], nn.Parameter] = {}
     for layer in [m for m in model.modules() if isinstance(m, LowRankLayer)]:
-        replace_module(model, layer, layer.to_dense())
+        dense = layer.to_dense()
+        keys = [("weight", id(layer.U), id(layer.V))]
+        if layer.bias is not None:
+            keys.append(("bias", id(layer.bias), 0))
+        for key in keys:
+            if key in shared:
+                setattr(dense, key[0], shared[key])
+            else:
+                shared[key] = getattr(dense, key[0])
+        replace_module(model, layer, dense)
     return model

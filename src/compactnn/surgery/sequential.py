@@ -63,6 +63,9 @@ class _Calibration:
         n = 0
         for i, batch in enumerate(self.batches):
             for t in _tensors(batch):
+                if t.device.type == "meta":
+                    raise ValueError(f"calibration batch {i} is a meta tensor (it holds no "
+                                     "values)")
                 if t.numel() == 0:
                     raise ValueError(f"calibration batch {i} is empty (shape {tuple(t.shape)})")
                 if torch.is_floating_point(t) and not torch.isfinite(t).all():

@@ -31,9 +31,8 @@ from compactnn.engine import (
     run,
 )
 from compactnn.engine.settings import RUN_KEYS, loop_config
-from compactnn.models import dense_first_last_exclude
 from compactnn.regularize import frobenius_decay, param_groups
-from compactnn.surgery import factorize
+from compactnn.surgery import dense_first_last_exclude, factorize
 from compactnn.tasks.classify_config import (
     DataConfig,
     LowRankConfig,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from compactnn.config import ConfigError
+from compactnn.config import finite, require
 from compactnn.engine.settings import RunConfig
 
 __all__ = ["DataConfig", "LowRankConfig", "ModelConfig", "OptimConfig", "SparseConfig",
@@ -83,31 +83,48 @@ class TrainConfig(RunConfig):
 
     def validate(self) -> None:
         self.validate_run()
-        o, lr, sp = self.optim, self.lowrank, self.sparse
-        checks = [
+        o, lr, sp, m, d = self.optim, self.lowrank, self.sparse, self.model, self.data
+        rank_ok = lr.rank is None or (lr.rank >= 1 if isinstance(lr.rank, int)
+                                      else finite(lr.rank, 0, 1, low_open=True))
+        require([
             (o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}"),
             (o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}"),
-            (o.lr > 0, f"optim.lr must be positive, got {o.lr}"),
-            (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+            (finite(o.lr, 0, low_open=True), f"optim.lr must be finite and > 0, got {o.lr}"),
+            (finite(o.momentum, 0, 1, high_open=True),
+             f"optim.momentum must be in [0, 1), got {o.momentum}"),
+            (finite(o.weight_decay, 0),
+             f"optim.weight_decay must be finite and >= 0, got {o.weight_decay}"),
+            (o.factor_weight_decay is None or finite(o.factor_weight_decay, 0),
+             f"optim.factor_weight_decay must be finite and >= 0, got "
+             f"{o.factor_weight_decay}"),
+            (finite(o.label_smoothing, 0, 1, high_open=True),
+             f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}"),
             (0 <= o.warmup_epochs < o.epochs,
              f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}"),
-            (lr.frobenius_decay >= 0,
-             f"lowrank.frobenius_decay must be >= 0, got {lr.frobenius_decay}"),
+            (len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden),
+             f"model.hidden must be a non-empty list of widths >= 1, got {m.hidden}"),
+            (m.depth >= 8 and (m.depth - 2) % 6 == 0,
+             f"model.depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {m.depth}"),
+            (d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}"),
+            (d.max_train is None or d.max_train >= 1,
+             f"data.max_train must be >= 1, got {d.max_train}"),
+            (rank_ok, f"lowrank.rank must be an int >= 1 or a fraction in (0, 1], got "
+                      f"{lr.rank}"),
+            (finite(lr.frobenius_decay, 0),
+             f"lowrank.frobenius_decay must be finite and >= 0, got {lr.frobenius_decay}"),
             (not (lr.rank is not None and lr.param_ratio is not None),
              "give lowrank.rank or lowrank.param_ratio, not both"),
-            (lr.param_ratio is None or 0 < lr.param_ratio <= 1,
+            (lr.param_ratio is None or finite(lr.param_ratio, 0, 1, low_open=True),
              f"lowrank.param_ratio must be in (0, 1], got {lr.param_ratio}"),
-            (0 < sp.param_ratio <= 1, f"sparse.param_ratio must be in (0, 1], got "
-                                      f"{sp.param_ratio}"),
+            (finite(sp.param_ratio, 0, 1, low_open=True),
+             f"sparse.param_ratio must be in (0, 1], got {sp.param_ratio}"),
             (not (lr.enabled and sp.method != "none"),
              "low-rank and sparse training are separate methods: set one of them"),
             (sp.rounds >= 1, f"sparse.rounds must be >= 1, got {sp.rounds}"),
-            (not self.early_stop.enabled or self.data.name != "fashion_mnist"
-             or self.data.val_size >= 1,
+            (0 <= sp.warmup_epochs < o.epochs,
+             f"sparse.warmup_epochs must be in [0, optim.epochs), got {sp.warmup_epochs}"),
+            (not self.early_stop.enabled or d.name != "fashion_mnist" or d.val_size >= 1,
              "early stopping needs a validation split: data.val_size must be >= 1"),
-            (self.data.max_train is None or self.data.max_train >= o.batch_size,
-             f"data.max_train={self.data.max_train} is smaller than one batch"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+            (d.max_train is None or d.max_train >= o.batch_size,
+             f"data.max_train={d.max_train} is smaller than one batch"),
+        ])

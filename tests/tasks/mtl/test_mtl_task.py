@@ -99,6 +99,15 @@ def test_resume_refuses_a_different_config(tmp_path):
     ("optim.lr=fast", "expected a number"),
     ("data.name=imagenet", "expected one of"),
     ("optim.epochs=0", "optim.epochs must be >= 1"),
+    ("optim.lr=inf", "optim.lr must be finite and > 0"),
+    ("optim.momentum=nan", "optim.momentum must be in"),
+    ("optim.weight_decay=inf", "optim.weight_decay must be finite"),
+    ("gate.gamma=1e-30", r"gate.gamma must be in \[0.0001, 10000\]"),
+    ("gate.gamma=1e30", r"gate.gamma must be in \[0.0001, 10000\]"),
+    ("gate.entropy_reg=inf", "gate.entropy_reg must be finite"),
+    ("data.input_dim=0", "data.input_dim must be >= 1"),
+    ("eval_batch_size=0", "eval_batch_size must be >= 1"),
+    ("out=", "out must name a folder"),
 ])
 def test_config_errors(tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
@@ -216,3 +225,20 @@ def test_early_stopping_ends_with_the_best_validation_weights(tmp_path):
     assert m["val_mean_mse"] == m["best_val_mean_mse"]  # the model is the best epoch's
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + m["epoch"]
+
+
+def test_input_dim_is_refused_where_it_is_not_used(tmp_path):
+    with pytest.raises(ConfigError, match="data.input_dim applies to synthetic and clustered"):
+        make(tmp_path, "data.name=census", "data.input_dim=12")
+
+
+def test_cli_takes_overrides_on_both_sides_of_config(tmp_path, capsys):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text("[optim]\nlr = 0.2\nepochs = 5\n")
+    assert main(["mtl", "gate.k=1", "--config", str(cfg_file), "optim.epochs=3",
+                 "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["gate"]["k"] == 1 and cfg["optim"]["epochs"] == 3 and cfg["optim"]["lr"] == 0.2
+    with pytest.raises(SystemExit):
+        main(["mtl", "--config", str(cfg_file), "--bogus"])
+

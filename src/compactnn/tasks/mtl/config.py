@@ -8,11 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from compactnn.config import ConfigError
+from compactnn.config import finite, require
 from compactnn.engine.settings import RunConfig
 
 __all__ = ["DataConfig", "ExpertConfig", "GateConfig", "LossConfig", "MTLConfig",
            "OptimConfig", "TowerConfig"]
+
+# The smooth-step widths DSelect-k can compute in float32: its cubic's
+# coefficient 2/gamma^3 and the cube of its input overflow outside this range.
+GAMMA_RANGE = (1e-4, 1e4)
 
 DATASETS = ("synthetic", "clustered", "multi_fashion_mnist", "census", "movielens")
 
@@ -103,42 +107,57 @@ class MTLConfig(RunConfig):
     def validate(self) -> None:
         self.validate_run()
         o, g, e, d = self.optim, self.gate, self.experts, self.data
-        checks = [
+        require([
             (o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}"),
             (o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}"),
-            (o.lr > 0, f"optim.lr must be positive, got {o.lr}"),
-            (o.gate_lr is None or o.gate_lr > 0,
-             f"optim.gate_lr must be positive, got {o.gate_lr}"),
-            (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+            (finite(o.lr, 0, low_open=True), f"optim.lr must be finite and > 0, got {o.lr}"),
+            (o.gate_lr is None or finite(o.gate_lr, 0, low_open=True),
+             f"optim.gate_lr must be finite and > 0, got {o.gate_lr}"),
+            (finite(o.momentum, 0, 1, high_open=True),
+             f"optim.momentum must be in [0, 1), got {o.momentum}"),
+            (finite(o.weight_decay, 0),
+             f"optim.weight_decay must be finite and >= 0, got {o.weight_decay}"),
             (e.num >= 2, f"experts.num must be >= 2, got {e.num}"),
             (g.k >= 1, f"gate.k must be >= 1, got {g.k}"),
             (g.name == "softmax" or g.k <= e.num,
              f"gate.k={g.k} is larger than experts.num={e.num}"),
-            (g.gamma > 0, f"gate.gamma must be positive, got {g.gamma}"),
-            (g.entropy_reg >= 0, f"gate.entropy_reg must be >= 0, got {g.entropy_reg}"),
-            (g.w_importance >= 0 and g.w_load >= 0, "gate.w_importance and gate.w_load must "
-                                                    "be >= 0"),
+            (finite(g.gamma, *GAMMA_RANGE),
+             f"gate.gamma must be in [{GAMMA_RANGE[0]:g}, {GAMMA_RANGE[1]:g}], got {g.gamma}"),
+            (finite(g.entropy_reg, 0),
+             f"gate.entropy_reg must be finite and >= 0, got {g.entropy_reg}"),
+            (finite(g.w_importance, 0) and finite(g.w_load, 0),
+             "gate.w_importance and gate.w_load must be finite and >= 0"),
             (e.out >= 1 and all(h >= 1 for h in e.hidden),
              "experts.out and experts.hidden must be positive"),
             (all(c >= 1 for c in e.channels) and len(e.channels) >= 1,
              "experts.channels must be a non-empty list of positive ints"),
             (e.embedding_dim >= 1, f"experts.embedding_dim must be >= 1, got "
                                    f"{e.embedding_dim}"),
-            (0 <= e.dropout < 1, f"experts.dropout must be in [0, 1), got {e.dropout}"),
+            (finite(e.dropout, 0, 1, high_open=True),
+             f"experts.dropout must be in [0, 1), got {e.dropout}"),
             (all(h >= 1 for h in self.towers.hidden), "towers.hidden must be positive"),
-            (all(w >= 0 for w in self.loss.weights), "loss.weights must be >= 0"),
-            (-1 <= d.correlation <= 1, f"data.correlation must be in [-1, 1], got "
-                                       f"{d.correlation}"),
+            (all(finite(w, 0) for w in self.loss.weights),
+             "loss.weights must be finite and >= 0"),
+            (finite(d.correlation, -1, 1),
+             f"data.correlation must be in [-1, 1], got {d.correlation}"),
             (d.name != "clustered" or 0 <= d.correlation <= 1,
              f"data.correlation must be in [0, 1] for clustered data, got {d.correlation}"),
+            (finite(d.noise_std, 0), f"data.noise_std must be finite and >= 0, got "
+                                     f"{d.noise_std}"),
+            (d.input_dim is None or d.input_dim >= 1,
+             f"data.input_dim must be >= 1, got {d.input_dim}"),
+            (d.input_dim is None or d.name in ("synthetic", "clustered"),
+             f"data.input_dim applies to synthetic and clustered data only, not "
+             f"data.name={d.name}"),
             (d.n_train >= 2 and d.n_val >= 1 and d.n_test >= 1,
              "data.n_train must be >= 2 and data.n_val, data.n_test >= 1"),
             (1 <= d.num_clusters <= d.num_tasks,
              f"data.num_clusters must be in [1, num_tasks], got {d.num_clusters}"),
+            (d.val_size >= 1, f"data.val_size must be >= 1, got {d.val_size}"),
+            (d.negatives >= 0, f"data.negatives must be >= 0, got {d.negatives}"),
+            (d.rating_threshold is None or finite(d.rating_threshold),
+             f"data.rating_threshold must be finite, got {d.rating_threshold}"),
             (d.max_train is None or d.max_train >= o.batch_size,
              f"data.max_train={d.max_train} is smaller than one batch"),
             (d.max_eval is None or d.max_eval >= 1, "data.max_eval must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        ])
