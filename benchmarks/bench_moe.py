@@ -43,18 +43,18 @@ K = 2
 def make_gates(d: int) -> dict[str, Gate]:
     """The four gates, with DSelect-k saturated (exactly sparse, as after training)."""
     gates: dict[str, Gate] = {}
-    topk = NoisyTopKGate(NUM_EXPERTS, K, input_dim=d, noisy=False)
+    topk = NoisyTopKGate(NUM_EXPERTS, k=K, input_dim=d, noisy=False)
     with torch.no_grad():
-        topk.gate_logits.normal_(0, 1.0)  # routing spread over the experts
+        topk.gate_proj.weight.normal_(0, 1.0)  # routing spread over the experts
     gates["top-k (per-example)"] = topk
 
-    dsk = DSelectKGate(NUM_EXPERTS, K, input_dim=d)
+    dsk = DSelectKGate(NUM_EXPERTS, k=K, input_dim=d)
     with torch.no_grad():
         dsk.z_proj.weight.normal_(0, 10.0)  # |logits| >> gamma/2: saturated selectors
         dsk.w_proj.weight.normal_(0, 0.1)
     gates["DSelect-k (per-example)"] = dsk
 
-    static = DSelectKGate(NUM_EXPERTS, K)
+    static = DSelectKGate(NUM_EXPERTS, k=K)
     with torch.no_grad():
         static.z_logits.copy_(torch.tensor([[1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, -1.0]]))
     gates["DSelect-k (static)"] = static

@@ -152,8 +152,6 @@ def test_dselect_k_gate_constructor(n, k, gamma, input_dim, train):
     assert all(torch.isfinite(p.grad).all() for p in gate.parameters() if p.grad is not None)
 
 
-@pytest.mark.xfail(strict=False, reason="extreme gamma gives NaN: issue 11 item 18, "
-                   "fixed in branch h3-moe")
 @FUZZ
 @given(gamma=st.sampled_from([1e-30, 1e-12, 1e12, 1e30, 1e300]))
 def test_dselect_k_extreme_gamma_is_refused_or_finite(gamma):
@@ -191,8 +189,6 @@ def test_noisy_top_k_gate_constructor(n, k, input_dim, noisy, train):
     check_weights(*gate(x), n, batch, k)
 
 
-@pytest.mark.xfail(strict=False, reason="noisy='no' becomes True: issue 11 item 18, "
-                   "fixed in branch h3-moe")
 @FUZZ
 @given(noisy=st.sampled_from(["no", "yes", 0, 1, None]))
 def test_noisy_top_k_gate_refuses_a_non_bool_noisy(noisy):

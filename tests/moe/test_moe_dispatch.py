@@ -45,7 +45,7 @@ class ShapedExpert(nn.Module):
 
 
 def saturated_dselect(n: int, k: int, d: int, scale: float = 4.0, **kw) -> DSelectKGate:
-    gate = DSelectKGate(n, k, input_dim=d, **kw)
+    gate = DSelectKGate(n, k=k, input_dim=d, **kw)
     with torch.no_grad():
         gate.z_proj.weight.normal_(0, scale)
         gate.w_proj.weight.normal_()
@@ -53,7 +53,7 @@ def saturated_dselect(n: int, k: int, d: int, scale: float = 4.0, **kw) -> DSele
 
 
 def saturated_static(n: int, k: int) -> DSelectKGate:
-    gate = DSelectKGate(n, k)
+    gate = DSelectKGate(n, k=k)
     with torch.no_grad():
         gate.z_logits.copy_(torch.randn(k, gate.num_binary).sign())
         gate.w_logits.normal_()
@@ -80,7 +80,7 @@ def assert_same(a, b) -> None:
         lambda: saturated_dselect(8, 2, 5),
         lambda: saturated_dselect(6, 3, 5, entropy_reg=0.1),
         lambda: saturated_dselect(5, 2, 5, scale=0.8),  # partly saturated
-        lambda: NoisyTopKGate(7, 2, input_dim=5, w_importance=0.1),
+        lambda: NoisyTopKGate(7, k=2, input_dim=5, importance_reg=0.1),
         lambda: saturated_static(8, 2),
         lambda: saturated_static(5, 1),
     ],
@@ -90,7 +90,7 @@ def test_sparse_equals_dense_values_and_gradients(make_gate) -> None:
     gate = make_gate()
     if isinstance(gate, NoisyTopKGate):
         with torch.no_grad():
-            gate.gate_logits.normal_()
+            gate.gate_proj.weight.normal_()
         gate.noisy = False
     n = gate.num_experts
     experts = mlp_experts(n, 5, 7, 3)
@@ -124,7 +124,7 @@ def test_sparse_runs_only_needed_rows() -> None:
 
 
 def test_static_sparse_skips_zero_experts() -> None:
-    gate = DSelectKGate(8, 1)
+    gate = DSelectKGate(8, k=1)
     with torch.no_grad():
         gate.z_logits.copy_(torch.tensor([[1.0, -1.0, 1.0]]))  # expert 5
     experts = [RowCounter(e) for e in mlp_experts(8, 4, 6, 2)]
@@ -148,10 +148,10 @@ def test_multi_task_sparse_equals_dense_with_mixed_gates() -> None:
     gates = [
         saturated_dselect(n, 2, d),
         saturated_static(n, 2),
-        NoisyTopKGate(n, 1, input_dim=d, noisy=False),
+        NoisyTopKGate(n, k=1, input_dim=d, noisy=False),
     ]
     with torch.no_grad():
-        gates[2].gate_logits.normal_()
+        gates[2].gate_proj.weight.normal_()
     experts = mlp_experts(n, d, 6, 4)
     towers = [nn.Linear(4, 1) for _ in range(3)]
     dense = MultiGateMoE(experts, 3, gate=gates, towers=towers, execution="dense").double()

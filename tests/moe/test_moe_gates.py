@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compactnn.moe import DSelectKGate, NoisyTopKGate, SoftmaxGate, cv_squared, smooth_step
+from compactnn.moe.gates.topk import load_probability
 
 # --------------------------------------------------------------------------- references
 
@@ -44,7 +45,7 @@ def ref_selector(z: list[float], n: int, gamma: float) -> list[float]:
 
 
 def static_gate(n: int, k: int, z: list[list[float]], w: list[float], **kw) -> DSelectKGate:
-    gate = DSelectKGate(n, k, **kw).double()
+    gate = DSelectKGate(n, k=k, **kw).double()
     with torch.no_grad():
         gate.z_logits.copy_(torch.tensor(z, dtype=torch.float64))
         gate.w_logits.copy_(torch.tensor(w, dtype=torch.float64))
@@ -104,7 +105,7 @@ def test_smooth_step_exact_outside_and_zero_gradient() -> None:
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 13, 16])
 def test_selector_outputs_sum_to_one_over_all_codes(n: int) -> None:
     torch.manual_seed(n)
-    gate = DSelectKGate(n, 2, input_dim=4).double()
+    gate = DSelectKGate(n, k=2, input_dim=4).double()
     with torch.no_grad():
         gate.z_proj.weight.normal_(0, 0.5)
     x = torch.randn(7, 4, dtype=torch.float64)
@@ -160,7 +161,7 @@ def test_per_example_weights_match_hand_computation(n: int, k: int) -> None:
     gamma = 1.0
     m = math.ceil(math.log2(n))
     torch.manual_seed(100 * n + k)
-    gate = DSelectKGate(n, k, gamma=gamma, input_dim=3).double()
+    gate = DSelectKGate(n, k=k, gamma=gamma, input_dim=3).double()
     with torch.no_grad():
         gate.z_proj.weight.normal_(0, 0.4)
         gate.w_proj.weight.normal_(0, 1.0)
@@ -176,7 +177,7 @@ def test_per_example_weights_match_hand_computation(n: int, k: int) -> None:
 
 
 def test_per_example_reads_selector_major() -> None:
-    gate = DSelectKGate(8, 2, input_dim=2)
+    gate = DSelectKGate(8, k=2, input_dim=2)
     with torch.no_grad():
         gate.z_proj.weight.zero_()
         gate.z_proj.bias.copy_(torch.arange(6.0))
@@ -186,8 +187,8 @@ def test_per_example_reads_selector_major() -> None:
 
 
 def test_per_example_equals_static_with_constant_logits() -> None:
-    static = DSelectKGate(6, 2)
-    per_example = DSelectKGate(6, 2, input_dim=4)
+    static = DSelectKGate(6, k=2)
+    per_example = DSelectKGate(6, k=2, input_dim=4)
     with torch.no_grad():
         per_example.z_proj.weight.zero_()
         per_example.w_proj.weight.zero_()
@@ -202,11 +203,11 @@ def test_per_example_equals_static_with_constant_logits() -> None:
 def test_official_initialization_ranges() -> None:
     torch.manual_seed(0)
     gamma = 2.0
-    static = DSelectKGate(16, 4, gamma=gamma)
+    static = DSelectKGate(16, k=4, gamma=gamma)
     assert static.z_logits.shape == (4, 4) and static.w_logits.shape == (4,)
     assert static.z_logits.abs().max() <= gamma / 100
     assert static.w_logits.abs().max() <= 0.05
-    ex = DSelectKGate(16, 4, gamma=gamma, input_dim=50)
+    ex = DSelectKGate(16, k=4, gamma=gamma, input_dim=50)
     assert ex.z_proj.weight.shape == (16, 50) and ex.w_proj.weight.shape == (4, 50)
     for p in (ex.z_proj.weight, ex.z_proj.bias):
         assert p.abs().max() <= gamma / 100 and p.abs().max() > gamma / 200
@@ -229,14 +230,14 @@ def test_saturated_gate_has_at_most_k_nonzeros(n: int, data, per_example: bool) 
     seed = data.draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
     if per_example:
-        gate = DSelectKGate(n, k, input_dim=3)
+        gate = DSelectKGate(n, k=k, input_dim=3)
         with torch.no_grad():
             gate.z_proj.weight.zero_()
             gate.z_proj.bias.copy_(torch.randn(k * gate.num_binary).sign())
             gate.w_proj.weight.normal_()
         weights, _ = gate(torch.randn(5, 3))
     else:
-        gate = DSelectKGate(n, k)
+        gate = DSelectKGate(n, k=k)
         with torch.no_grad():
             gate.z_logits.copy_(torch.randn(k, gate.num_binary).sign() * 0.5)
             gate.w_logits.normal_()
@@ -252,7 +253,7 @@ def test_saturated_gate_has_at_most_k_nonzeros(n: int, data, per_example: bool) 
 def test_weights_nonnegative_and_sum_at_most_one(n: int, data) -> None:
     k = data.draw(st.integers(1, n))
     torch.manual_seed(data.draw(st.integers(0, 2**16)))
-    gate = DSelectKGate(n, k, input_dim=2)
+    gate = DSelectKGate(n, k=k, input_dim=2)
     with torch.no_grad():
         gate.z_proj.weight.normal_(0, 0.5)
     weights, _ = gate(torch.randn(4, 2))
@@ -277,7 +278,7 @@ def test_unreachable_penalty_is_one_per_selector_when_reachable_mass_is_one() ->
     assert gate()[1].item() == pytest.approx(2.0)
     # per example: 1 per selector per example with "sum", per selector with "mean"
     for reduction, factor in (("sum", 4), ("mean", 1)):
-        ex = DSelectKGate(5, 2, input_dim=3, reduction=reduction)
+        ex = DSelectKGate(5, k=2, input_dim=3, reduction=reduction)
         with torch.no_grad():
             ex.z_proj.weight.zero_()
             ex.z_proj.bias.copy_(torch.tensor([-1.0, 0.2, -0.1, -1.0, 1.0, 1.0]))
@@ -286,13 +287,13 @@ def test_unreachable_penalty_is_one_per_selector_when_reachable_mass_is_one() ->
 
 
 def test_no_penalty_for_power_of_two() -> None:
-    gate = DSelectKGate(8, 2)
+    gate = DSelectKGate(8, k=2)
     assert gate()[1].item() == 0.0
 
 
 def test_penalty_matches_official_formula_when_finite() -> None:
     torch.manual_seed(3)
-    gate = DSelectKGate(6, 2, input_dim=3).double()
+    gate = DSelectKGate(6, k=2, input_dim=3).double()
     with torch.no_grad():
         gate.z_proj.weight.normal_(0, 0.15)
     x = torch.randn(8, 3, dtype=torch.float64)
@@ -327,7 +328,7 @@ def test_saturation_on_unreachable_code_stays_finite() -> None:
 def test_entropy_regularizer_value_and_reduction() -> None:
     torch.manual_seed(1)
     lam = 0.3
-    gate = DSelectKGate(8, 3, input_dim=4, entropy_reg=lam).double()
+    gate = DSelectKGate(8, k=3, input_dim=4, entropy_reg=lam).double()
     with torch.no_grad():
         gate.z_proj.weight.normal_(0, 0.5)
     x = torch.randn(5, 4, dtype=torch.float64)
@@ -337,7 +338,7 @@ def test_entropy_regularizer_value_and_reduction() -> None:
     gate.reduction = "mean"
     torch.testing.assert_close(gate(x)[1], lam * entropy / 5)
     # static, and combined with the penalty for n = 6
-    static = DSelectKGate(6, 2, entropy_reg=lam).double()
+    static = DSelectKGate(6, k=2, entropy_reg=lam).double()
     r = static.selector_outputs()
     want = lam * -(r * torch.log(r + 1e-6)).sum() + (1 / r.sum(-1)).sum()
     torch.testing.assert_close(static()[1], want)
@@ -345,7 +346,7 @@ def test_entropy_regularizer_value_and_reduction() -> None:
 
 def test_entropy_regularizer_pushes_towards_one_hot() -> None:
     torch.manual_seed(0)
-    gate = DSelectKGate(4, 1, entropy_reg=1.0)
+    gate = DSelectKGate(4, k=1, entropy_reg=1.0)
     optimizer = torch.optim.SGD(gate.parameters(), lr=0.5)
     for _ in range(100):
         optimizer.zero_grad()
@@ -357,7 +358,7 @@ def test_entropy_regularizer_pushes_towards_one_hot() -> None:
 
 
 def test_aux_is_zero_in_eval_mode() -> None:
-    gate = DSelectKGate(5, 2, entropy_reg=0.1).eval()
+    gate = DSelectKGate(5, k=2, entropy_reg=0.1).eval()
     weights, aux = gate()
     assert aux.item() == 0.0 and aux.dim() == 0
     assert gate.regularization(gate.selector_outputs()).item() > 0
@@ -369,7 +370,7 @@ def test_aux_is_zero_in_eval_mode() -> None:
 def test_dselectk_gradients_against_finite_differences() -> None:
     torch.manual_seed(0)
     for n, k in ((3, 1), (5, 2), (8, 2)):
-        gate = DSelectKGate(n, k, gamma=1.0, input_dim=3, entropy_reg=0.1).double()
+        gate = DSelectKGate(n, k=k, gamma=1.0, input_dim=3, entropy_reg=0.1).double()
         with torch.no_grad():
             gate.z_proj.weight.normal_(0, 0.2)
         x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
@@ -381,7 +382,7 @@ def test_dselectk_gradients_against_finite_differences() -> None:
             return out[0], out[1]
 
         assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6)
-        static = DSelectKGate(n, k, entropy_reg=0.1).double()
+        static = DSelectKGate(n, k=k, entropy_reg=0.1).double()
 
         def fs(z, w, gate=static):
             return torch.func.functional_call(gate, {"z_logits": z, "w_logits": w}, ())
@@ -396,9 +397,9 @@ def test_baseline_gradients_against_finite_differences() -> None:
     softmax = SoftmaxGate(5, input_dim=3).double()
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: softmax(x)[0], (x,))
-    topk = NoisyTopKGate(6, 2, input_dim=3).double()
+    topk = NoisyTopKGate(6, k=2, input_dim=3).double()
     with torch.no_grad():
-        topk.gate_logits.normal_()
+        topk.gate_proj.weight.normal_()
     topk.eval()  # deterministic: no noise
     assert torch.autograd.gradcheck(lambda x: topk(x)[0], (x,))
 
@@ -420,10 +421,10 @@ def test_softmax_gate(input_dim: int | None) -> None:
 
 def test_noisy_topk_exact_sparsity_and_noise_only_in_training() -> None:
     torch.manual_seed(0)
-    gate = NoisyTopKGate(8, 3, input_dim=4)
+    gate = NoisyTopKGate(8, k=3, input_dim=4)
     with torch.no_grad():
-        gate.gate_logits.normal_()
-        gate.noise_logits.normal_()
+        gate.gate_proj.weight.normal_()
+        gate.noise_proj.weight.normal_()
     x = torch.randn(16, 4)
     gate.eval()
     w1, aux = gate(x)
@@ -432,7 +433,7 @@ def test_noisy_topk_exact_sparsity_and_noise_only_in_training() -> None:
     assert ((w1 > 0).sum(-1) == 3).all()
     torch.testing.assert_close(w1.sum(-1), torch.ones(16))
     # the kept experts are the top 3 of the clean logits
-    top = (x @ gate.gate_logits).topk(3, dim=-1).indices.sort(-1).values
+    top = (gate.gate_proj(x)).topk(3, dim=-1).indices.sort(-1).values
     assert torch.equal((w1 > 0).nonzero()[:, 1].view(16, 3), top)
     gate.train()
     w3, _ = gate(x)
@@ -444,7 +445,7 @@ def test_noisy_topk_exact_sparsity_and_noise_only_in_training() -> None:
 
 
 def test_noisy_topk_static() -> None:
-    gate = NoisyTopKGate(6, 2)
+    gate = NoisyTopKGate(6, k=2)
     with torch.no_grad():
         gate.gate_logits.copy_(torch.tensor([0.0, 3.0, 1.0, 0.0, 2.0, 0.0]))
     gate.eval()
@@ -456,9 +457,9 @@ def test_noisy_topk_static() -> None:
 
 def test_noisy_topk_importance_loss() -> None:
     torch.manual_seed(0)
-    gate = NoisyTopKGate(6, 2, input_dim=3, noisy=False, w_importance=0.5)
+    gate = NoisyTopKGate(6, k=2, input_dim=3, noisy=False, importance_reg=0.5)
     with torch.no_grad():
-        gate.gate_logits.normal_()
+        gate.gate_proj.weight.normal_()
     x = torch.randn(10, 3)
     weights, aux = gate(x)
     importance = weights.sum(0)
@@ -471,12 +472,12 @@ def test_noisy_topk_load_matches_monte_carlo() -> None:
     """P(x, i) of [TopK] eq. 9: the chance expert i stays in the top k when its noise is
     redrawn, the other noisy logits held fixed."""
     torch.manual_seed(0)
-    gate = NoisyTopKGate(5, 2)
+    gate = NoisyTopKGate(5, k=2)
     clean = torch.tensor([0.3, -0.2, 0.5, 0.0, 0.1])
     std = torch.tensor([0.5, 0.8, 0.3, 1.0, 0.6])
     noisy = clean + torch.randn(5) * std
     top_values = noisy.topk(3).values
-    prob = gate._load(clean, noisy, std, top_values)
+    prob = load_probability(clean, noisy, std, top_values, gate.k)
     draws = 200_000
     for i in range(5):
         redrawn = noisy.expand(draws, 5).clone()
@@ -487,12 +488,13 @@ def test_noisy_topk_load_matches_monte_carlo() -> None:
 
 def test_noisy_topk_load_loss_is_added_and_differentiable() -> None:
     torch.manual_seed(0)
-    gate = NoisyTopKGate(6, 2, input_dim=3, w_importance=0.0, w_load=1.0)
+    gate = NoisyTopKGate(6, k=2, input_dim=3, importance_reg=0.0, load_reg=1.0)
     x = torch.randn(32, 3)
     _, aux = gate(x)
     assert aux.item() >= 0
     aux.backward()
-    assert gate.gate_logits.grad is not None and torch.isfinite(gate.gate_logits.grad).all()
+    grad = gate.gate_proj.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     gate.eval()
     assert gate(x)[1].item() == 0.0
 
@@ -503,11 +505,11 @@ def test_noisy_topk_load_loss_is_added_and_differentiable() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: DSelectKGate(5, 2),
-        lambda: DSelectKGate(5, 2, input_dim=3, entropy_reg=0.1, reduction="mean"),
+        lambda: DSelectKGate(5, k=2),
+        lambda: DSelectKGate(5, k=2, input_dim=3, entropy_reg=0.1, reduction="mean"),
         lambda: SoftmaxGate(5, input_dim=3),
-        lambda: NoisyTopKGate(5, 2, input_dim=3),
-        lambda: NoisyTopKGate(5, 2),
+        lambda: NoisyTopKGate(5, k=2, input_dim=3),
+        lambda: NoisyTopKGate(5, k=2),
     ],
 )
 def test_state_dict_roundtrip_determinism_reset_and_repr(make) -> None:
@@ -531,37 +533,39 @@ def test_state_dict_roundtrip_determinism_reset_and_repr(make) -> None:
 
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="k must be >= 1"):
-        DSelectKGate(4, 0)
+        DSelectKGate(4, k=0)
     with pytest.raises(ValueError, match="k must be <= num_experts=4"):
-        DSelectKGate(4, 5)
+        DSelectKGate(4, k=5)
     with pytest.raises(ValueError, match="num_experts must be >= 2"):
-        DSelectKGate(1, 1)
+        DSelectKGate(1, k=1)
     with pytest.raises(ValueError, match="gamma"):
-        DSelectKGate(4, 2, gamma=0.0)
+        DSelectKGate(4, k=2, gamma=0.0)
     with pytest.raises(ValueError, match="gamma"):
-        DSelectKGate(4, 2, gamma=-1.0)
+        DSelectKGate(4, k=2, gamma=-1.0)
     with pytest.raises(ValueError, match="gamma"):
         smooth_step(torch.zeros(2), gamma=0.0)
     with pytest.raises(ValueError, match="entropy_reg"):
-        DSelectKGate(4, 2, entropy_reg=-0.1)
+        DSelectKGate(4, k=2, entropy_reg=-0.1)
     with pytest.raises(ValueError, match="reduction"):
-        DSelectKGate(4, 2, reduction="max")
+        DSelectKGate(4, k=2, reduction="max")
     with pytest.raises(TypeError, match="k must be an int"):
-        DSelectKGate(4, 2.0)
+        DSelectKGate(4, k=2.0)
     with pytest.raises(ValueError, match="input_dim"):
-        DSelectKGate(4, 2, input_dim=0)
+        DSelectKGate(4, k=2, input_dim=0)
     with pytest.raises(ValueError, match="k must be <= num_experts"):
-        NoisyTopKGate(4, 5)
+        NoisyTopKGate(4, k=5)
     with pytest.raises(ValueError, match="k must be >= 1"):
-        NoisyTopKGate(4, 0)
-    with pytest.raises(ValueError, match="w_importance"):
-        NoisyTopKGate(4, 2, w_importance=-1.0)
-    with pytest.raises(ValueError, match="w_load"):
-        NoisyTopKGate(4, 2, w_load=-1.0)
+        NoisyTopKGate(4, k=0)
+    with pytest.raises(ValueError, match="importance_reg"):
+        NoisyTopKGate(4, k=2, importance_reg=-1.0)
+    with pytest.raises(ValueError, match="load_reg"):
+        NoisyTopKGate(4, k=2, load_reg=-1.0)
     with pytest.raises(ValueError, match="num_experts must be >= 2"):
         SoftmaxGate(1)
-    for gate in (DSelectKGate(4, 2, input_dim=3), SoftmaxGate(4, 3), NoisyTopKGate(4, 2, 3)):
+    for gate in (DSelectKGate(4, k=2, input_dim=3), SoftmaxGate(4, input_dim=3),
+                 NoisyTopKGate(4, k=2, input_dim=3)):
         with pytest.raises(ValueError, match=r"shape \(batch, 3\), got \(2, 5\)"):
             gate(torch.zeros(2, 5))
         with pytest.raises(ValueError, match="needs a routing input"):
             gate()
+

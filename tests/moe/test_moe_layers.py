@@ -13,7 +13,9 @@ from torch import nn
 
 from compactnn.moe import (
     DSelectKGate,
+    GateBank,
     MixtureOfExperts,
+    MLPBank,
     MultiGateMoE,
     NoisyTopKGate,
     SoftmaxGate,
@@ -39,7 +41,7 @@ def test_mlp_experts() -> None:
 def test_moe_matches_manual_mixture(input_dim: int | None) -> None:
     torch.manual_seed(0)
     experts = mlp_experts(5, 4, 6, 3)
-    gate = DSelectKGate(5, 2, input_dim=input_dim)
+    gate = DSelectKGate(5, k=2, input_dim=input_dim)
     moe = MixtureOfExperts(experts, gate)
     x = torch.randn(7, 4)
     out, aux = moe(x)
@@ -66,13 +68,13 @@ def test_moe_separate_routing_input() -> None:
 def test_moe_errors() -> None:
     experts = mlp_experts(4, 3, 5, 2)
     with pytest.raises(ValueError, match="num_experts=5 but there are 4 experts"):
-        MixtureOfExperts(experts, DSelectKGate(5, 2))
+        MixtureOfExperts(experts, DSelectKGate(5, k=2))
     with pytest.raises(TypeError, match="Gate"):
         MixtureOfExperts(experts, nn.Linear(3, 4))
     with pytest.raises(ValueError, match="execution"):
-        MixtureOfExperts(experts, DSelectKGate(4, 2), execution="lazy")
+        MixtureOfExperts(experts, DSelectKGate(4, k=2), execution="lazy")
     with pytest.raises(ValueError, match="at least 2 experts"):
-        MixtureOfExperts(experts[:1], DSelectKGate(2, 1))
+        MixtureOfExperts(mlp_experts(1, 3, 5, 2), DSelectKGate(2, k=1))
     mismatched = nn.ModuleList([nn.Linear(3, 2), nn.Linear(3, 2), nn.Linear(3, 3)])
     moe = MixtureOfExperts(mismatched, SoftmaxGate(3))
     with pytest.raises(ValueError, match="equal output shapes"):
@@ -106,20 +108,20 @@ def test_multigate_moe_aux_is_summed_and_gate_forms() -> None:
     want = sum(g()[1] for g in model.gates)
     torch.testing.assert_close(aux, want)
     by_callable = MultiGateMoE(
-        experts, 2, gate=lambda t: NoisyTopKGate(5, t + 1, input_dim=3),
+        experts, 2, gate=lambda t: NoisyTopKGate(5, k=t + 1, input_dim=3),
         towers=lambda t: nn.Linear(2, 1),
     )
     assert [g.k for g in by_callable.gates] == [1, 2]
     outputs, _ = by_callable(torch.randn(4, 3))
     assert [o.shape for o in outputs] == [(4, 1), (4, 1)]
     with pytest.raises(ValueError, match="got 1 gates for num_tasks=2"):
-        MultiGateMoE(experts, 2, gate=[DSelectKGate(5, 2)])
+        MultiGateMoE(experts, 2, gate=[DSelectKGate(5, k=2)])
     with pytest.raises(ValueError, match="got 3 towers for num_tasks=2"):
         MultiGateMoE(experts, 2, towers=[nn.Identity()] * 3)
     with pytest.raises(ValueError, match="num_tasks"):
         MultiGateMoE(experts, 0)
     with pytest.raises(ValueError, match="gate 1 has num_experts=4"):
-        MultiGateMoE(experts, 2, gate=[DSelectKGate(5, 2), DSelectKGate(4, 2)])
+        MultiGateMoE(experts, 2, gate=[DSelectKGate(5, k=2), DSelectKGate(4, k=2)])
     with pytest.raises(TypeError, match="towers"):
         MultiGateMoE(experts, 2, towers=nn.Linear(2, 1))
 
@@ -127,7 +129,7 @@ def test_multigate_moe_aux_is_summed_and_gate_forms() -> None:
 def make_model(seed: int = 0, execution: str = "auto") -> MultiGateMoE:
     torch.manual_seed(seed)
     experts = mlp_experts(4, 6, 8, 5)
-    gate = DSelectKGate(4, 2, input_dim=6, entropy_reg=0.01)
+    gate = DSelectKGate(4, k=2, input_dim=6, entropy_reg=0.01)
     return MultiGateMoE(
         experts, 2, gate=gate, towers=[nn.Linear(5, 1), nn.Linear(5, 1)], execution=execution
     )
@@ -148,7 +150,7 @@ def test_state_dict_roundtrip_determinism_reset_and_repr() -> None:
     # reset keeps the official DSelect-k initialization ranges
     assert a.gates[0].z_proj.weight.abs().max() <= 0.01
     assert "num_tasks=2" in repr(a) and "execution='auto'" in repr(a)
-    moe = MixtureOfExperts(mlp_experts(3, 2, 4, 1), NoisyTopKGate(3, 1))
+    moe = MixtureOfExperts(mlp_experts(3, 2, 4, 1), NoisyTopKGate(3, k=1))
     moe.reset_parameters()
     assert "num_experts=3" in repr(moe)
 
@@ -175,7 +177,7 @@ def test_torch_compile(execution: str) -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
     experts = mlp_experts(4, 6, 8, 5)
-    gate = DSelectKGate(4, 2, input_dim=6, entropy_reg=0.01)
+    gate = DSelectKGate(4, k=2, input_dim=6, entropy_reg=0.01)
     with torch.no_grad():
         gate.z_proj.weight.normal_(0, 3.0)  # saturated: sparse weights, "auto" goes sparse
     model = MixtureOfExperts(experts, gate, execution=execution)
@@ -191,6 +193,11 @@ def test_torch_compile(execution: str) -> None:
         torch.testing.assert_close(gc, g)
 
 
+# sparse execution leaves experts without rows (no gradient); capacity execution has
+# static shapes, every expert runs on its slots
+EXECUTIONS_DDP = (("dense", False), ("sparse", True), ("capacity", False))
+
+
 def _ddp_worker(rank: int, world_size: int, init_file: str, result_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -199,13 +206,13 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, result_dir: str) -> 
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
     try:
-        for execution, find_unused in (("dense", False), ("sparse", True)):
+        for execution, find_unused in EXECUTIONS_DDP:
             model = make_model(seed=0, execution=execution)
-            if execution == "sparse":
-                with torch.no_grad():
-                    for gate in model.gates:
-                        gate.z_proj.weight.normal_(0, 3.0)
-                        dist.broadcast(gate.z_proj.weight, 0)
+            assert isinstance(model.gates, GateBank) and isinstance(model.experts, MLPBank)
+            if execution != "dense":
+                with torch.no_grad():  # saturated selectors: sparse weights
+                    model.gates.z_proj.weight.normal_(0, 3.0)
+                    dist.broadcast(model.gates.z_proj.weight, 0)
             ddp = DDP(model, find_unused_parameters=find_unused)
             optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
             torch.manual_seed(100 + rank)  # different data on each rank
@@ -225,7 +232,7 @@ def test_ddp_step_keeps_ranks_identical() -> None:
         init_file = os.path.join(tmp, "init")
         mp.spawn(_ddp_worker, args=(2, init_file, tmp), nprocs=2, join=True)
         initial = torch.cat([p.detach().flatten() for p in make_model(seed=0).parameters()])
-        for execution in ("dense", "sparse"):
+        for execution, _ in EXECUTIONS_DDP:
             p0 = torch.load(os.path.join(tmp, f"{execution}_0.pt"))
             p1 = torch.load(os.path.join(tmp, f"{execution}_1.pt"))
             torch.testing.assert_close(p0, p1, rtol=0, atol=1e-6)

@@ -1,9 +1,8 @@
 """Mixtures of experts: the DSelect-k gate [DSK], softmax [MMoE] and noisy Top-k [TopK]
-baselines, single- and multi-gate layers, and sparse execution. See docs/moe.md."""
+baselines and their banks, stacked MLP experts and towers, single- and multi-gate layers,
+and dense, sparse and capacity execution. See docs/moe.md."""
 
-from .dispatch import combine, dense_combine, sparse_combine
-from .gates import DSelectKGate, Gate, NoisyTopKGate, SoftmaxGate, cv_squared, smooth_step
-from .inspect import (
+from .analysis import (
     gate_weights,
     nonzeros_per_example,
     nonzeros_per_task,
@@ -11,25 +10,61 @@ from .inspect import (
     selector_entropies,
     task_expert_weights,
 )
-from .layers import MixtureOfExperts, MultiGateMoE, mlp_experts
+from .dispatch import (
+    capacity_mix,
+    combine,
+    dense_combine,
+    dense_mix,
+    expert_capacity,
+    mix,
+    sparse_combine,
+    sparse_mix,
+)
+from .experts import MLPBank, mlp_experts, mlp_towers
+from .gates import (
+    DSelectKBank,
+    DSelectKGate,
+    Gate,
+    GateBank,
+    NoisyTopKBank,
+    NoisyTopKGate,
+    SoftmaxBank,
+    SoftmaxGate,
+    cv_squared,
+    gate_bank,
+    smooth_step,
+)
+from .layers import MixtureOfExperts, MultiGateMoE
 
 __all__ = [
+    "DSelectKBank",
     "DSelectKGate",
     "Gate",
+    "GateBank",
+    "MLPBank",
     "MixtureOfExperts",
     "MultiGateMoE",
+    "NoisyTopKBank",
     "NoisyTopKGate",
+    "SoftmaxBank",
     "SoftmaxGate",
+    "capacity_mix",
     "combine",
     "cv_squared",
     "dense_combine",
+    "dense_mix",
+    "expert_capacity",
+    "gate_bank",
     "gate_weights",
+    "mix",
     "mlp_experts",
+    "mlp_towers",
     "nonzeros_per_example",
     "nonzeros_per_task",
     "plot_task_expert_weights",
     "selector_entropies",
     "smooth_step",
     "sparse_combine",
+    "sparse_mix",
     "task_expert_weights",
 ]

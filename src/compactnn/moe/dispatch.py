@@ -1,59 +1,105 @@
-"""Running experts given gate weights: dense, or sparse (conditional computation).
+"""Running experts given gate weights: dense, sparse (conditional computation) or with a
+fixed capacity per expert.
 
-A mixture computes ``y_t = sum_e w_t[..., e] * f_e(x)`` for one or more weight sets
-``w_t`` (one per task) over shared experts ``f_e``. Weights are of shape ``(n,)`` (static
-gate, broadcast over the batch) or ``(batch, n)`` (per-example gate).
+A mixture computes ``y_t = sum_e w_t[..., e] * f_e(x)`` for ``T`` weight sets ``w_t`` (one
+per task) over shared experts ``f_e``. The weights come stacked, ``(T, n)`` (static gates,
+broadcast over the batch) or ``(T, batch, n)`` (per-example gates); the outputs are
+stacked too, ``(T, batch, ...)``. Experts are an :class:`~compactnn.moe.experts.MLPBank`
+(stacked weights, batched products) or any sequence of ``nn.Module`` s with equal output
+shapes (run one by one).
 
-* :func:`dense_combine` runs every expert on every row.
-* :func:`sparse_combine` runs only the experts that carry weight, each on only the rows
-  that need it. With per-example weights, the (expert, row) pairs with a nonzero weight
-  are found once and sorted by expert; ``x`` is gathered once, each active expert runs on
-  its contiguous slice, and the weighted outputs are summed back per row. Both the gather
-  and the per-row sum are written with ``index_select`` only, in each direction (the
-  gradient of a row gather is a per-row sum and vice versa): no scatter-add kernel, whose
-  CPU implementation was found to stall badly with 2 threads on a busy machine, and the
-  sum of each row is taken in a fixed order, so results are deterministic on every
-  device. With static weights it simply skips the experts whose weight is zero.
+* :func:`dense_mix` runs every expert on every row, then mixes all tasks with one
+  batched product.
+* :func:`sparse_mix` runs only the experts that carry weight, each on only the rows that
+  need it. With per-example weights, the (expert, row) pairs with a nonzero weight for some
+  task are found once and sorted by expert; ``x`` is gathered once, each active expert runs
+  on its contiguous slice, and the weighted outputs are summed back per row. The gather and
+  the per-row sum are written with ``index_select`` in both directions (the gradient of a
+  row gather is a per-row sum and vice versa) rather than a scatter-add, so each row's sum
+  is taken in a fixed order and results are deterministic on every device. With static
+  weights it skips the experts whose weight is zero for every task. The number of rows each
+  expert sees depends on the data, so shapes are dynamic.
+* :func:`capacity_mix` gives each expert a fixed number ``C`` of row slots (GShard /
+  Switch style): each expert takes the ``C`` rows with the largest weight for it (the
+  largest over tasks); routed pairs beyond ``C`` are dropped (their weight is treated as
+  0) and counted. All shapes depend only on the batch size, so compilers can trace it.
 
-Both give the same outputs (to float tolerance) and the same gradients with respect to the
-expert parameters, the inputs and the gate parameters: a weight that is exactly zero
-contributes nothing to the output, and DSelect-k, Top-k and softmax weights that are
-exactly zero also have zero derivative with respect to their gate parameters.
+Dense and sparse give the same outputs (to float tolerance) and the same gradients with
+respect to the expert parameters, the inputs and the gate parameters: a weight that is
+exactly zero contributes nothing, and DSelect-k, Top-k and softmax weights that are
+exactly zero also have zero derivative. Capacity execution equals them when nothing is
+dropped.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from compactnn._checks import check_choice, check_float, check_int
+
+from .experts import MLPBank
+
 __all__ = [
+    "EXECUTIONS",
     "Execution",
     "RowLayout",
+    "capacity_mix",
     "combine",
     "dense_combine",
+    "dense_mix",
+    "expert_capacity",
     "has_zeros",
+    "mix",
     "row_layout",
     "sparse_combine",
+    "sparse_mix",
+    "stack_weights",
 ]
 
-Execution = Literal["auto", "dense", "sparse"]
-EXECUTIONS = ("auto", "dense", "sparse")
+Execution = Literal["auto", "dense", "sparse", "capacity"]
+EXECUTIONS = ("auto", "dense", "sparse", "capacity")
+
+Experts = MLPBank | Sequence[nn.Module]
 
 
-def _check_weights(weights: Sequence[Tensor], num_experts: int, batch: int) -> None:
+def _num_experts(experts: Experts) -> int:
+    return experts.num_members if isinstance(experts, MLPBank) else len(experts)
+
+
+def stack_weights(weights: Sequence[Tensor] | Tensor, num_experts: int, batch: int) -> Tensor:
+    """Check ``T`` weight sets and stack them: ``(T, n)`` if all are static, else
+    ``(T, batch, n)`` (static ones broadcast over the batch)."""
+    if isinstance(weights, Tensor):
+        if weights.dim() not in (2, 3) or weights.shape[-1] != num_experts:
+            raise ValueError(f"stacked weights must have shape (tasks, {num_experts}) or "
+                             f"(tasks, batch, {num_experts}), got {tuple(weights.shape)}")
+        if weights.dim() == 3 and weights.shape[1] != batch:
+            raise ValueError(f"weights have batch size {weights.shape[1]} but the input has "
+                             f"{batch}")
+        return weights
     if len(weights) == 0:
         raise ValueError("need at least one weight tensor")
     for w in weights:
-        if w.shape[-1] != num_experts or w.dim() not in (1, 2):
-            raise ValueError(
-                f"weights must have shape ({num_experts},) or (batch, {num_experts}), "
-                f"got {tuple(w.shape)}"
-            )
+        if w.dim() not in (1, 2) or w.shape[-1] != num_experts:
+            raise ValueError(f"weights must have shape ({num_experts},) or (batch, "
+                             f"{num_experts}), got {tuple(w.shape)}")
         if w.dim() == 2 and w.shape[0] != batch:
             raise ValueError(f"weights have batch size {w.shape[0]} but the input has {batch}")
+    if all(w.dim() == 1 for w in weights):
+        return torch.stack(list(weights))
+    return torch.stack([w.expand(batch, num_experts) for w in weights])
+
+
+def has_zeros(weights: Sequence[Tensor] | Tensor) -> bool:
+    """True when some expert weight is exactly zero (this synchronizes with the device)."""
+    if isinstance(weights, Tensor):
+        return bool((weights == 0).any())
+    return any(bool((w == 0).any()) for w in weights)
 
 
 def _check_same_shape(outputs: Sequence[tuple[int, Tensor]]) -> None:
@@ -63,39 +109,37 @@ def _check_same_shape(outputs: Sequence[tuple[int, Tensor]]) -> None:
             raise ValueError(
                 "experts must have equal output shapes: expert "
                 f"{first_index} gives {tuple(first.shape[1:])} per row, expert {index} gives "
-                f"{tuple(y.shape[1:])}"
-            )
+                f"{tuple(y.shape[1:])}")
 
 
-def _column(w: Tensor, e: int, ndim: int) -> Tensor:
-    """Weight of expert ``e`` shaped to broadcast against an expert output of rank ``ndim``."""
-    if w.dim() == 1:
-        return w[e]
-    return w[:, e].reshape(-1, *([1] * (ndim - 1)))
+def _run_each(experts: Sequence[nn.Module], ids: Sequence[int],
+              inputs: Sequence[Tensor]) -> Tensor:
+    """``experts[ids[i]](inputs[i])`` stacked: ``(len(ids), rows, ...)``."""
+    outs = [(e, experts[e](xi)) for e, xi in zip(ids, inputs, strict=True)]
+    _check_same_shape(outs)
+    return torch.stack([y for _, y in outs])
 
 
-def has_zeros(weights: Sequence[Tensor]) -> bool:
-    """True when some expert weight is exactly zero (this synchronizes with the device)."""
-    return any(bool((w == 0).any()) for w in weights)
+def _mix_outputs(y: Tensor, w: Tensor) -> Tensor:
+    """``out[t, b] = sum_e w[t, (b,) e] * y[e, b]`` for ``y`` ``(E, batch, ...)``."""
+    e, batch = y.shape[0], y.shape[1]
+    flat = y.reshape(e, batch, -1)
+    if w.dim() == 2:  # static: one (T, E) x (E, batch*F) product
+        out = (w @ flat.reshape(e, -1)).view(w.shape[0], batch, -1)
+    else:  # per-example: a (T, E) x (E, F) product per row
+        out = torch.bmm(w.transpose(0, 1), flat.transpose(0, 1)).transpose(0, 1)
+    return out.reshape(w.shape[0], *y.shape[1:])
 
 
-def dense_combine(
-    experts: Sequence[nn.Module], x: Tensor, weights: Sequence[Tensor]
-) -> list[Tensor]:
-    """Every expert on every row; one output ``sum_e w[..., e] * f_e(x)`` per weight set."""
-    _check_weights(weights, len(experts), x.shape[0])
-    outputs: list[Tensor | None] = [None] * len(weights)
-    first: list[tuple[int, Tensor]] = []
-    for e, expert in enumerate(experts):
-        y = expert(x)
-        if not first:
-            first.append((e, y))
-        else:
-            _check_same_shape([first[0], (e, y)])
-        for t, w in enumerate(weights):
-            term = _column(w, e, y.dim()) * y
-            outputs[t] = term if outputs[t] is None else outputs[t] + term
-    return outputs  # type: ignore[return-value]
+def dense_mix(experts: Experts, x: Tensor, weights: Tensor) -> Tensor:
+    """Every expert on every row; stacked weights ``(T, [batch,] n)`` to ``(T, batch, ...)``."""
+    n = _num_experts(experts)
+    weights = stack_weights(weights, n, x.shape[0])
+    if isinstance(experts, MLPBank):
+        y = experts(x)
+    else:
+        y = _run_each(experts, range(n), [x] * n)
+    return _mix_outputs(y, weights)
 
 
 class RowLayout(NamedTuple):
@@ -176,92 +220,133 @@ class _SumRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         rows, slot_pair, slot_valid = ctx.saved_tensors
-        return (
-            _GatherRows.apply(grad, rows, slot_pair, slot_valid, ctx.slots),
-            None,
-            None,
-            None,
-            None,
-        )
+        return (_GatherRows.apply(grad, rows, slot_pair, slot_valid, ctx.slots),
+                None, None, None, None)
 
 
-def sparse_combine(
-    experts: Sequence[nn.Module], x: Tensor, weights: Sequence[Tensor]
-) -> list[Tensor]:
+def sparse_mix(experts: Experts, x: Tensor, weights: Tensor) -> Tensor:
     """Only the experts that carry weight, each on only the rows that need it.
 
-    Equal to :func:`dense_combine` in value and gradients. If no expert carries any weight
-    it falls back to the dense computation (whose result is then all zeros), since the
+    Equal to :func:`dense_mix` in value and gradients. If no expert carries any weight it
+    falls back to the dense computation (whose result is then all zeros), since the
     output shape is only known by running an expert.
     """
-    num_experts = len(experts)
-    _check_weights(weights, num_experts, x.shape[0])
-    if all(w.dim() == 1 for w in weights):
-        return _sparse_static(experts, x, weights)
-
+    n = _num_experts(experts)
     batch = x.shape[0]
-    full = [w if w.dim() == 2 else w.expand(batch, num_experts) for w in weights]
-    active = full[0] != 0
-    for w in full[1:]:
-        active = active | (w != 0)
+    weights = stack_weights(weights, n, batch)
+    if weights.dim() == 2:
+        ids = (weights != 0).any(dim=0).nonzero().flatten()
+        if ids.numel() == 0:
+            return dense_mix(experts, x, weights)
+        if isinstance(experts, MLPBank):
+            y = experts(x, members=ids)
+        else:
+            id_list = ids.tolist()
+            y = _run_each(experts, id_list, [x] * len(id_list))
+        return _mix_outputs(y, weights.index_select(1, ids))
+
+    active = (weights != 0).any(dim=0)
     if not bool(active.any()):
-        return dense_combine(experts, x, weights)
+        return dense_mix(experts, x, weights)
     layout = row_layout(active)
     index_args = (layout.rows, layout.slot_pair, layout.slot_valid, layout.slots)
-
     routed = _GatherRows.apply(x, *index_args)
-    pieces: list[tuple[int, Tensor]] = []
-    start = 0
-    for e, count in enumerate(layout.counts):
-        if count:
-            pieces.append((e, experts[e](routed[start : start + count])))
-            start += count
-    _check_same_shape(pieces)
-    y = torch.cat([piece for _, piece in pieces]) if len(pieces) > 1 else pieces[0][1]
-
-    shape = (-1, *([1] * (y.dim() - 1)))
-    return [
-        _SumRows.apply(y * w[layout.rows, layout.experts].reshape(shape), *index_args)
-        for w in full
-    ]
-
-
-def _sparse_static(
-    experts: Sequence[nn.Module], x: Tensor, weights: Sequence[Tensor]
-) -> list[Tensor]:
-    """Static weights: run the experts with a nonzero weight in some weight set, on all rows."""
-    active = weights[0] != 0
-    for w in weights[1:]:
-        active = active | (w != 0)
-    active_ids = active.nonzero().flatten().tolist()
-    if not active_ids:
-        return dense_combine(experts, x, weights)
-    outputs: list[Tensor | None] = [None] * len(weights)
-    first: tuple[int, Tensor] | None = None
-    for e in active_ids:
-        y = experts[e](x)
-        if first is None:
-            first = (e, y)
-        else:
-            _check_same_shape([first, (e, y)])
-        for t, w in enumerate(weights):
-            term = w[e] * y
-            outputs[t] = term if outputs[t] is None else outputs[t] + term
-    return outputs  # type: ignore[return-value]
+    if isinstance(experts, MLPBank):
+        y = experts.forward_rows(routed, layout.counts)
+    else:
+        pieces: list[tuple[int, Tensor]] = []
+        start = 0
+        for e, count in enumerate(layout.counts):
+            if count:
+                pieces.append((e, experts[e](routed[start : start + count])))
+                start += count
+        _check_same_shape(pieces)
+        y = torch.cat([p for _, p in pieces]) if len(pieces) > 1 else pieces[0][1]
+    pair_weights = weights[:, layout.rows, layout.experts]  # (T, P)
+    flat = y.reshape(y.shape[0], 1, -1)  # (P, 1, F)
+    z = flat * pair_weights.t().unsqueeze(-1)  # (P, T, F)
+    out = _SumRows.apply(z, *index_args)  # (batch, T, F)
+    return out.transpose(0, 1).reshape(weights.shape[0], batch, *y.shape[1:])
 
 
-def combine(
-    experts: Sequence[nn.Module],
-    x: Tensor,
-    weights: Sequence[Tensor],
-    execution: Execution = "auto",
-) -> list[Tensor]:
-    """Dispatch to :func:`dense_combine` or :func:`sparse_combine`.
+def expert_capacity(batch: int, num_experts: int, k: int, capacity_factor: float) -> int:
+    """Row slots per expert: ``ceil(capacity_factor * batch * k / num_experts)``, at most
+    ``batch`` (with ``k`` routed experts per row, ``capacity_factor = 1`` is the balanced
+    share, and ``num_experts / k`` leaves room for any routing)."""
+    check_int("batch", batch, minimum=1)
+    check_int("num_experts", num_experts, minimum=1)
+    check_int("k", k, minimum=1)
+    capacity_factor = check_float("capacity_factor", capacity_factor, minimum=0.0,
+                                  min_inclusive=False)
+    return min(batch, max(1, math.ceil(capacity_factor * batch * k / num_experts)))
 
-    ``execution="auto"`` runs sparse whenever some weight is exactly zero.
+
+def capacity_mix(experts: Experts, x: Tensor, weights: Tensor,
+                 capacity: int) -> tuple[Tensor, Tensor]:
+    """Each expert on its ``capacity`` highest-weight rows; returns ``(outputs, dropped)``
+    with ``dropped`` the number of routed (row, expert) pairs that did not fit."""
+    n = _num_experts(experts)
+    batch = x.shape[0]
+    weights = stack_weights(weights, n, batch)
+    capacity = check_int("capacity", capacity, minimum=1, maximum=batch)
+    tasks = weights.shape[0]
+    full = weights if weights.dim() == 3 else weights.unsqueeze(1).expand(tasks, batch, n)
+    priority = full.detach().abs().amax(dim=0)  # (batch, n): a row's claim on an expert
+    top, rows = priority.t().topk(capacity, dim=1)  # (n, C)
+    valid = top > 0
+    dropped = (priority > 0).sum() - valid.sum()
+    routed = x.index_select(0, rows.reshape(-1)).view(n, capacity, *x.shape[1:])
+    if isinstance(experts, MLPBank):
+        y = experts(routed)
+    else:
+        y = _run_each(experts, range(n), list(routed.unbind(0)))
+    # The slot outputs go back to their (expert, row) cells of a dense (n, batch, ...)
+    # tensor, zero elsewhere, and the tasks mix it with the dense path's batched product
+    # under weights masked to the kept pairs: no (slots x tasks) intermediate.
+    kept = torch.zeros(n, batch, dtype=full.dtype, device=full.device)
+    kept = kept.scatter(1, rows, valid.to(full.dtype))  # (n, batch): 1 where a pair ran
+    cell = (rows + torch.arange(n, device=rows.device).unsqueeze(1) * batch).reshape(-1)
+    flat = y.reshape(n * capacity, -1)
+    cells = torch.zeros(n * batch, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    cells = cells.index_add(0, cell, flat).view(n, batch, *y.shape[2:])
+    out = _mix_outputs(cells, full * kept.t())
+    return out, dropped
+
+
+def mix(experts: Experts, x: Tensor, weights: Tensor, execution: Execution = "auto", *,
+        capacity: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """Stacked outputs ``(T, batch, ...)`` and, for capacity execution, the dropped count.
+
+    ``execution="auto"`` runs sparse whenever some weight is exactly zero; ``"capacity"``
+    needs ``capacity`` (see :func:`expert_capacity`).
     """
-    if execution not in EXECUTIONS:
-        raise ValueError(f"execution must be one of {EXECUTIONS}, got execution={execution!r}")
+    check_choice("execution", execution, EXECUTIONS)
+    if execution == "capacity":
+        if capacity is None:
+            raise ValueError("execution='capacity' needs capacity (row slots per expert)")
+        return capacity_mix(experts, x, weights, capacity)
+    if execution == "dense" or (execution == "auto" and not has_zeros(weights)):
+        return dense_mix(experts, x, weights), None
+    return sparse_mix(experts, x, weights), None
+
+
+def dense_combine(experts: Experts, x: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
+    """:func:`dense_mix` for a list of weight sets; one output per set."""
+    return list(dense_mix(experts, x, stack_weights(weights, _num_experts(experts),
+                                                    x.shape[0])).unbind(0))
+
+
+def sparse_combine(experts: Experts, x: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
+    """:func:`sparse_mix` for a list of weight sets; one output per set."""
+    return list(sparse_mix(experts, x, stack_weights(weights, _num_experts(experts),
+                                                     x.shape[0])).unbind(0))
+
+
+def combine(experts: Experts, x: Tensor, weights: Sequence[Tensor],
+            execution: Execution = "auto") -> list[Tensor]:
+    """Dispatch to :func:`dense_combine` or :func:`sparse_combine` (``"auto"``: sparse
+    whenever some weight is exactly zero)."""
+    check_choice("execution", execution, ("auto", "dense", "sparse"))
     if execution == "dense" or (execution == "auto" and not has_zeros(weights)):
         return dense_combine(experts, x, weights)
     return sparse_combine(experts, x, weights)

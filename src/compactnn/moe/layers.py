@@ -1,58 +1,27 @@
 """Mixture-of-experts layers: one gate ([DSK], [TopK]) or one gate per task ([MMoE]).
 
-Experts are any ``nn.Module`` mapping a batch ``(batch, ...)`` to outputs of equal shapes
-``(batch, ...)``. The layers return ``(output, aux_loss)``; add ``aux_loss`` (the gates'
-regularizers, zero in eval mode) to the training loss.
+Experts are an :class:`~compactnn.moe.experts.MLPBank` (what :func:`mlp_experts` returns:
+stacked weights, batched products) or any sequence of ``nn.Module`` s mapping a batch
+``(batch, ...)`` to outputs of equal shapes. The layers return ``(output, aux_loss)``; add
+``aux_loss`` (the gates' regularizers, zero in eval mode) to the training loss.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
-from .dispatch import EXECUTIONS, Execution, combine
-from .gates import DSelectKGate, Gate
+from compactnn._checks import check_choice, check_float, check_int
+
+from .dispatch import EXECUTIONS, Execution, expert_capacity, mix, stack_weights
+from .experts import MLPBank, mlp_experts
+from .gates import DSelectKGate, Gate, GateBank, gate_bank
 
 __all__ = ["MixtureOfExperts", "MultiGateMoE", "mlp_experts"]
 
-
-def mlp_experts(
-    num_experts: int,
-    in_features: int,
-    hidden_features: int | Sequence[int],
-    out_features: int,
-    activation: Callable[[], nn.Module] = nn.ReLU,
-    dropout: float = 0.0,
-    bias: bool = True,
-) -> nn.ModuleList:
-    """``num_experts`` independent MLPs ``in -> hidden... -> out``.
-
-    Each hidden layer is ``Linear, activation()[, Dropout]``; the last layer is linear.
-    """
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"num_experts must be a positive int, got num_experts={num_experts!r}")
-    hidden = [hidden_features] if isinstance(hidden_features, int) else list(hidden_features)
-    widths = [in_features, *hidden, out_features]
-    for name, width in zip(("in_features", *["hidden_features"] * len(hidden), "out_features"),
-                           widths, strict=True):
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"{name} must be a positive int, got {name}={width!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
-
-    def one() -> nn.Sequential:
-        layers: list[nn.Module] = []
-        for i in range(len(widths) - 1):
-            layers.append(nn.Linear(widths[i], widths[i + 1], bias=bias))
-            if i < len(widths) - 2:
-                layers.append(activation())
-                if dropout > 0:
-                    layers.append(nn.Dropout(dropout))
-        return nn.Sequential(*layers)
-
-    return nn.ModuleList(one() for _ in range(num_experts))
+Experts = MLPBank | Sequence[nn.Module]
 
 
 def _reset(module: nn.Module) -> None:
@@ -65,73 +34,96 @@ def _reset(module: nn.Module) -> None:
         _reset(child)
 
 
-def _as_experts(experts: Sequence[nn.Module] | nn.ModuleList) -> nn.ModuleList:
-    if isinstance(experts, nn.Module) and not isinstance(experts, nn.ModuleList):
-        raise TypeError("experts must be a sequence of nn.Module (e.g. an nn.ModuleList)")
-    experts = nn.ModuleList(experts)
-    if len(experts) < 2:
-        raise ValueError(f"need at least 2 experts, got {len(experts)}")
-    for i, expert in enumerate(experts):
-        if not isinstance(expert, nn.Module):
-            raise TypeError(f"expert {i} must be an nn.Module, got {type(expert).__name__}")
-    return experts
+def _as_experts(experts: Experts) -> MLPBank | nn.ModuleList:
+    if isinstance(experts, MLPBank):
+        result: MLPBank | nn.ModuleList = experts
+    elif isinstance(experts, nn.Module) and not isinstance(experts, nn.ModuleList):
+        raise TypeError("experts must be an MLPBank or a sequence of nn.Module "
+                        f"(e.g. an nn.ModuleList), got {type(experts).__name__}")
+    else:
+        for i, expert in enumerate(experts):
+            if not isinstance(expert, nn.Module):
+                raise TypeError(f"expert {i} must be an nn.Module, got {type(expert).__name__}")
+        result = nn.ModuleList(experts)
+    if len(result) < 2:
+        raise ValueError(f"need at least 2 experts, got {len(result)}")
+    return result
 
 
-def _check_execution(execution: str) -> Execution:
-    if execution not in EXECUTIONS:
-        raise ValueError(f"execution must be one of {EXECUTIONS}, got execution={execution!r}")
-    return execution  # type: ignore[return-value]
-
-
-def _check_gate(gate: object, num_experts: int, what: str = "gate") -> Gate:
-    if not isinstance(gate, Gate):
+def _check_gate(gate: object, num_experts: int, what: str = "gate") -> Gate | GateBank:
+    if not isinstance(gate, Gate | GateBank):
         raise TypeError(f"{what} must be a compactnn.moe Gate, got {type(gate).__name__}")
     if gate.num_experts != num_experts:
         raise ValueError(
-            f"{what} has num_experts={gate.num_experts} but there are {num_experts} experts"
-        )
+            f"{what} has num_experts={gate.num_experts} but there are {num_experts} experts")
     return gate
 
 
-def _routing(gate: Gate, x: Tensor, routing_input: Tensor | None) -> Tensor | None:
-    if gate.is_static:
-        return None
-    return x if routing_input is None else routing_input
+def _routing_width(gates: Sequence[Gate | GateBank]) -> int:
+    """Routed experts per row, an upper bound: the sum of the gates' nonzeros."""
+    return sum(g.max_nonzeros * (g.num_tasks if isinstance(g, GateBank) else 1) for g in gates)
 
 
-class MixtureOfExperts(nn.Module):
-    """``y = sum_e w_e f_e(x)`` with the weights ``w`` of one gate.
+class _Mixture(nn.Module):
+    """What both layers share: experts, execution mode, capacity and the dropped count."""
 
-    Args:
-        experts: the experts, ``nn.Module`` s with equal output shapes.
-        gate: a :class:`~compactnn.moe.gates.Gate` over ``len(experts)`` experts. A static
-            gate's weights ``(n,)`` are broadcast over the batch.
-        execution: ``"dense"`` runs every expert on every row; ``"sparse"`` runs only the
-            experts that carry weight, on the rows that need them; ``"auto"`` (default) is
-            sparse whenever the weights have exact zeros.
-
-    ``forward(x, routing_input=None)`` returns ``(output, aux_loss)``. A per-example gate
-    routes on ``routing_input`` if given, else on ``x``.
-    """
-
-    def __init__(
-        self,
-        experts: Sequence[nn.Module] | nn.ModuleList,
-        gate: Gate,
-        execution: Execution = "auto",
-    ) -> None:
-        super().__init__()
+    def _setup(self, experts: Experts, execution: str, capacity_factor: float) -> None:
         self.experts = _as_experts(experts)
-        self.gate = _check_gate(gate, len(self.experts))
-        self.execution = _check_execution(execution)
+        self.execution: Execution = check_choice("execution", execution, EXECUTIONS)
+        self.capacity_factor = check_float("capacity_factor", capacity_factor, minimum=0.0,
+                                           min_inclusive=False)
+        # Routed (row, expert) pairs dropped by the last capacity-mode forward.
+        self.register_buffer("dropped", torch.zeros((), dtype=torch.long), persistent=False)
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
 
+    def _mix(self, x: Tensor, weights: Tensor, k: int) -> Tensor:
+        capacity = None
+        if self.execution == "capacity":
+            capacity = expert_capacity(x.shape[0], self.num_experts, min(k, self.num_experts),
+                                       self.capacity_factor)
+        out, dropped = mix(self.experts, x, weights, self.execution, capacity=capacity)
+        if dropped is not None:
+            with torch.no_grad():
+                self.dropped.copy_(dropped)
+        return out
+
+
+def _routing(gate: Gate | GateBank, x: Tensor, routing_input: Tensor | None) -> Tensor | None:
+    if gate.is_static:
+        return None
+    return x if routing_input is None else routing_input
+
+
+class MixtureOfExperts(_Mixture):
+    """``y = sum_e w_e f_e(x)`` with the weights ``w`` of one gate.
+
+    Args:
+        experts: an :class:`MLPBank` or ``nn.Module`` s with equal output shapes.
+        gate: a :class:`~compactnn.moe.gates.Gate` over ``len(experts)`` experts. A static
+            gate's weights ``(n,)`` are broadcast over the batch.
+        execution: ``"dense"`` runs every expert on every row; ``"sparse"`` runs only the
+            experts that carry weight, on the rows that need them; ``"auto"`` (default) is
+            sparse whenever the weights have exact zeros; ``"capacity"`` gives each expert
+            ``ceil(capacity_factor * batch * k / n)`` row slots (``k`` the gate's
+            ``max_nonzeros``), drops routed rows beyond them (counted in ``self.dropped``)
+            and has static shapes.
+        capacity_factor: ``> 0``, for ``execution="capacity"``.
+
+    ``forward(x, routing_input=None)`` returns ``(output, aux_loss)``. A per-example gate
+    routes on ``routing_input`` if given, else on ``x``.
+    """
+
+    def __init__(self, experts: Experts, gate: Gate, *, execution: Execution = "auto",
+                 capacity_factor: float = 1.0) -> None:
+        super().__init__()
+        self._setup(experts, execution, capacity_factor)
+        self.gate = _check_gate(gate, len(self.experts))
+
     def reset_parameters(self) -> None:
-        for expert in self.experts:
-            _reset(expert)
+        _reset(self.experts)
         self.gate.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -139,125 +131,201 @@ class MixtureOfExperts(nn.Module):
 
     def forward(self, x: Tensor, routing_input: Tensor | None = None) -> tuple[Tensor, Tensor]:
         weights, aux = self.gate(_routing(self.gate, x, routing_input))
-        (output,) = combine(self.experts, x, [weights], self.execution)
-        return output, aux
+        out = self._mix(x, weights.unsqueeze(0), self.gate.max_nonzeros)
+        return out[0], aux
 
 
-class MultiGateMoE(nn.Module):
+class MultiGateMoE(_Mixture):
     """Multi-gate mixture of experts [MMoE]: shared experts, one gate and tower per task.
 
     Task ``t`` computes ``tower_t(sum_e w_{t,e} f_e(x))``. The experts run once for all
     tasks (in sparse execution, on the union of the rows any task routes to them).
 
     Args:
-        experts: the shared experts, ``nn.Module`` s with equal output shapes.
+        experts: the shared experts: an :class:`MLPBank` (batched) or ``nn.Module`` s with
+            equal output shapes.
         num_tasks: number of tasks ``>= 1``.
         gate: one of
-            * a :class:`Gate` used as a template: each task gets a deep copy with freshly
-              reset parameters;
-            * a sequence of ``num_tasks`` gates;
-            * a callable ``task_index -> Gate``;
-            * ``None`` (default): a static ``DSelectKGate(n, k=min(2, n))`` per task.
-        towers: ``None`` (identity), a sequence of ``num_tasks`` modules, or a callable
-            ``task_index -> nn.Module``.
-        execution: ``"auto"``, ``"dense"`` or ``"sparse"``, as in :class:`MixtureOfExperts`.
+            * a :class:`Gate` used as a template: the tasks get a gate bank
+              (:func:`~compactnn.moe.gates.gate_bank`) of ``num_tasks`` freshly initialized
+              gates of its kind and configuration, computed in one pass;
+            * a :class:`~compactnn.moe.gates.GateBank` of ``num_tasks`` gates;
+            * a sequence of ``num_tasks`` gates, or a callable ``task_index -> Gate`` (run
+              one by one);
+            * ``None`` (default): a bank of static ``DSelectKGate(n, k=min(2, n))``.
+        towers: ``None`` (identity), an :class:`MLPBank` of ``num_tasks`` members (e.g.
+            :func:`~compactnn.moe.experts.mlp_towers`, batched), a sequence of ``num_tasks``
+            modules, or a callable ``task_index -> nn.Module``.
+        execution: ``"auto"``, ``"dense"``, ``"sparse"`` or ``"capacity"``, as in
+            :class:`MixtureOfExperts` (``k`` is the sum of the gates' nonzeros, at most n).
+        capacity_factor: ``> 0``, for ``execution="capacity"``.
 
     ``forward(x, routing_input=None)`` returns ``(list of task outputs, aux_loss)`` with
-    ``aux_loss`` summed over the gates.
+    ``aux_loss`` summed over the gates. :meth:`mix` is the batched path without towers:
+    the stacked mixtures ``(T, batch, ...)``.
     """
 
-    def __init__(
-        self,
-        experts: Sequence[nn.Module] | nn.ModuleList,
-        num_tasks: int,
-        gate: Gate | Sequence[Gate] | Callable[[int], Gate] | None = None,
-        towers: Sequence[nn.Module] | Callable[[int], nn.Module] | None = None,
-        execution: Execution = "auto",
-    ) -> None:
+    def __init__(self, experts: Experts, num_tasks: int, *,
+                 gate: Gate | GateBank | Sequence[Gate] | Callable[[int], Gate] | None = None,
+                 towers: MLPBank | Sequence[nn.Module] | Callable[[int], nn.Module] | None = None,
+                 execution: Execution = "auto", capacity_factor: float = 1.0) -> None:
         super().__init__()
-        self.experts = _as_experts(experts)
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be a positive int, got num_tasks={num_tasks!r}")
-        self.num_tasks = num_tasks
-        self.execution = _check_execution(execution)
+        self._setup(experts, execution, capacity_factor)
+        self.num_tasks = check_int("num_tasks", num_tasks, minimum=1)
         n = len(self.experts)
 
         if gate is None:
-            gates = [DSelectKGate(n, k=min(2, n)) for _ in range(num_tasks)]
+            gate = DSelectKGate(n, k=min(2, n))
+        if isinstance(gate, GateBank):
+            if gate.num_tasks != num_tasks:
+                raise ValueError(f"gate bank has num_tasks={gate.num_tasks}, "
+                                 f"expected {num_tasks}")
+            gates: GateBank | nn.ModuleList = _check_gate(gate, n)  # type: ignore[assignment]
         elif isinstance(gate, Gate):
-            gates = []
-            for _ in range(num_tasks):
-                g = copy.deepcopy(gate)
-                g.reset_parameters()
-                gates.append(g)
-        elif isinstance(gate, Sequence | nn.ModuleList):
-            gates = list(gate)
-        elif callable(gate):
-            gates = [gate(t) for t in range(num_tasks)]
+            gates = gate_bank(_check_gate(gate, n), num_tasks)
         else:
-            raise TypeError(f"gate must be a Gate, a sequence of gates or a callable, got {gate!r}")
-        if len(gates) != num_tasks:
-            raise ValueError(f"got {len(gates)} gates for num_tasks={num_tasks}")
-        self.gates = nn.ModuleList(
-            _check_gate(g, n, what=f"gate {t}") for t, g in enumerate(gates)
-        )
+            if isinstance(gate, Sequence | nn.ModuleList):
+                gate_list = list(gate)
+            elif callable(gate):
+                gate_list = [gate(t) for t in range(num_tasks)]
+            else:
+                raise TypeError("gate must be a Gate, a GateBank, a sequence of gates or a "
+                                f"callable, got {type(gate).__name__}")
+            if len(gate_list) != num_tasks:
+                raise ValueError(f"got {len(gate_list)} gates for num_tasks={num_tasks}")
+            gates = nn.ModuleList(
+                _check_gate(g, n, what=f"gate {t}") for t, g in enumerate(gate_list))
+        self.gates = gates
 
         if towers is None:
-            tower_list: list[nn.Module] = [nn.Identity() for _ in range(num_tasks)]
+            tower_mod: MLPBank | nn.ModuleList = nn.ModuleList(
+                nn.Identity() for _ in range(num_tasks))
+        elif isinstance(towers, MLPBank):
+            if towers.num_members != num_tasks:
+                raise ValueError(f"got {towers.num_members} towers for num_tasks={num_tasks}")
+            tower_mod = towers
         elif isinstance(towers, Sequence | nn.ModuleList):
-            tower_list = list(towers)
+            tower_mod = nn.ModuleList(towers)
         elif callable(towers) and not isinstance(towers, nn.Module):
-            tower_list = [towers(t) for t in range(num_tasks)]
+            tower_mod = nn.ModuleList(towers(t) for t in range(num_tasks))
         else:
-            raise TypeError(
-                "towers must be None, a sequence of num_tasks modules or a callable, "
-                f"got {type(towers).__name__}"
-            )
-        if len(tower_list) != num_tasks:
-            raise ValueError(f"got {len(tower_list)} towers for num_tasks={num_tasks}")
-        for t, tower in enumerate(tower_list):
-            if not isinstance(tower, nn.Module):
-                raise TypeError(f"tower {t} must be an nn.Module, got {type(tower).__name__}")
-        self.towers = nn.ModuleList(tower_list)
+            raise TypeError("towers must be None, an MLPBank, a sequence of num_tasks modules "
+                            f"or a callable, got {type(towers).__name__}")
+        if len(tower_mod) != num_tasks:
+            raise ValueError(f"got {len(tower_mod)} towers for num_tasks={num_tasks}")
+        if isinstance(tower_mod, nn.ModuleList):
+            for t, tower in enumerate(tower_mod):
+                if not isinstance(tower, nn.Module):
+                    raise TypeError(f"tower {t} must be an nn.Module, got {type(tower).__name__}")
+        self.towers = tower_mod
 
     @property
-    def num_experts(self) -> int:
-        return len(self.experts)
+    def is_static(self) -> bool:
+        """True when every task's gate is static (needs no routing input)."""
+        if isinstance(self.gates, GateBank):
+            return self.gates.is_static
+        return all(g.is_static for g in self.gates)
 
     def reset_parameters(self) -> None:
-        for expert in self.experts:
-            _reset(expert)
-        for gate in self.gates:
-            gate.reset_parameters()
-        for tower in self.towers:
-            _reset(tower)
+        _reset(self.experts)
+        if isinstance(self.gates, GateBank):
+            self.gates.reset_parameters()
+        else:
+            for gate in self.gates:
+                gate.reset_parameters()
+        _reset(self.towers)
 
     def extra_repr(self) -> str:
-        return (
-            f"num_experts={self.num_experts}, num_tasks={self.num_tasks}, "
-            f"execution={self.execution!r}"
-        )
+        return (f"num_experts={self.num_experts}, num_tasks={self.num_tasks}, "
+                f"execution={self.execution!r}")
 
-    def gate_weights(
-        self, x: Tensor | None = None, routing_input: Tensor | None = None
-    ) -> tuple[list[Tensor], Tensor]:
-        """Each task's expert weights (``(n,)`` or ``(batch, n)``) and the summed aux loss."""
-        weights = []
-        aux = None
-        for gate in self.gates:
-            if gate.is_static:
-                w, a = gate(None)
-            else:
-                r = routing_input if routing_input is not None else x
-                w, a = gate(r)
-            weights.append(w)
-            aux = a if aux is None else aux + a
-        return weights, aux  # type: ignore[return-value]
-
-    def forward(
-        self, x: Tensor, routing_input: Tensor | None = None
-    ) -> tuple[list[Tensor], Tensor]:
+    def routing_weights(self, x: Tensor | None = None,
+                        routing_input: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """All tasks' expert weights stacked, ``(T, n)`` when every gate is static, else
+        ``(T, batch, n)``, and the summed aux loss. Per-example gates route on
+        ``routing_input`` if given, else on ``x``."""
+        r = routing_input if routing_input is not None else x
+        if isinstance(self.gates, GateBank):
+            return self.gates(None if self.gates.is_static else r)
         weights, aux = self.gate_weights(x, routing_input)
-        mixed = combine(self.experts, x, weights, self.execution)
-        outputs = [tower(m) for tower, m in zip(self.towers, mixed, strict=True)]
-        return outputs, aux
+        batch = None if r is None else r.shape[0]
+        if batch is None and not all(w.dim() == 1 for w in weights):
+            raise ValueError("per-example gates need a routing input")
+        return stack_weights(weights, self.num_experts, batch or 1), aux
+
+    def gate_weights(self, x: Tensor | None = None,
+                     routing_input: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """Each task's expert weights (``(n,)`` or ``(batch, n)``) and the summed aux loss."""
+        r = routing_input if routing_input is not None else x
+        if isinstance(self.gates, GateBank):
+            weights, aux = self.gates(None if self.gates.is_static else r)
+            return list(weights.unbind(0)), aux
+        out, aux = [], None
+        for gate in self.gates:
+            w, a = gate(None if gate.is_static else r)
+            out.append(w)
+            aux = a if aux is None else aux + a
+        return out, aux  # type: ignore[return-value]
+
+    def mix(self, x: Tensor, routing_input: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The batched path: every task's mixture of expert outputs, stacked
+        ``(T, batch, ...)``, and the summed aux loss (towers not applied)."""
+        weights, aux = self.routing_weights(x, routing_input)
+        gates = [self.gates] if isinstance(self.gates, GateBank) else list(self.gates)
+        return self._mix(x, weights, _routing_width(gates)), aux
+
+    def apply_towers(self, mixed: Tensor) -> list[Tensor]:
+        """Task ``t``'s tower on ``mixed[t]``; one output per task."""
+        if isinstance(self.towers, MLPBank):
+            return self.towers.split(self.towers(mixed))
+        return [tower(m) for tower, m in zip(self.towers, mixed.unbind(0), strict=True)]
+
+    def forward(self, x: Tensor,
+                routing_input: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        mixed, aux = self.mix(x, routing_input)
+        return self.apply_towers(mixed), aux
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Bank-layout state loaded into per-module gates, experts or towers: split it.
+        for name in ("gates", "experts", "towers"):
+            child = getattr(self, name)
+            if isinstance(child, nn.ModuleList):
+                _split_bank_state(state_dict, prefix + name + ".", child, name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _split_bank_state(state: dict, prefix: str, modules: nn.ModuleList, what: str) -> None:
+    """Rewrite bank keys under ``prefix`` (``weights.0``, ``z_logits``, ``proj.weight``...)
+    as the keys of the per-module ``modules``, or explain why that is impossible."""
+    keys = [k for k in state if k.startswith(prefix)]
+    bank_keys = [k for k in keys if not k[len(prefix):].split(".")[0].isdigit()]
+    if not bank_keys:
+        return
+    sub = {k[len(prefix):]: state[k] for k in bank_keys}
+    first = modules[0]
+    if not isinstance(first, Gate | nn.Sequential):
+        raise ValueError(f"the state holds {what} as a bank ({sorted(sub)}), which converts "
+                         f"only to gates or nn.Sequential MLPs, not {type(first).__name__}")
+    if isinstance(first, Gate):
+        bank = gate_bank(first, len(modules))
+        parts = bank.split_state(sub)
+    else:
+        linears = [m for m in first if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"the state holds {what} as an MLP bank; module 0 has no "
+                             "nn.Linear layers to take it")
+        outs = [[m for m in mod if isinstance(m, nn.Linear)][-1].out_features
+                for mod in modules]
+        bank = MLPBank(len(modules), linears[0].in_features,
+                       [m.out_features for m in linears[:-1]], outs,
+                       bias=linears[0].bias is not None)
+        parts = bank.split_state(sub)
+        positions = [i for i, m in enumerate(first) if isinstance(m, nn.Linear)]
+        remap = dict(zip(bank.linear_positions(), positions, strict=True))
+        parts = [{f"{remap[int(k.split('.')[0])]}.{k.split('.')[1]}": v for k, v in p.items()}
+                 for p in parts]
+    for k in bank_keys:
+        del state[k]
+    for t, part in enumerate(parts):
+        for k, v in part.items():
+            state[f"{prefix}{t}.{k}"] = v

@@ -169,26 +169,35 @@ def test_cli_runs_and_prints_config(capsys, tmp_path):
     assert result["finished"] and "test_mean_mse" in result
 
 
-def test_batched_static_path_equals_the_multigate_layer():
+def test_batched_static_path_equals_separate_modules():
     torch.manual_seed(0)
     data = make_clustered_synthetic(4, 2, n_train=32, n_val=4, n_test=4, input_dim=12)
     model = MTLModel(data.input_shape, data.tasks, experts=ExpertConfig(num=4, hidden=[8]),
                      gate=GateConfig(name="dselect_k"))
-    assert model._batched
     model.eval()
     x = data.train.x
     fast, _ = model(x)
-    model._batched = False
-    slow, _ = model(x)
+    # the same model written with separate gates, experts and towers (copies of the
+    # banks' slices)
+    feats = model.features(x)
+    experts, gates = list(model.moe.experts), list(model.moe.gates)
+    towers = [model.towers.member(t) for t in range(4)]
+    slow = [towers[t](sum(g()[0][e] * experts[e](feats) for e in range(4)))
+            for t, g in enumerate(gates)]
+    assert [o.shape[1] for o in fast] == [t.output_dim for t in data.tasks]
     for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    # a tower equals its own two-layer MLP
-    h = torch.randn(4, 5, model.towers.weights[0].shape[1])
-    outs = model.towers(h)
-    w0, b0 = model.towers.weights[0][2], model.towers.biases[0][2]
-    w1, b1 = model.towers.weights[1][2], model.towers.biases[1][2]
-    ref = torch.relu(h[2] @ w0 + b0) @ w1 + b1
-    torch.testing.assert_close(outs[2], ref)
+    # a state saved with per-module gates and experts loads into the banks
+    per_module = {k: v for k, v in model.state_dict().items() if not k.startswith("moe.")}
+    per_module.update({f"moe.gates.{t}.{k}": v for t, g in enumerate(gates)
+                       for k, v in g.state_dict().items()})
+    per_module.update({f"moe.experts.{e}.{k}": v for e, m in enumerate(experts)
+                       for k, v in m.state_dict().items()})
+    other = MTLModel(data.input_shape, data.tasks, experts=ExpertConfig(num=4, hidden=[8]),
+                     gate=GateConfig(name="dselect_k")).eval()
+    other.load_state_dict(per_module)
+    for a, b in zip(other(x)[0], fast, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test uses Linux loopback")

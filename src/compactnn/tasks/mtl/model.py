@@ -3,11 +3,19 @@ bottom.
 
     inputs -> [categorical embeddings, concatenated with the numeric / pixel features]
            -> MultiGateMoE: shared experts, one gate per task (DSelect-k, Top-k or softmax)
-           -> one tower per task (:class:`TaskTowers`) -> task output (logits or a regression value)
+           -> one tower per task -> task output (logits or a regression value)
+
+Everything runs batched over tasks and experts: the gates are one gate bank (all tasks'
+weights in one pass), MLP experts one :class:`~compactnn.moe.MLPBank` (stacked weights),
+and the towers another (:func:`~compactnn.moe.mlp_towers`, one MLP per task, evaluated
+with batched matrix products; tasks with fewer outputs than the widest use the first
+columns of the last layer). The model calls the layer's public batched path
+(:meth:`~compactnn.moe.MultiGateMoE.mix`) and then its tower bank.
 
 Experts are MLPs on the flattened features, or (images) small CNNs
-(:class:`ConvExpert`). A *static* gate (``gate.per_example=false``) has one weight vector
-per task; a *per-example* gate routes on the flattened features (embeddings included).
+(:class:`ConvExpert`, run one by one). A *static* gate (``gate.per_example=false``) has one
+weight vector per task; a *per-example* gate routes on the flattened features (embeddings
+included). State dicts saved with per-module gates or experts load into the banks.
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ from compactnn.moe import (
     NoisyTopKGate,
     SoftmaxGate,
     mlp_experts,
+    mlp_towers,
 )
 from compactnn.tasks.mtl.config import ExpertConfig, GateConfig, TowerConfig
 
-__all__ = ["ConvExpert", "MTLModel", "TaskTowers", "build_gate"]
+__all__ = ["ConvExpert", "MTLModel", "build_gate"]
 
 
 class ConvExpert(nn.Module):
@@ -57,43 +66,8 @@ def build_gate(cfg: GateConfig, num_experts: int, input_dim: int | None) -> Gate
                             entropy_reg=cfg.entropy_reg, reduction=cfg.reduction)
     if cfg.name == "topk":
         return NoisyTopKGate(num_experts, k=cfg.k, input_dim=input_dim, noisy=cfg.noisy,
-                             w_importance=cfg.w_importance, w_load=cfg.w_load)
+                             importance_reg=cfg.w_importance, load_reg=cfg.w_load)
     return SoftmaxGate(num_experts, input_dim=input_dim)
-
-
-class TaskTowers(nn.Module):
-    """One MLP tower per task, ``in -> hidden... -> out_t`` with ReLU, evaluated for all
-    tasks at once with batched matrix products (each layer holds a ``(T, a, b)`` weight;
-    tasks with fewer outputs than the widest use the first columns of the last layer).
-    Each task's layers are initialized as ``nn.Linear`` would initialize them."""
-
-    def __init__(self, num_tasks: int, in_features: int, hidden: Sequence[int],
-                 out_features: Sequence[int]) -> None:
-        super().__init__()
-        if len(out_features) != num_tasks:
-            raise ValueError(f"got {len(out_features)} output widths for {num_tasks} tasks")
-        self.out_features = tuple(int(o) for o in out_features)
-        widths = [in_features, *hidden, max(self.out_features)]
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_tasks, a, b))
-                                        for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.biases = nn.ParameterList(nn.Parameter(torch.empty(num_tasks, 1, b))
-                                       for b in widths[1:])
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for w, b in zip(self.weights, self.biases, strict=True):
-            bound = 1.0 / math.sqrt(w.shape[1])  # nn.Linear's default, fan_in = a
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
-
-    def forward(self, h: Tensor) -> list[Tensor]:
-        """``h``: ``(T, batch, in)``; returns one ``(batch, out_t)`` tensor per task."""
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(b, h, w)
-            if i < last:
-                h = torch.relu(h)
-        return [h[t, :, :o] for t, o in enumerate(self.out_features)]
 
 
 class MTLModel(nn.Module):
@@ -133,10 +107,8 @@ class MTLModel(nn.Module):
                               self.feature_dim if gate.per_example else None)
         self.moe = MultiGateMoE(expert_list, len(self.tasks), gate=template, towers=None,
                                 execution=execution)
-        self.towers = TaskTowers(len(self.tasks), experts.out, list(towers.hidden),
+        self.towers = mlp_towers(len(self.tasks), experts.out, list(towers.hidden),
                                  [t.output_dim for t in self.tasks])
-        # static gates with dense execution: mix all tasks with one product
-        self._batched = execution == "dense" and not gate.per_example
 
     def features(self, x: Tensor, x_cat: Tensor | None = None) -> Tensor:
         """Flattened inputs with the categorical embeddings appended: the MLP experts'
@@ -152,11 +124,5 @@ class MTLModel(nn.Module):
     def forward(self, x: Tensor, x_cat: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         feats = self.features(x, x_cat)
         expert_in = x if self.conv else feats
-        if self._batched:
-            weights, aux = self.moe.gate_weights(expert_in)
-            outs = torch.stack([e(expert_in) for e in self.moe.experts], 1)  # (B, n, o)
-            mixed = torch.einsum("tn,bno->tbo", torch.stack(weights), outs)
-        else:
-            mixed_list, aux = self.moe(expert_in, routing_input=feats)
-            mixed = torch.stack(mixed_list)
-        return self.towers(mixed), aux
+        mixed, aux = self.moe.mix(expert_in, routing_input=feats)  # (T, batch, out)
+        return self.towers.split(self.towers(mixed)), aux

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .gates import DSelectKGate, Gate
+from .gates import DSelectKBank, DSelectKGate, Gate, GateBank
 from .layers import MixtureOfExperts, MultiGateMoE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,22 +27,26 @@ __all__ = [
 ]
 
 
-def _gates(model: MultiGateMoE | MixtureOfExperts | Gate | Sequence[Gate]) -> list[Gate]:
+Gates = MultiGateMoE | MixtureOfExperts | Gate | GateBank | Sequence[Gate]
+
+
+def _gates(model: Gates) -> list[Gate | GateBank]:
     if isinstance(model, MultiGateMoE):
-        return list(model.gates)
+        return [model.gates] if isinstance(model.gates, GateBank) else list(model.gates)
     if isinstance(model, MixtureOfExperts):
         return [model.gate]
-    if isinstance(model, Gate):
+    if isinstance(model, Gate | GateBank):
         return [model]
     gates = list(model)
     if not all(isinstance(g, Gate) for g in gates):
-        raise TypeError("expected a MultiGateMoE, a MixtureOfExperts, a Gate or gates")
+        raise TypeError("expected a MultiGateMoE, a MixtureOfExperts, a Gate, a GateBank "
+                        "or gates")
     return gates
 
 
 @torch.no_grad()
 def gate_weights(
-    model: MultiGateMoE | MixtureOfExperts | Gate | Sequence[Gate], x: Tensor | None = None
+    model: Gates, x: Tensor | None = None
 ) -> Tensor:
     """Every task's weights for routing input ``x``, shape ``(tasks, batch, n)``.
 
@@ -56,12 +60,16 @@ def gate_weights(
     rows = []
     for gate in gates:
         w, _ = gate(None if gate.is_static else x)
-        rows.append(w.expand(batch, gate.num_experts))
+        if isinstance(gate, GateBank):
+            w = w if w.dim() == 3 else w.unsqueeze(1)
+            rows.extend(w.expand(gate.num_tasks, batch, gate.num_experts).unbind(0))
+        else:
+            rows.append(w.expand(batch, gate.num_experts))
     return torch.stack(rows)
 
 
 def task_expert_weights(
-    model: MultiGateMoE | MixtureOfExperts | Gate | Sequence[Gate], x: Tensor | None = None
+    model: Gates, x: Tensor | None = None
 ) -> Tensor:
     """The task x expert weight matrix, shape ``(tasks, n)``: a static gate's weights, or a
     per-example gate's weights averaged over the batch ``x``."""
@@ -69,28 +77,30 @@ def task_expert_weights(
 
 
 def nonzeros_per_example(
-    model: MultiGateMoE | MixtureOfExperts | Gate | Sequence[Gate], x: Tensor | None = None
+    model: Gates, x: Tensor | None = None
 ) -> Tensor:
     """Number of experts with nonzero weight for each task and example, ``(tasks, batch)``."""
     return (gate_weights(model, x) != 0).sum(dim=-1)
 
 
 def nonzeros_per_task(
-    model: MultiGateMoE | MixtureOfExperts | Gate | Sequence[Gate], x: Tensor | None = None
+    model: Gates, x: Tensor | None = None
 ) -> Tensor:
     """Number of experts each task uses for at least one example of ``x``, ``(tasks,)``."""
     return (gate_weights(model, x) != 0).any(dim=1).sum(dim=-1)
 
 
 @torch.no_grad()
-def selector_entropies(gate: DSelectKGate, x: Tensor | None = None) -> Tensor:
+def selector_entropies(gate: DSelectKGate | DSelectKBank, x: Tensor | None = None) -> Tensor:
     """Entropy (nats) of each DSelect-k selector's code distribution, over the reachable
-    codes as in the regularizer of [DSK]: shape ``(k,)`` static, ``(batch, k)`` per-example.
+    codes as in the regularizer of [DSK]: shape ``(k,)`` static, ``(batch, k)`` per-example,
+    with a leading task axis ``(T, ...)`` for a :class:`DSelectKBank`.
 
     0 means the selector is one-hot (saturated onto one expert); ``log n`` is uniform.
     """
-    if not isinstance(gate, DSelectKGate):
-        raise TypeError(f"selector entropies need a DSelectKGate, got {type(gate).__name__}")
+    if not isinstance(gate, DSelectKGate | DSelectKBank):
+        raise TypeError("selector entropies need a DSelectKGate or DSelectKBank, got "
+                        f"{type(gate).__name__}")
     r = gate.selector_outputs(x)
     return -(torch.where(r > 0, r * torch.log(r), torch.zeros_like(r))).sum(dim=-1)
 
