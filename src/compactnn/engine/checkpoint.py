@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from compactnn._modules import unwrap
 from compactnn.config import ConfigError
 from compactnn.engine.checkpoint_checks import check_optimizer_state, check_scheduler_state
-from compactnn.io import model_structure, read_metadata, restore_structure
+from compactnn.io import load_state, model_structure, read_metadata
 
 __all__ = ["check_same_config", "checkpoint_state", "flatten_state", "load_checkpoint",
            "save_checkpoint", "unflatten_state"]
@@ -211,9 +211,9 @@ def load_checkpoint(
         raise ValueError(f"{where}: {e}") from None
     before = {k: v.detach().clone() for k, v in target.state_dict().items()}
     try:
-        restore_structure(target, meta["structure"])
-        target.load_state_dict({k[len("model."):]: v for k, v in table.items()
-                                if k.startswith("model.")})
+        # all-or-nothing, with every tensor's shape checked against the recorded structure
+        load_state(target, {k[len("model."):]: v for k, v in table.items()
+                            if k.startswith("model.")}, meta["structure"])
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"{where} does not fit this model ({first}); "
