@@ -95,24 +95,18 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{path}={value!r}: expected true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if tp is int or tp is float:
+        # an int field takes only ints (1.5 is not silently truncated); a float field takes both
+        accepted = int if tp is int else int | float
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return tp(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}={value!r}: expected an integer")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}={value!r}: expected a number")
+        raise ConfigError(f"{path}={value!r}: expected "
+                          f"{'an integer' if tp is int else 'a number'}")
     if tp is str:
         if isinstance(value, str):
             return value
