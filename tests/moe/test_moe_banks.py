@@ -176,8 +176,8 @@ def test_bank_bad_input() -> None:
 
 
 def test_analysis_reads_banks_like_separate_gates() -> None:
-    from compactnn.moe import nonzeros_per_task, selector_entropies, task_expert_weights
     from compactnn.moe import gate_weights as all_weights
+    from compactnn.moe import nonzeros_per_task, selector_entropies, task_expert_weights
 
     torch.manual_seed(2)
     model = MultiGateMoE(mlp_experts(8, D, 4, 2), 3,
