@@ -173,3 +173,25 @@ def test_bank_bad_input() -> None:
         MultiGateMoE(mlp_experts(4, 3, 5, 2), 2, gate=DSelectKBank(3, 4, k=2))
     with pytest.raises(TypeError, match="no bank"):
         gate_bank(torch.nn.Linear(2, 2), 2)  # type: ignore[arg-type]
+
+
+def test_analysis_reads_banks_like_separate_gates() -> None:
+    from compactnn.moe import gate_weights as all_weights
+    from compactnn.moe import nonzeros_per_task, selector_entropies, task_expert_weights
+
+    torch.manual_seed(2)
+    model = MultiGateMoE(mlp_experts(8, D, 4, 2), 3,
+                         gate=DSelectKGate(8, k=2, input_dim=D)).eval()
+    with torch.no_grad():
+        model.gates.z_proj.weight.normal_(0, 5.0)
+    separate = list(model.gates)
+    x = torch.randn(6, D)
+    want = torch.stack([g(x)[0] for g in separate])
+    torch.testing.assert_close(all_weights(model, x), want)
+    torch.testing.assert_close(task_expert_weights(model, x), want.mean(1))
+    assert torch.equal(nonzeros_per_task(model, x), (want != 0).any(1).sum(-1))
+    entropies = selector_entropies(model.gates, x)
+    assert entropies.shape == (3, 6, 2)
+    torch.testing.assert_close(entropies[1], selector_entropies(separate[1], x))
+    static = MultiGateMoE(mlp_experts(8, D, 4, 2), 2, gate=SoftmaxGate(8))
+    assert all_weights(static).shape == (2, 1, 8)

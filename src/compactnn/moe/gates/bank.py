@@ -256,13 +256,9 @@ class SoftmaxBank(GateBank):
             self.proj = nn.Linear(self.input_dim, self.num_tasks * self.num_experts)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        if self.proj is None:
-            with torch.no_grad():
-                self.logits.zero_()
-        else:
-            # nn.Linear's default: U(+-1/sqrt(fan_in)), fan_in = input_dim as in each gate.
-            self.proj.reset_parameters()
+    # Zero logits, or nn.Linear's default U(+-1/sqrt(fan_in)) with fan_in = input_dim as
+    # in each gate: the single gate's initialization, on the same parameter names.
+    reset_parameters = SoftmaxGate.reset_parameters
 
     def task_forward(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self._routing_input(x)
@@ -294,15 +290,10 @@ class NoisyTopKBank(GateBank):
             self.noise_proj = nn.Linear(self.input_dim, T * n, bias=False)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            for p in self.parameters():
-                p.zero_()
-
-    def draw_noise(self, like: Tensor) -> Tensor:
-        """Standard normal noise shaped like ``like``: ``(T, n)`` or ``(batch, T, n)`` (a
-        method, so tests can fix it)."""
-        return torch.randn_like(like)
+    # Zero initialization, and noise shaped like the logits ((T, n) or (batch, T, n)),
+    # exactly as in the single gate.
+    reset_parameters = NoisyTopKGate.reset_parameters
+    draw_noise = NoisyTopKGate.draw_noise
 
     def task_forward(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self._routing_input(x)
