@@ -12,7 +12,9 @@ import torch
 
 from compactnn.cli import main
 from compactnn.config import ConfigError, build_config, parse_overrides
-from compactnn.tasks.classify import TrainConfig, train
+from compactnn.engine.evaluate import batched, evaluate
+from compactnn.io import load_model
+from compactnn.tasks.classify import TrainConfig, build_model, load_data, train
 
 BASE = ["data.name=digits", "model.name=mlp", "model.hidden=64,64,64", "optim.batch_size=32",
         "optim.epochs=2", "progress=false", "optim.lr=0.05"]
@@ -70,14 +72,20 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_outputs_written(tmp_path):
-    train(make(tmp_path, "lowrank.rank=4", out="o"))
+    cfg = make(tmp_path, "lowrank.rank=4", out="o")
+    train(cfg)
     out = tmp_path / "o"
     for f in ("config.json", "metrics.csv", "checkpoint.safetensors", "model.safetensors",
               "result.json", "factorize_report.md"):
         assert (out / f).exists(), f
     result = json.loads((out / "result.json").read_text())
     assert result["params"] < result["dense_params"]
-    assert 0 <= result["test_accuracy"] <= 1
+    # the reported accuracy is the saved model's on the test split
+    model = build_model(cfg.model, (1, 8, 8), 10)
+    load_model(model, out / "model.safetensors")
+    split = load_data(cfg.data, cfg.seed)
+    acc = evaluate(model, batched(split.x_test, split.y_test, batch_size=64))["accuracy"]
+    assert result["test_accuracy"] == pytest.approx(acc, abs=1e-9)
 
 
 @pytest.mark.parametrize("override,match", [

@@ -16,6 +16,8 @@ from compactnn.config import ConfigError, build_config, parse_overrides
 from compactnn.data.synthetic import make_clustered_synthetic
 from compactnn.tasks.mtl import MTLConfig, MTLModel, train_mtl
 from compactnn.tasks.mtl.config import ExpertConfig, GateConfig
+from compactnn.tasks.mtl.data import load_mtl_data
+from compactnn.tasks.mtl.metrics import expert_selection_ari
 
 BASE = ["data.name=clustered", "data.num_tasks=4", "data.num_clusters=2", "data.n_train=256",
         "data.n_val=64", "data.n_test=64", "data.input_dim=12", "experts.num=4",
@@ -54,7 +56,14 @@ def test_two_epochs_end_to_end(tmp_path, gate):
     assert r.metrics["tasks"] == ["t0", "t1", "t2", "t3"]
     assert all(0 < r.metrics["test"][t]["mse"] < 10 for t in r.metrics["tasks"])
     assert len(r.metrics["expert_weights"]) == 4 and len(r.metrics["experts_per_task"]) == 4
-    assert -1 <= r.metrics["ari_support"] <= 1 and -1 <= r.metrics["ari_argmax"] <= 1
+    # the reported ARIs are those of the reported gate weights against the planted clusters
+    cfg = make(tmp_path, *GATES[gate])
+    clusters = load_mtl_data(cfg.data, cfg.seed).meta["clusters"]
+    assert sorted(set(clusters)) == [0, 1]
+    w = r.metrics["expert_weights"]
+    for mode in ("support", "argmax"):
+        assert r.metrics[f"ari_{mode}"] == pytest.approx(
+            expert_selection_ari(w, clusters, mode), abs=1e-12)
     if gate == "topk":
         assert max(r.metrics["experts_per_task"]) <= 4
     out = tmp_path / "run"
