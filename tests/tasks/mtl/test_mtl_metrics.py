@@ -16,6 +16,7 @@ from compactnn.tasks.mtl.metrics import (
     roc_auc,
     selection_labels,
     task_loss,
+    task_losses,
     task_metrics,
 )
 
@@ -92,3 +93,31 @@ def test_paired_test():
     assert math.isnan(paired_test([1.0, 2.0], [1.0, 2.0])["p"])
     with pytest.raises(ValueError, match="equal length"):
         paired_test([1.0, 2.0], [1.0])
+
+
+def test_batched_task_losses_equal_the_per_task_losses_and_their_gradients():
+    g = torch.Generator().manual_seed(0)
+    specs = [TaskSpec("r0", "regression"), TaskSpec("b0", "binary"), TaskSpec("m", "multiclass", 3),
+             TaskSpec("r1", "regression"), TaskSpec("b1", "binary"), TaskSpec("r2", "regression")]
+    n = 9
+    outs = [torch.randn(n, 3 if s.kind == "multiclass" else 1, generator=g, dtype=torch.float64,
+                        requires_grad=True) for s in specs]
+    ys = [torch.randn(n, generator=g, dtype=torch.float64),
+          torch.randint(0, 2, (n,), generator=g).double(),
+          torch.randint(0, 3, (n,), generator=g),
+          torch.randn(n, generator=g, dtype=torch.float64),
+          torch.randint(0, 2, (n,), generator=g).double(),
+          torch.full((n,), float("nan"), dtype=torch.float64)]  # every row missing
+    ys[0][[1, 4]] = float("nan")
+    ys[1][0] = float("nan")
+    ys[2][3] = -1
+    weights = torch.arange(1.0, 7.0, dtype=torch.float64)
+    batched = task_losses(specs, outs, ys)
+    reference = torch.stack([task_loss(s, o, y) for s, o, y in zip(specs, outs, ys, strict=True)])
+    torch.testing.assert_close(batched, reference, rtol=1e-12, atol=1e-12)
+    assert float(batched[5]) == 0.0
+    g1 = torch.autograd.grad((batched * weights).sum(), outs)
+    g2 = torch.autograd.grad((reference * weights).sum(), outs)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not g1[5].any()

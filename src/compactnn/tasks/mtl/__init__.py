@@ -19,6 +19,7 @@ from compactnn.tasks.mtl.metrics import (
     roc_auc,
     selection_labels,
     task_loss,
+    task_losses,
     task_metrics,
 )
 from compactnn.tasks.mtl.model import ConvExpert, MTLModel, build_gate
@@ -46,6 +47,7 @@ __all__ = [
     "roc_auc",
     "selection_labels",
     "task_loss",
+    "task_losses",
     "task_metrics",
     "train_mtl",
 ]

@@ -66,8 +66,8 @@ class GateConfig:
     entropy_reg: float = 0.0  # dselect_k entropy regularization coefficient
     reduction: Literal["sum", "mean"] = "mean"  # dselect_k per-example regularizer
     noisy: bool = True  # topk: noisy gating in training
-    w_importance: float = 0.1  # topk importance (balancing) loss coefficient
-    w_load: float = 0.0  # topk load loss coefficient
+    importance_reg: float = 0.1  # topk importance (balancing) loss coefficient
+    load_reg: float = 0.0  # topk load loss coefficient
 
 
 @dataclass
@@ -125,8 +125,8 @@ class MTLConfig(RunConfig):
              f"gate.gamma must be in [{GAMMA_RANGE[0]:g}, {GAMMA_RANGE[1]:g}], got {g.gamma}"),
             (finite(g.entropy_reg, 0),
              f"gate.entropy_reg must be finite and >= 0, got {g.entropy_reg}"),
-            (finite(g.w_importance, 0) and finite(g.w_load, 0),
-             "gate.w_importance and gate.w_load must be finite and >= 0"),
+            (finite(g.importance_reg, 0) and finite(g.load_reg, 0),
+             "gate.importance_reg and gate.load_reg must be finite and >= 0"),
             (e.out >= 1 and all(h >= 1 for h in e.hidden),
              "experts.out and experts.hidden must be positive"),
             (all(c >= 1 for c in e.channels) and len(e.channels) >= 1,

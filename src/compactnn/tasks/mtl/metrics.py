@@ -34,13 +34,14 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from compactnn.data.multitask import TaskSpec, missing_mask
 
 __all__ = ["expert_selection_ari", "experts_per_task", "paired_test", "roc_auc",
-           "selection_labels", "task_loss", "task_metrics"]
+           "selection_labels", "task_loss", "task_losses", "task_metrics"]
 
 
 def roc_auc(y_true: Any, scores: Any) -> float:
@@ -77,6 +78,35 @@ def task_loss(spec: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
     if spec.kind == "binary":
         return F.binary_cross_entropy_with_logits(out, target)
     return F.mse_loss(out, target)
+
+
+def task_losses(specs: Sequence[TaskSpec], outputs: Sequence[Tensor],
+                targets: Sequence[Tensor]) -> Tensor:
+    """Every task's :func:`task_loss` as one vector (one entry per task, in order).
+
+    The binary and regression tasks are computed together, as one masked
+    ``(batch, tasks)`` operation each: with 128 tasks, 128 separate small losses
+    (each with its own missing-row check) cost more than the model's forward pass.
+    Multiclass tasks go one by one. Values and gradients equal :func:`task_loss`'s.
+    """
+    losses: list[Tensor | None] = [None] * len(specs)
+    for kind, fn in (("binary", F.binary_cross_entropy_with_logits), ("regression", F.mse_loss)):
+        idx = [i for i, s in enumerate(specs) if s.kind == kind]
+        if not idx:
+            continue
+        out = torch.stack([outputs[i].reshape(-1) for i in idx], 1)  # (batch, tasks of kind)
+        y = torch.stack([targets[i] for i in idx], 1).to(out.dtype)
+        keep = ~torch.isnan(y)
+        per_row = fn(out, torch.where(keep, y, torch.zeros_like(y)), reduction="none")
+        per_row = torch.where(keep, per_row, torch.zeros_like(per_row))
+        # a task with every row missing contributes 0 (and a zero gradient), as in task_loss
+        vec = per_row.sum(0) / keep.sum(0).clamp(min=1).to(out.dtype)
+        for j, i in enumerate(idx):
+            losses[i] = vec[j]
+    for i, s in enumerate(specs):
+        if losses[i] is None:
+            losses[i] = task_loss(s, outputs[i], targets[i])
+    return torch.stack(losses)
 
 
 def task_metrics(spec: TaskSpec, output: Tensor, target: Tensor) -> dict[str, float]:

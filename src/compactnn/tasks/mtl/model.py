@@ -66,7 +66,7 @@ def build_gate(cfg: GateConfig, num_experts: int, input_dim: int | None) -> Gate
                             entropy_reg=cfg.entropy_reg, reduction=cfg.reduction)
     if cfg.name == "topk":
         return NoisyTopKGate(num_experts, k=cfg.k, input_dim=input_dim, noisy=cfg.noisy,
-                             importance_reg=cfg.w_importance, load_reg=cfg.w_load)
+                             importance_reg=cfg.importance_reg, load_reg=cfg.load_reg)
     return SoftmaxGate(num_experts, input_dim=input_dim)
 
 

@@ -30,7 +30,7 @@ from compactnn.engine.settings import RUN_KEYS, loop_config
 from compactnn.moe import nonzeros_per_example, nonzeros_per_task, task_expert_weights
 from compactnn.tasks.mtl.config import MTLConfig
 from compactnn.tasks.mtl.data import load_mtl_data
-from compactnn.tasks.mtl.metrics import expert_selection_ari, task_loss, task_metrics
+from compactnn.tasks.mtl.metrics import expert_selection_ari, task_losses, task_metrics
 from compactnn.tasks.mtl.model import MTLModel
 
 __all__ = ["RUN_KEYS", "MTLTask", "evaluate_part", "gate_report", "train_mtl"]
@@ -67,7 +67,7 @@ def gate_report(model: MTLModel, data: MultiTaskData, batch_size: int,
     experts against them."""
     model.eval()
     routing = None
-    if not all(g.is_static for g in model.moe.gates):
+    if not model.moe.is_static:
         idx = torch.arange(min(batch_size, len(data.val)))
         x, c, _ = _to(data.val, idx, device)
         routing = model.features(x, c)
@@ -136,13 +136,12 @@ class MTLTask(Task):
     def train_step(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float], int]:
         xb, cb, ys = _to(self.data.train, batch, self.info.device)
         outputs, aux = model(xb, cb)
-        losses = [task_loss(spec, out_t, y)
-                  for spec, out_t, y in zip(self.data.tasks, outputs, ys, strict=True)]
-        loss = sum(w * lt for w, lt in zip(self.loss_weights, losses, strict=True))
+        losses = task_losses(self.data.tasks, outputs, ys)  # (tasks,)
+        loss = (losses * losses.new_tensor(self.loss_weights)).sum()
         n = len(batch)
         sums = {"loss": float(loss.detach()) * n}
-        sums.update({f"{s.name}_loss": float(lt.detach()) * n
-                     for s, lt in zip(self.data.tasks, losses, strict=True)})
+        sums.update({f"{s.name}_loss": lt * n
+                     for s, lt in zip(self.data.tasks, losses.detach().tolist(), strict=True)})
         return loss + aux, sums, n
 
     @property
