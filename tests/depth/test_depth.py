@@ -76,7 +76,9 @@ def test_fold_keeps_scaled_function_in_train_and_eval():
     with torch.no_grad():
         scales.weight.copy_(torch.linspace(0.2, 1.7, len(scales.names)))
     ev = model.eval()(X)
-    tr = copy.deepcopy(model).train()(X)  # batch statistics; a copy keeps running stats
+    stats = copy.deepcopy(model.state_dict())
+    tr = model.train()(X)  # batch statistics; the running stats move, so restore them
+    model.load_state_dict(stats)
     scales.remove(fold=True)
     torch.testing.assert_close(model.eval()(X), ev, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.train()(X), tr, rtol=1e-5, atol=1e-6)
@@ -297,3 +299,11 @@ def test_prune_any_k_removes_smallest(k, seed):
     assert report.removed == want
     assert sum(isinstance(m, RemovedBlock) for m in pruned.modules()) == k
     assert pruned(X).shape == (3, 10)
+
+
+def test_copy_with_attached_scales_fails_loudly():
+    model = resnet()
+    LayerScales(model)
+    twin = copy.deepcopy(model)
+    with pytest.raises(RuntimeError, match="copy made while LayerScales were attached"):
+        twin(X)

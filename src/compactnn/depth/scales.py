@@ -93,20 +93,31 @@ class LayerScales(nn.Module):
         for i, name in enumerate(names):
             block = inner.get_submodule(name)
             if self._kinds[name] == "branch":
-                self._handles.append(block.bn2.register_forward_hook(self._branch_hook(i)))
+                self._handles.append(block.bn2.register_forward_hook(
+                    self._branch_hook(i, block.bn2)))
             else:
-                self._handles.append(block.register_forward_hook(self._plain_hook(i, name)))
-            self._handles.append(block.register_forward_hook(self._capture_hook(name)))
+                self._handles.append(block.register_forward_hook(self._plain_hook(i, name, block)))
+            self._handles.append(block.register_forward_hook(self._capture_hook(name, block)))
 
     # -- hooks ------------------------------------------------------------------------
-    def _branch_hook(self, i: int):
+    @staticmethod
+    def _same(module: nn.Module, target: nn.Module) -> None:
+        # copy.deepcopy of a model copies its hooks, which still point here
+        if module is not target:
+            raise RuntimeError("this model is a copy made while LayerScales were attached; "
+                               "its hooks still use the original's scales. Copy models only "
+                               "after scales.remove(), then attach new LayerScales")
+
+    def _branch_hook(self, i: int, target: nn.Module):
         def hook(module, args, out):
+            self._same(module, target)
             return out * self.weight[i]
         hook.layer_scales = self  # lets attached_scales() find us
         return hook
 
-    def _plain_hook(self, i: int, name: str):
+    def _plain_hook(self, i: int, name: str, target: nn.Module):
         def hook(module, args, out):
+            self._same(module, target)
             x = args[0]
             if not isinstance(out, Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -118,8 +129,9 @@ class LayerScales(nn.Module):
         hook.layer_scales = self
         return hook
 
-    def _capture_hook(self, name: str):
+    def _capture_hook(self, name: str, target: nn.Module):
         def hook(module, args, out):
+            self._same(module, target)
             if name in self._tracked:
                 self._captured[name] = (args[0], out)
         hook.layer_scales = self

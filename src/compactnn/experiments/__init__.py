@@ -47,6 +47,7 @@ _MODULES = [
     "compactnn.experiments.lowrank_grid",
     "compactnn.experiments.function_gap",
     "compactnn.experiments.compress_pretrained",
+    "compactnn.experiments.layer_pruning",
 ]
 
 
