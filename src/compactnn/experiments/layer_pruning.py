@@ -52,14 +52,14 @@ class Setting:
     stage2_epochs: int
     ft_epochs: int
     l1: float = 5e-3  # stage-1 coefficient (per block scale, on the mean batch loss)
-    diff: float = 1.0  # stage-2 coefficient (mean squared output-input difference)
+    diff: float = 10.0  # stage-2 coefficient (mean squared output-input difference)
     lr: float = 2e-3
     scale_lr: float = 2e-2
     batch: int = 128
 
 
-QUICK = Setting("digits", 14, (8, 16, 16), 1, (1, 2, 3), 0, 0, 10, 4, 4, 2)
-FULL = Setting("fashion_mnist", 20, (16, 32, 64), 3, (2, 4, 6), 6000, 2000, 10, 3, 3, 1)
+QUICK = Setting("digits", 14, (8, 8, 8), 1, (2,), 0, 0, 6, 2, 2, 1, lr=3e-3, batch=32)
+FULL = Setting("fashion_mnist", 20, (16, 32, 64), 3, (2, 4, 6), 4000, 2000, 8, 3, 3, 1)
 
 
 def _data(s: Setting, seed: int):
