@@ -59,7 +59,7 @@ class Setting:
 
 
 QUICK = Setting("digits", 14, (8, 8, 8), 1, (2,), 0, 0, 6, 2, 2, 1, lr=3e-3, batch=32)
-FULL = Setting("fashion_mnist", 20, (16, 32, 64), 3, (2, 4, 6), 4000, 2000, 8, 3, 3, 1)
+FULL = Setting("fashion_mnist", 20, (16, 32, 64), 3, (2, 4, 6), 3000, 2000, 8, 3, 3, 1)
 
 
 def _data(s: Setting, seed: int):
