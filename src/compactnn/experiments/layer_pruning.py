@@ -59,7 +59,7 @@ class Setting:
 
 
 QUICK = Setting("digits", 14, (8, 8, 8), 1, (2,), 0, 0, 6, 2, 2, 1, lr=3e-3, batch=32)
-FULL = Setting("fashion_mnist", 20, (16, 32, 64), 3, (2, 4, 6), 3000, 2000, 8, 3, 3, 1)
+FULL = Setting("fashion_mnist", 20, (16, 32, 64), 3, (2, 4, 6), 2500, 2000, 8, 3, 3, 1)
 
 
 def _data(s: Setting, seed: int):
@@ -112,7 +112,9 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-def _seed_rows(s: Setting, seed: int) -> tuple[list, dict]:
+def _seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, dict]:
+    if threads is not None:
+        torch.set_num_threads(threads)
     train, test, example = _data(s, seed)
     seed_everything(seed)
     base = ResNet(ResNetConfig(depth=s.depth, widths=s.widths, in_channels=1))
@@ -193,12 +195,23 @@ def _paired(rows, col: int, a: str, b: str) -> tuple[float, str, str]:
     return diff, f"{t:.3g}", f"{w:.3g}"
 
 
-@register("layer_pruning", "ResNet block removal: TRSP vs smallest scale, similarity, random")
-def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
+def _all_seeds(s: Setting, seeds: list[int], jobs: int) -> list[tuple[list, dict]]:
+    """One process per seed when ``jobs > 1`` (seeds are independent)."""
+    if jobs <= 1 or len(seeds) == 1:
+        return [_seed_rows(s, sd) for sd in seeds]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_seed_rows, [s] * len(seeds), seeds, [1] * len(seeds)))
+
+
+@register("layer_pruning", "ResNet block removal: TRSP vs smallest scale, similarity, random",
+          parallel=True)
+def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     s = QUICK if quick else FULL
     rows, bases = [], []
-    for sd in range(seed, seed + s.seeds):
-        r, b = _seed_rows(s, sd)
+    for r, b in _all_seeds(s, list(range(seed, seed + s.seeds)), jobs):
         rows += r
         bases.append(b)
     header = ["seed", "k", "arm", "acc_unpruned", "acc_pruned", "acc_finetuned", "param_ratio",
