@@ -48,6 +48,7 @@ _MODULES = [
     "compactnn.experiments.function_gap",
     "compactnn.experiments.compress_pretrained",
     "compactnn.experiments.layer_pruning",
+    "compactnn.experiments.relchanet",
 ]
 
 
