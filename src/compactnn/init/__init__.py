@@ -16,6 +16,7 @@ from compactnn.init.calibration import (
     detect_norms,
     norm_affine,
 )
+from compactnn.init.depth_aware import depth_aware_, depth_aware_schedule  # noqa: F401
 from compactnn.init.nonlinear import (
     fit_data,
     lstsq_,
