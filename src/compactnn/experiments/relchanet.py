@@ -42,7 +42,7 @@ class Setting:
 QUICK = Setting(("digits",), {"digits": (8, 16)}, 1, 0, 12, 20)
 FULL = Setting(("digits", "fashion_mnist", "census_income"),
                {"digits": (4, 8, 16), "fashion_mnist": (25, 50, 100),
-                "census_income": (5, 10, 20)}, 3, 6000, 15, 20)
+                "census_income": (5, 10, 20)}, 2, 2500, 12, 12)
 
 
 def _data(name: str, seed: int, train_size: int):
@@ -58,11 +58,11 @@ def _data(name: str, seed: int, train_size: int):
         d = load_fashion_mnist(seed=seed, flatten=True)
         g = torch.Generator().manual_seed(seed)
         tr = torch.randperm(len(d.y_train), generator=g)[:train_size]
-        te = torch.randperm(len(d.y_test), generator=g)[:4000]
+        te = torch.randperm(len(d.y_test), generator=g)[:3000]
         return d.x_train[tr], d.y_train[tr], d.x_test[te], d.y_test[te], 10
     from compactnn.data import load_census_income
 
-    d = load_census_income(tasks=("income",), seed=seed, max_train=train_size, max_eval=4000)
+    d = load_census_income(tasks=("income",), seed=seed, max_train=train_size, max_eval=3000)
 
     def rows(part):  # numeric columns, then every categorical column one-hot
         cats = [torch.nn.functional.one_hot(part.x_cat[:, j].long(), c).float()
@@ -89,7 +89,7 @@ def _select(method: str, x: Tensor, y: Tensor, k: int, classes: int, seed: int,
     if method == "mutual info":
         from sklearn.feature_selection import mutual_info_classif
 
-        n = min(len(x), 3000)  # the k-NN estimator is quadratic-ish in rows
+        n = min(len(x), 2000)  # the k-NN estimator is quadratic-ish in rows
         return _top(mutual_info_classif(x[:n].numpy(), y[:n].numpy(), random_state=seed), k)
     if method == "L1 logistic":
         from sklearn.linear_model import LogisticRegression
@@ -220,7 +220,7 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
         "rows); a fresh MLP (one hidden layer of 128, AdamW lr 3e-3, "
         f"{s.downstream_epochs} epochs) is trained on them and scored on the test split. "
         f"RelChaNet: hidden 128, 2k candidates, a round every 10 mini-batches of 64, "
-        f"{s.select_epochs} epochs. Mutual information on up to 3000 rows (scikit-learn's "
+        f"{s.select_epochs} epochs. Mutual information on up to 2000 rows (scikit-learn's "
         "k-NN estimator); L1 logistic: saga, C=0.1 on standardized columns, ranked by the "
         "largest |coefficient| over classes. Census-Income: 7 numeric columns plus every "
         "categorical column one-hot, task income. Seeds "
