@@ -49,6 +49,7 @@ _MODULES = [
     "compactnn.experiments.compress_pretrained",
     "compactnn.experiments.layer_pruning",
     "compactnn.experiments.relchanet",
+    "compactnn.experiments.depth_aware",
 ]
 
 
