@@ -78,7 +78,7 @@ def _data(s: Setting, seed: int):
             d.y_test[te])
 
 
-def _model(kind: str, depth: int, s: Setting, image: int) -> nn.Sequential:
+def plain_net(kind: str, depth: int, s: Setting, image: int) -> nn.Sequential:
     """Plain ReLU nets with ``depth`` weight layers (the last is the classifier)."""
     layers: list[nn.Module] = []
     if kind == "mlp":
@@ -96,7 +96,7 @@ def _model(kind: str, depth: int, s: Setting, image: int) -> nn.Sequential:
 
 
 @torch.no_grad()
-def _init(model: nn.Module, name: str) -> None:
+def init_model(model: nn.Module, name: str) -> None:
     if name.startswith("depth-aware"):
         depth_aware_(model, ratio=float(name.split("r=")[1]))
         return
@@ -112,7 +112,7 @@ def _init(model: nn.Module, name: str) -> None:
 
 
 @torch.no_grad()
-def _profile(model: nn.Sequential, x: Tensor) -> list[float]:
+def preactivation_profile(model: nn.Sequential, x: Tensor) -> list[float]:
     """Mean squared pre-activation of every weight layer on ``x``."""
     out = []
     for m in model:
@@ -122,7 +122,7 @@ def _profile(model: nn.Sequential, x: Tensor) -> list[float]:
     return out
 
 
-def _seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, list]:
+def seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, list]:
     if threads is not None:
         torch.set_num_threads(threads)
     xtr, ytr, xte, yte = _data(s, seed)
@@ -131,9 +131,9 @@ def _seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list,
     for kind, depth in s.archs:
         for name in INITS:
             seed_everything(seed)
-            model = _model(kind, depth, s, image)
-            _init(model, name)
-            prof = _profile(model, xtr[:256])
+            model = plain_net(kind, depth, s, image)
+            init_model(model, name)
+            prof = preactivation_profile(model, xtr[:256])
             profiles.append([seed, kind, depth, name, *prof])
             fit(model, _Batches(xtr, ytr, 64, seed),
                 FitConfig(epochs=s.epochs, lr=s.lr, optimizer="sgd", weight_decay=0.0))
@@ -174,9 +174,9 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as p:
-            parts = list(p.map(_seed_rows, [s] * len(seeds), seeds, [1] * len(seeds)))
+            parts = list(p.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds)))
     else:
-        parts = [_seed_rows(s, sd) for sd in seeds]
+        parts = [seed_rows(s, sd) for sd in seeds]
     rows = [r for part in parts for r in part[0]]
     profiles = [p for part in parts for p in part[1]]
     csv_path = write_csv(out_dir / "depth_aware.csv",

@@ -114,7 +114,7 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-def _seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, dict]:
+def seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, dict]:
     if threads is not None:
         torch.set_num_threads(threads)
     train, test, example = _data(s, seed)
@@ -200,12 +200,12 @@ def _paired(rows, col: int, a: str, b: str) -> tuple[float, str, str]:
 def _all_seeds(s: Setting, seeds: list[int], jobs: int) -> list[tuple[list, dict]]:
     """One process per seed when ``jobs > 1`` (seeds are independent)."""
     if jobs <= 1 or len(seeds) == 1:
-        return [_seed_rows(s, sd) for sd in seeds]
+        return [seed_rows(s, sd) for sd in seeds]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_seed_rows, [s] * len(seeds), seeds, [1] * len(seeds)))
+        return list(pool.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds)))
 
 
 @register("layer_pruning", "ResNet block removal: TRSP vs smallest scale, similarity, random",

@@ -79,7 +79,7 @@ def _top(values: np.ndarray, k: int) -> list[int]:
     return sorted(order[:k])
 
 
-def _select(method: str, x: Tensor, y: Tensor, k: int, classes: int, seed: int,
+def select_features(method: str, x: Tensor, y: Tensor, k: int, classes: int, seed: int,
             s: Setting) -> list[int]:
     d = x.shape[1]
     if method == "random":
@@ -135,7 +135,7 @@ def _downstream(x, y, xt, yt, classes: int, seed: int, s: Setting) -> float:
     return evaluate(model, _Batches(xt, yt, 1024, None))["accuracy"]
 
 
-def _dataset_rows(s: Setting, name: str, seed: int, threads: int | None = None) -> list:
+def dataset_rows(s: Setting, name: str, seed: int, threads: int | None = None) -> list:
     if threads is not None:
         torch.set_num_threads(threads)
     x, y, xt, yt, classes = _data(name, seed, s.train_size)
@@ -143,7 +143,7 @@ def _dataset_rows(s: Setting, name: str, seed: int, threads: int | None = None) 
              ""]]
     for k in s.ks[name]:
         for method in METHODS:
-            cols = _select(method, x, y, k, classes, seed, s)
+            cols = select_features(method, x, y, k, classes, seed, s)
             acc = _downstream(x[:, cols], y, xt[:, cols], yt, classes, seed, s)
             rows.append([name, seed, method, k, acc, " ".join(map(str, cols))])
     return rows
@@ -176,10 +176,10 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as p:
-            parts = list(p.map(_dataset_rows, [s] * len(tasks), [t[0] for t in tasks],
+            parts = list(p.map(dataset_rows, [s] * len(tasks), [t[0] for t in tasks],
                                [t[1] for t in tasks], [1] * len(tasks)))
     else:
-        parts = [_dataset_rows(s, name, sd) for name, sd in tasks]
+        parts = [dataset_rows(s, name, sd) for name, sd in tasks]
     rows = [r for part in parts for r in part]
     csv_path = write_csv(out_dir / "relchanet.csv",
                          ["dataset", "seed", "method", "k", "test_accuracy", "selected"], rows)
