@@ -39,7 +39,7 @@ class Setting:
 
 QUICK = Setting("digits", (("mlp", 10), ("mlp", 20)), 64, 8, 1, 0, 5)
 FULL = Setting("fashion_mnist", (("mlp", 10), ("mlp", 20), ("mlp", 50), ("cnn", 10),
-                                 ("cnn", 20)), 128, 8, 2, 2000, 6)
+                                 ("cnn", 20)), 128, 8, 2, 1000, 5)
 
 
 class _Batches:
@@ -122,7 +122,17 @@ def preactivation_profile(model: nn.Sequential, x: Tensor) -> list[float]:
     return out
 
 
-def seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, list]:
+def _log(partial: str | None, record: dict) -> None:
+    """Append one JSON line to ``partial`` (a finished row survives an interrupted run)."""
+    if partial is not None:
+        import json
+
+        with open(partial, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def seed_rows(s: Setting, seed: int, threads: int | None = None,
+              partial: str | None = None) -> tuple[list, list]:
     if threads is not None:
         torch.set_num_threads(threads)
     xtr, ytr, xte, yte = _data(s, seed)
@@ -143,6 +153,7 @@ def seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, 
                 acc = 0.1  # diverged: chance level
             rows.append([seed, kind, depth, name, train_loss, acc,
                          prof[-1] / prof[0] if prof[0] > 0 else float("nan")])
+            _log(partial, {"row": rows[-1], "profile": profiles[-1]})
     return rows, profiles
 
 
@@ -151,7 +162,7 @@ def _paired(rows, other: str):
 
     acc = {(r[0], r[1], r[2], r[3]): r[5] for r in rows}
     pairs = [(v, acc[(sd, k, d, other)]) for (sd, k, d, n), v in acc.items()
-             if n == "depth-aware r=2"]
+             if n == "depth-aware r=2" and (sd, k, d, other) in acc]
     diff = statistics.fmean(a - b for a, b in pairs)
     wins = sum(a > b for a, b in pairs)
     if len(pairs) < 3 or all(a == b for a, b in pairs):
@@ -169,16 +180,29 @@ def _paired(rows, other: str):
 def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     s = QUICK if quick else FULL
     seeds = list(range(seed, seed + s.seeds))
+    partial = [str(out_dir / f"partial_seed{sd}.jsonl") for sd in seeds]
+    for path in partial:
+        Path(path).unlink(missing_ok=True)
     if jobs > 1 and len(seeds) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as p:
-            parts = list(p.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds)))
+            parts = list(p.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds), partial))
     else:
-        parts = [seed_rows(s, sd) for sd in seeds]
+        parts = [seed_rows(s, sd, None, pp) for sd, pp in zip(seeds, partial, strict=True)]
     rows = [r for part in parts for r in part[0]]
     profiles = [p for part in parts for p in part[1]]
+    return summarize(out_dir, s, rows, profiles, seeds)
+
+
+def summarize(out_dir: Path, s: Setting, rows: list, profiles: list,
+              seeds: list[int]) -> ExperimentResult:
+    """Tables, tests and the figure from the rows (also usable on the partial
+    rows of an interrupted run)."""
+    archs = tuple(a for a in s.archs
+                  if all(any((r[1], r[2], r[3]) == (*a, n) for r in rows) for n in INITS))
+    s = Setting(**{**s.__dict__, "archs": archs})
     csv_path = write_csv(out_dir / "depth_aware.csv",
                          ["seed", "arch", "depth", "init", "train_loss", "test_accuracy",
                           "last_over_first_preact_var"], rows)

@@ -60,8 +60,8 @@ class Setting:
 
 QUICK = Setting("digits", 14, (8, 8, 8), 1, (2,), 0, 0, 6, 2, 2, 1, lr=3e-3, batch=32)
 # The papers' scale needs a GPU; this fits shared CPUs: ResNet-20's depth (9 blocks) at
-# half width on 14x14 Fashion-MNIST with 2,000 training images.
-FULL = Setting("fashion_mnist", 20, (8, 16, 32), 3, (2, 4, 6), 2000, 1000, 6, 2, 2, 1)
+# half width on 14x14 Fashion-MNIST with 1,200 training images.
+FULL = Setting("fashion_mnist", 20, (8, 16, 32), 3, (2, 4, 6), 1200, 1000, 6, 2, 2, 1)
 
 
 def _data(s: Setting, seed: int):
@@ -114,7 +114,17 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-def seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, dict]:
+def _log(partial: str | None, record: dict) -> None:
+    """Append one JSON line to ``partial`` (a finished row survives an interrupted run)."""
+    if partial is not None:
+        import json
+
+        with open(partial, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def seed_rows(s: Setting, seed: int, threads: int | None = None,
+              partial: str | None = None) -> tuple[list, dict]:
     if threads is not None:
         torch.set_num_threads(threads)
     train, test, example = _data(s, seed)
@@ -123,6 +133,8 @@ def seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, 
     fit(base, train, FitConfig(epochs=s.base_epochs, lr=s.lr))
     base_acc = evaluate(base, test)["accuracy"]
     base_lat = measure_latency(base, example)
+    _log(partial, {"base": {"seed": seed, "base_acc": base_acc,
+                            "extra_epochs": s.stage1_epochs + s.stage2_epochs}})
     extra = s.stage1_epochs + s.stage2_epochs
 
     # stage 1, shared by TRSP and the no-stage-2 arm
@@ -177,6 +189,7 @@ def seed_rows(s: Setting, seed: int, threads: int | None = None) -> tuple[list, 
             after = evaluate(pruned, test)["accuracy"]
             rows.append([seed, k, arm, unpruned[arm], before, after, report.param_ratio, lat,
                          " ".join(report.removed)])
+            _log(partial, {"row": rows[-1]})
     return rows, {"seed": seed, "base_acc": base_acc, "extra_epochs": extra}
 
 
@@ -184,7 +197,8 @@ def _paired(rows, col: int, a: str, b: str) -> tuple[float, str, str]:
     from scipy.stats import ttest_rel, wilcoxon
 
     key = {(r[0], r[1], r[2]): r[col] for r in rows}
-    pairs = [(key[(sd, k, a)], key[(sd, k, b)]) for (sd, k, arm) in key if arm == a]
+    pairs = [(key[(sd, k, a)], key[(sd, k, b)]) for (sd, k, arm) in key
+             if arm == a and (sd, k, b) in key]
     xa, xb = [p[0] for p in pairs], [p[1] for p in pairs]
     diff = statistics.fmean(x - y for x, y in pairs)
     if len(pairs) < 3 or all(x == y for x, y in pairs):
@@ -197,15 +211,19 @@ def _paired(rows, col: int, a: str, b: str) -> tuple[float, str, str]:
     return diff, f"{t:.3g}", f"{w:.3g}"
 
 
-def _all_seeds(s: Setting, seeds: list[int], jobs: int) -> list[tuple[list, dict]]:
+def _all_seeds(s: Setting, seeds: list[int], jobs: int, out_dir: Path
+               ) -> list[tuple[list, dict]]:
     """One process per seed when ``jobs > 1`` (seeds are independent)."""
+    partial = [str(out_dir / f"partial_seed{sd}.jsonl") for sd in seeds]
+    for path in partial:
+        Path(path).unlink(missing_ok=True)
     if jobs <= 1 or len(seeds) == 1:
-        return [seed_rows(s, sd) for sd in seeds]
+        return [seed_rows(s, sd, None, p) for sd, p in zip(seeds, partial, strict=True)]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds)))
+        return list(pool.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds), partial))
 
 
 @register("layer_pruning", "ResNet block removal: TRSP vs smallest scale, similarity, random",
@@ -213,9 +231,18 @@ def _all_seeds(s: Setting, seeds: list[int], jobs: int) -> list[tuple[list, dict
 def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     s = QUICK if quick else FULL
     rows, bases = [], []
-    for r, b in _all_seeds(s, list(range(seed, seed + s.seeds)), jobs):
+    for r, b in _all_seeds(s, list(range(seed, seed + s.seeds)), jobs, out_dir):
         rows += r
         bases.append(b)
+    return summarize(out_dir, s, rows, bases)
+
+
+def summarize(out_dir: Path, s: Setting, rows: list, bases: list[dict]) -> ExperimentResult:
+    """Tables, tests and the figure from the rows (also usable on the partial
+    rows of an interrupted run)."""
+    s_ks = sorted(k for k in {r[1] for r in rows}
+                  if all(any(r[1] == k and r[2] == a for r in rows) for a in ARMS))
+    s = Setting(**{**s.__dict__, "ks": tuple(s_ks)})
     header = ["seed", "k", "arm", "acc_unpruned", "acc_pruned", "acc_finetuned", "param_ratio",
               "latency_vs_unpruned", "removed"]
     csv_path = write_csv(out_dir / "layer_pruning.csv", header, rows)

@@ -42,7 +42,7 @@ class Setting:
 QUICK = Setting(("digits",), {"digits": (8, 16)}, 1, 0, 12, 20)
 FULL = Setting(("digits", "fashion_mnist", "census_income"),
                {"digits": (4, 8, 16), "fashion_mnist": (25, 50, 100),
-                "census_income": (5, 10, 20)}, 2, 2500, 12, 12)
+                "census_income": (5, 10, 20)}, 2, 1500, 10, 10)
 
 
 def _data(name: str, seed: int, train_size: int):
@@ -135,17 +135,29 @@ def _downstream(x, y, xt, yt, classes: int, seed: int, s: Setting) -> float:
     return evaluate(model, _Batches(xt, yt, 1024, None))["accuracy"]
 
 
-def dataset_rows(s: Setting, name: str, seed: int, threads: int | None = None) -> list:
+def _log(partial: str | None, record: dict) -> None:
+    """Append one JSON line to ``partial`` (a finished row survives an interrupted run)."""
+    if partial is not None:
+        import json
+
+        with open(partial, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def dataset_rows(s: Setting, name: str, seed: int, threads: int | None = None,
+                 partial: str | None = None) -> list:
     if threads is not None:
         torch.set_num_threads(threads)
     x, y, xt, yt, classes = _data(name, seed, s.train_size)
     rows = [[name, seed, "full set", x.shape[1], _downstream(x, y, xt, yt, classes, seed, s),
              ""]]
+    _log(partial, {"row": rows[-1]})
     for k in s.ks[name]:
         for method in METHODS:
             cols = select_features(method, x, y, k, classes, seed, s)
             acc = _downstream(x[:, cols], y, xt[:, cols], yt, classes, seed, s)
             rows.append([name, seed, method, k, acc, " ".join(map(str, cols))])
+            _log(partial, {"row": rows[-1]})
     return rows
 
 
@@ -153,7 +165,8 @@ def _paired(rows, other: str):
     from scipy.stats import ttest_rel, wilcoxon
 
     acc = {(r[0], r[1], r[2], r[3]): r[4] for r in rows}
-    pairs = [(v, acc[(d, sd, other, k)]) for (d, sd, m, k), v in acc.items() if m == "RelChaNet"]
+    pairs = [(v, acc[(d, sd, other, k)]) for (d, sd, m, k), v in acc.items()
+             if m == "RelChaNet" and (d, sd, other, k) in acc]
     diff = statistics.fmean(a - b for a, b in pairs)
     wins = sum(a > b for a, b in pairs)
     if len(pairs) < 3 or all(a == b for a, b in pairs):
@@ -171,16 +184,31 @@ def _paired(rows, other: str):
 def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResult:
     s = QUICK if quick else FULL
     tasks = [(name, sd) for name in s.datasets for sd in range(seed, seed + s.seeds)]
+    partial = [str(out_dir / f"partial_{name}_{sd}.jsonl") for name, sd in tasks]
+    for path in partial:
+        Path(path).unlink(missing_ok=True)
     if jobs > 1 and len(tasks) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as p:
             parts = list(p.map(dataset_rows, [s] * len(tasks), [t[0] for t in tasks],
-                               [t[1] for t in tasks], [1] * len(tasks)))
+                               [t[1] for t in tasks], [1] * len(tasks), partial))
     else:
-        parts = [dataset_rows(s, name, sd) for name, sd in tasks]
+        parts = [dataset_rows(s, name, sd, None, pp) for (name, sd), pp in
+                 zip(tasks, partial, strict=True)]
     rows = [r for part in parts for r in part]
+    return summarize(out_dir, s, rows, list(range(seed, seed + s.seeds)))
+
+
+def summarize(out_dir: Path, s: Setting, rows: list, seeds: list[int]) -> ExperimentResult:
+    """Tables, tests and the figure from the rows (also usable on the partial
+    rows of an interrupted run)."""
+    names = [n for n in s.datasets if any(r[0] == n and r[2] == "full set" for r in rows)]
+    ks = {n: tuple(k for k in s.ks[n] if all(any(r[0] == n and r[2] == m and r[3] == k
+                                                  for r in rows) for m in METHODS))
+          for n in names}
+    s = Setting(tuple(names), ks, s.seeds, s.train_size, s.select_epochs, s.downstream_epochs)
     csv_path = write_csv(out_dir / "relchanet.csv",
                          ["dataset", "seed", "method", "k", "test_accuracy", "selected"], rows)
 
@@ -223,8 +251,7 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
         f"{s.select_epochs} epochs. Mutual information on up to 2000 rows (scikit-learn's "
         "k-NN estimator); L1 logistic: saga, C=0.1 on standardized columns, ranked by the "
         "largest |coefficient| over classes. Census-Income: 7 numeric columns plus every "
-        "categorical column one-hot, task income. Seeds "
-        f"{list(range(seed, seed + s.seeds))}.\n\n"
+        f"categorical column one-hot, task income. Seeds {seeds}.\n\n"
         + markdown_table(["data", "k / all", *METHODS, "full set"], table)
         + "\n\nPaired over (data set, seed, k): mean accuracy difference, wins, t-test and "
         "Wilcoxon p-values.\n\n"
