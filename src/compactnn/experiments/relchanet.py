@@ -89,7 +89,7 @@ def select_features(method: str, x: Tensor, y: Tensor, k: int, classes: int, see
     if method == "mutual info":
         from sklearn.feature_selection import mutual_info_classif
 
-        n = min(len(x), 2000)  # the k-NN estimator is quadratic-ish in rows
+        n = min(len(x), 1000)  # the k-NN estimator is quadratic-ish in rows
         return _top(mutual_info_classif(x[:n].numpy(), y[:n].numpy(), random_state=seed), k)
     if method == "L1 logistic":
         from sklearn.linear_model import LogisticRegression
@@ -248,7 +248,7 @@ def summarize(out_dir: Path, s: Setting, rows: list, seeds: list[int]) -> Experi
         "rows); a fresh MLP (one hidden layer of 128, AdamW lr 3e-3, "
         f"{s.downstream_epochs} epochs) is trained on them and scored on the test split. "
         f"RelChaNet: hidden 128, 2k candidates, a round every 10 mini-batches of 64, "
-        f"{s.select_epochs} epochs. Mutual information on up to 2000 rows (scikit-learn's "
+        f"{s.select_epochs} epochs. Mutual information on up to 1000 rows (scikit-learn's "
         "k-NN estimator); L1 logistic: saga, C=0.1 on standardized columns, ranked by the "
         "largest |coefficient| over classes. Census-Income: 7 numeric columns plus every "
         f"categorical column one-hot, task income. Seeds {seeds}.\n\n"
