@@ -61,8 +61,8 @@ class Setting:
 QUICK = Setting("digits", 14, (8, 8, 8), 1, (2,), 0, 0, 6, 2, 2, 1, lr=3e-3, batch=32)
 # The papers' scale needs a GPU; this fits shared CPUs: ResNet-20's depth (9 blocks) at
 # half width on 14x14 Fashion-MNIST with 1,200 training images. Mini-batches of 32 give
-# stage 2 about 110 steps: with 20 (batches of 128) it had not yet moved the chosen
-# blocks' work elsewhere.
+# stage 2 about 110 optimizer steps: the difference penalty needs on the order of a
+# hundred steps to move the chosen blocks' work into the kept ones.
 FULL = Setting("fashion_mnist", 20, (8, 16, 32), 3, (2, 4, 6), 1200, 1000, 6, 2, 3, 1,
                batch=32)
 
