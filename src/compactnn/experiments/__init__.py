@@ -51,6 +51,9 @@ _MODULES = [
     "compactnn.experiments.lowrank_grid",
     "compactnn.experiments.function_gap",
     "compactnn.experiments.compress_pretrained",
+    "compactnn.experiments.layer_pruning",
+    "compactnn.experiments.relchanet",
+    "compactnn.experiments.depth_aware",
 ]
 
 

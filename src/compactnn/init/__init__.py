@@ -18,6 +18,7 @@ Modules: :mod:`~compactnn.init.spectral` (truncated SVD, balanced factors),
 
 from compactnn.init import gaussian
 from compactnn.init.data_fit import DataSolution, FitOptions, fit_data
+from compactnn.init.depth_aware import depth_aware_, depth_aware_schedule
 from compactnn.init.inputs import (
     ACTIVATIONS,
     LayerInputs,
@@ -56,6 +57,8 @@ __all__ = [
     "balanced_factors",
     "check_activation",
     "default_",
+    "depth_aware_",
+    "depth_aware_schedule",
     "fit_data",
     "gaussian",
     "input_moments",

@@ -1,0 +1,128 @@
+"""Which modules count as removable blocks, and what replaces a removed one.
+
+Two kinds of block are understood:
+
+* a ResNet :class:`~compactnn.models.resnet.BasicBlock` computes
+  ``relu2(branch(x) + shortcut(x))``; its *branch* is what a scale multiplies
+  and what removal drops, so a removed block computes ``relu2(shortcut(x))``.
+  For an identity shortcut that is ``relu(x)``, which equals ``x`` inside a
+  ResNet (every block's input is a ReLU output); for a downsampling shortcut
+  (option A: subsample and zero-pad; option B: 1x1 conv + BatchNorm) the
+  shortcut stays, so blocks that change shape are removable too and the
+  network keeps its stage widths.
+* any other module is treated as a *plain* block ``x -> f(x)`` whose output has
+  the shape of its input (a transformer layer, a square Linear + activation,
+  ...); removal replaces it with the identity.
+
+Both kinds are described by the same pair: the block's *removal path* ``p(x)``
+(``relu2(shortcut(x))`` or ``x``) and its output ``y``; ``y - p(x)`` is what
+removal loses, which is what the second-stage penalty of TRSP drives to zero.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from compactnn.models.resnet import BasicBlock
+
+__all__ = ["RemovedBlock", "block_kind", "removal_path", "removed_block", "select_blocks"]
+
+KINDS = ("branch", "plain")
+Patterns = str | Sequence[str] | None
+
+
+class RemovedBlock(nn.Module):
+    """What a pruned block becomes: ``act(shortcut(x))``.
+
+    ``shortcut`` keeps its original name, so a saved state dict of a pruned
+    ResNet holds the option-B projection under ``<block>.shortcut.conv.weight``
+    as before. ``act`` is the block's output activation (None for a plain block).
+    """
+
+    def __init__(self, shortcut: nn.Module | None = None, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.shortcut(x)
+        return x if self.act is None else self.act(x)
+
+
+def block_kind(module: nn.Module) -> str:
+    """``"branch"`` for a ResNet BasicBlock (scale and drop its residual branch),
+    ``"plain"`` for any other module (scale toward, and replace by, the identity)."""
+    return "branch" if isinstance(module, BasicBlock) else "plain"
+
+
+def removal_path(module: nn.Module, x: Tensor) -> Tensor:
+    """What ``module`` computes on ``x`` once removed (see the module docstring)."""
+    if isinstance(module, BasicBlock):
+        return module.relu2(module.shortcut(x))
+    return x
+
+
+def removed_block(module: nn.Module) -> RemovedBlock:
+    """The module that replaces ``module`` when it is pruned (sharing the shortcut's
+    parameters, so nothing is copied)."""
+    if isinstance(module, BasicBlock):
+        shortcut = None if isinstance(module.shortcut, nn.Identity) else module.shortcut
+        return RemovedBlock(shortcut, module.relu2)
+    return RemovedBlock()
+
+
+def _matcher(patterns: Patterns, arg: str):
+    """A regex string matches whole names; a list of names matches a module whose
+    name equals an entry or ends with ``"." + entry`` (as ``factorize`` does)."""
+    if isinstance(patterns, str):
+        try:
+            rx = re.compile(patterns)
+        except re.error as e:
+            raise ValueError(f"{arg}={patterns!r} is not a valid regular expression "
+                             f"({e})") from None
+        return [(patterns, lambda n: rx.fullmatch(n) is not None)]
+    if isinstance(patterns, Sequence) and all(isinstance(p, str) for p in patterns):
+        return [(p, lambda n, p=p: n == p or n.endswith("." + p)) for p in patterns]
+    raise TypeError(f"{arg} must be a regex string or a list of module names, got {patterns!r}")
+
+
+def select_blocks(model: nn.Module, include: Patterns = None,
+                  exclude: Patterns = None) -> list[str]:
+    """Names of the blocks of ``model`` chosen by ``include`` / ``exclude``, in
+    registration order. ``include=None`` chooses every ResNet BasicBlock.
+
+    Raises ``ValueError`` when a pattern matches no module, when nothing is
+    chosen, or when one chosen block lies inside another (their scales and
+    removals would interfere).
+    """
+    modules = {n: m for n, m in model.named_modules() if n}
+    if include is None:
+        chosen = [n for n, m in modules.items() if isinstance(m, BasicBlock)]
+        if not chosen:
+            raise ValueError("model has no ResNet BasicBlock; pass include= patterns naming "
+                             "the blocks to scale or prune")
+    else:
+        chosen = []
+        for pat, match in _matcher(include, "include"):
+            hits = [n for n in modules if match(n)]
+            if not hits:
+                raise ValueError(f"include pattern {pat!r} matched no module")
+            chosen += [n for n in hits if n not in chosen]
+    if exclude is not None:
+        for pat, match in _matcher(exclude, "exclude"):
+            if not any(match(n) for n in modules):
+                raise ValueError(f"exclude pattern {pat!r} matched no module")
+            chosen = [n for n in chosen if not match(n)]
+    if not chosen:
+        raise ValueError("include/exclude left no block to choose")
+    for a in chosen:
+        for b in chosen:
+            if a != b and b.startswith(a + "."):
+                raise ValueError(f"chosen blocks {a!r} and {b!r} are nested; choose one level "
+                                 "(e.g. a regex that matches whole names such as "
+                                 r"'layer\d\.\d+')")
+    order = list(modules)
+    return sorted(chosen, key=order.index)
