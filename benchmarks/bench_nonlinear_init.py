@@ -2,7 +2,7 @@
 
 A 1024 x 1024 layer with Kaiming-normal weights (fan_in, ReLU gain: std sqrt(2/1024))
 and PyTorch's default Linear bias, uniform in +-1/sqrt(1024) (``--bias zero`` for
-exactly METHODS.md's bias-free setting; ``--bias normal`` for N(0, 1) biases, of
+the exact bias-free setting; ``--bias normal`` for N(0, 1) biases, of
 the pre-activations' own scale). Inputs x ~ N(0, I). For each rank:
 
 * time of one exact ``torch.linalg.svd`` of the weight and of the Gaussian-mode

@@ -18,7 +18,13 @@ from torch import Tensor, nn
 # Training helpers in one place (the engine's home may move).
 from compactnn.engine import FitConfig, evaluate, fit, seed_everything
 from compactnn.experiments import ExperimentResult, register
-from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
+from compactnn.experiments.reporting import (
+    markdown_table,
+    mean_std,
+    new_figure,
+    paired_summary,
+    write_csv,
+)
 from compactnn.init import depth_aware_
 
 INITS = ("kaiming", "xavier", "orthogonal", "depth-aware r=2", "depth-aware r=8")
@@ -157,21 +163,10 @@ def seed_rows(s: Setting, seed: int, threads: int | None = None,
 
 
 def _paired(rows, other: str):
-    from scipy.stats import ttest_rel, wilcoxon
-
     acc = {(r[0], r[1], r[2], r[3]): r[5] for r in rows}
     pairs = [(v, acc[(sd, k, d, other)]) for (sd, k, d, n), v in acc.items()
              if n == "depth-aware r=2" and (sd, k, d, other) in acc]
-    diff = statistics.fmean(a - b for a, b in pairs)
-    wins = sum(a > b for a, b in pairs)
-    if len(pairs) < 3 or all(a == b for a, b in pairs):
-        return diff, wins, len(pairs), "-", "-"
-    xa, xb = [p[0] for p in pairs], [p[1] for p in pairs]
-    try:
-        w = f"{wilcoxon(xa, xb).pvalue:.3g}"
-    except ValueError:
-        w = "-"
-    return diff, wins, len(pairs), f"{ttest_rel(xa, xb).pvalue:.3g}", w
+    return paired_summary(pairs)
 
 
 @register("depth_aware", "Depth-aware init vs Kaiming, Xavier, orthogonal on deep plain nets",

@@ -21,7 +21,13 @@ from torch import Tensor
 # Training helpers in one place (the engine's home may move).
 from compactnn.engine import FitConfig, evaluate, fit, seed_everything
 from compactnn.experiments import ExperimentResult, register
-from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
+from compactnn.experiments.reporting import (
+    markdown_table,
+    mean_std,
+    new_figure,
+    paired_summary,
+    write_csv,
+)
 from compactnn.features import RelChaNet
 from compactnn.models import MLP, MLPConfig
 
@@ -161,21 +167,10 @@ def dataset_rows(s: Setting, name: str, seed: int, threads: int | None = None,
 
 
 def _paired(rows, other: str):
-    from scipy.stats import ttest_rel, wilcoxon
-
     acc = {(r[0], r[1], r[2], r[3]): r[4] for r in rows}
     pairs = [(v, acc[(d, sd, other, k)]) for (d, sd, m, k), v in acc.items()
              if m == "RelChaNet" and (d, sd, other, k) in acc]
-    diff = statistics.fmean(a - b for a, b in pairs)
-    wins = sum(a > b for a, b in pairs)
-    if len(pairs) < 3 or all(a == b for a, b in pairs):
-        return diff, wins, len(pairs), "-", "-"
-    xa, xb = [p[0] for p in pairs], [p[1] for p in pairs]
-    try:
-        w = f"{wilcoxon(xa, xb).pvalue:.3g}"
-    except ValueError:
-        w = "-"
-    return diff, wins, len(pairs), f"{ttest_rel(xa, xb).pvalue:.3g}", w
+    return paired_summary(pairs)
 
 
 @register("relchanet", "Feature selection: RelChaNet vs random, variance, MI, L1 logistic",
