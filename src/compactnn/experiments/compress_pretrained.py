@@ -67,13 +67,16 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
                     ) -> ExperimentResult:
     """For each of ``scale["seeds"]`` seeds, train ``model_name`` densely once, then
     compress, fine-tune and time it with every method at every budget (``scale``
-    overrides the registered sizes). Function matching (``nonlinear``) is compared
-    with weight matching (``spectral``) by paired differences across seeds."""
+    overrides the registered sizes, its optional ``"fractions"`` the budgets).
+    Function matching (``nonlinear``) is compared with weight matching
+    (``spectral``) by paired differences across seeds."""
     sc = scale or SCALES[model_name, quick]
     seeds = list(range(seed, seed + sc.get("seeds", 3)))
+    fractions = tuple(sc.get("fractions", FRACTIONS))
     rows, dense_accs = [], []
     for s in seeds:
-        seed_rows, dense_acc = _one_seed(out_dir / f"seed{s}", model_name, s, sc, data_name)
+        seed_rows, dense_acc = _one_seed(out_dir / f"seed{s}", model_name, s, sc, data_name,
+                                         fractions)
         rows += [[s] + r for r in seed_rows]
         dense_accs.append(dense_acc)
     header = ["seed", "param_fraction", "method", "params", "dense_params", "acc_before_ft",
@@ -87,10 +90,10 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
     for ax, c, title in ((axes[0], 5, "before fine-tuning"),
                          (axes[1], 6, "after one fine-tuning epoch")):
         for method in METHODS:
-            ys = [statistics.fmean(col(method, f, c)) for f in FRACTIONS]
+            ys = [statistics.fmean(col(method, f, c)) for f in fractions]
             errs = [statistics.stdev(col(method, f, c)) if len(seeds) > 1 else 0.0
-                    for f in FRACTIONS]
-            ax.errorbar(FRACTIONS, ys, yerr=errs, marker="o", capsize=2, label=method)
+                    for f in fractions]
+            ax.errorbar(fractions, ys, yerr=errs, marker="o", capsize=2, label=method)
         ax.axhline(statistics.fmean(dense_accs), color="k", ls=":", label="dense")
         ax.set_xlabel("parameter fraction")
         ax.set_title(title)
@@ -102,7 +105,7 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
     files.append(png)
 
     table = []
-    for frac in FRACTIONS:
+    for frac in fractions:
         for method in METHODS:
             table.append([f"{frac:.0%}", method, f"{col(method, frac, 3)[0]:,}",
                           mean_std(col(method, frac, 5), "{:.4f}"),
@@ -112,7 +115,7 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
                   "1.00x"])
     tests = []
     for c, stage in ((5, "before FT"), (6, "after FT")):
-        for frac in FRACTIONS:
+        for frac in fractions:
             d, lo, hi, p = paired_difference(col("nonlinear", frac, c),
                                              col("spectral", frac, c))
             tests.append([f"{frac:.0%}", stage, f"{d:+.4f}",
@@ -141,8 +144,8 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
     return ExperimentResult(f"compress_pretrained_{model_name}", md, files)
 
 
-def _one_seed(out_dir: Path, model_name: str, seed: int, sc: dict, data_name: str
-              ) -> tuple[list[list], float]:
+def _one_seed(out_dir: Path, model_name: str, seed: int, sc: dict, data_name: str,
+              fractions: tuple[float, ...]) -> tuple[list[list], float]:
     """Rows ``[fraction, method, params, dense params, acc before FT, acc after FT,
     latency ratio]`` of one dense training run, and the dense test accuracy."""
     from tqdm.auto import tqdm
@@ -170,7 +173,7 @@ def _one_seed(out_dir: Path, model_name: str, seed: int, sc: dict, data_name: st
         batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed))
     example = data.x_test[:256]
     rows = []
-    for frac in tqdm(FRACTIONS, desc=f"compress_pretrained seed {seed}", unit="budget"):
+    for frac in tqdm(fractions, desc=f"compress_pretrained seed {seed}", unit="budget"):
         for method in METHODS:
             seed_everything(seed)
             kwargs = {"calibration": calib} if method != "spectral" else {}
