@@ -89,8 +89,8 @@ def test_every_arm_follows_the_fnl_recipe(model, tmp_path):
     for label, sections in _sections(model, 0.1).items():
         cfg = grid._config(scale, 0, tmp_path / "x", **sections)
         o = cfg.optim
-        assert (o.name, o.momentum, o.weight_decay, o.schedule, o.warmup_epochs) == (
-            "sgd", 0.9, DECAY, "step", 0)
+        assert (o.name, o.momentum, o.nesterov, o.weight_decay, o.schedule,
+                o.warmup_epochs) == ("sgd", 0.9, False, DECAY, "step", 0)
         assert o.factor_weight_decay is None  # the task resolves it from frobenius_decay
         fd = cfg.lowrank.frobenius_decay
         assert fd == (DECAY if label.startswith(("spectral + FD", "kaiming_factors + FD",
@@ -113,6 +113,7 @@ def test_factors_get_no_weight_decay_under_frobenius_decay(tmp_path):
                       if n.endswith((".U", ".V"))}
         assert factor_ids
         for group in opt.param_groups:
+            assert group["nesterov"] is False and group["momentum"] == 0.9
             if {id(p) for p in group["params"]} & factor_ids:
                 assert group["weight_decay"] == want
 

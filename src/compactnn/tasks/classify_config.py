@@ -63,6 +63,7 @@ class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = True  # SGD: Nesterov momentum ([FNL]'s recipe uses plain momentum)
     weight_decay: float = 5e-4
     factor_weight_decay: float | None = None  # None: 0 with Frobenius decay, else weight_decay
     schedule: Literal["cosine", "constant", "step"] = "cosine"  # step: x0.1 at 50%, 75%
