@@ -124,7 +124,7 @@ def test_resnet_keeps_stem_and_classifier_dense_and_uses_the_spatial_scheme():
         lr = sections["lowrank"]
         assert lr["keep_first_last"] is True and lr["exclude"] == []
         if "param_ratio" in lr:
-            want = "channel" if label == CHANNEL_ARM else "spatial"
+            want = "channel" if label == CHANNEL_ARM or "nonlinear" in label else "spatial"
             assert lr["conv_scheme"] == want
     assert CHANNEL_ARM in arms and CHANNEL_ARM not in _sections("mlp", 0.1)
     assert _sections("mlp", 0.1)["spectral"]["lowrank"]["exclude"] == ["head"]

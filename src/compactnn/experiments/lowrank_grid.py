@@ -102,7 +102,8 @@ def _arms(model: str, fraction: float, only: tuple[str, ...] | None = None
           ) -> list[tuple[str, dict]]:
     """``(label, config sections)`` of every compared arm at ``fraction``. The
     ResNet keeps its stem convolution and classifier dense and factorizes its
-    convolutions with [FNL]'s spatial scheme (plus one channel-scheme arm); the
+    convolutions with [FNL]'s spatial scheme (plus one channel-scheme arm; the
+    nonlinear arms are channel-scheme, as function matching needs); the
     MLP's first layer holds most of its weights, so only its head stays dense."""
     keep_fl = model != "mlp"
     exclude = [] if keep_fl else ["head"]
@@ -116,7 +117,10 @@ def _arms(model: str, fraction: float, only: tuple[str, ...] | None = None
                             "exclude": exclude}}
 
     for init, fd in LOWRANK_ARMS:
-        arms.append((arm_label(init, fd), lowrank(init, fd, scheme)))
+        # function matching through a ReLU needs output channels as the matrix rows,
+        # which only the channel scheme has
+        arms.append((arm_label(init, fd),
+                     lowrank(init, fd, "channel" if init == "nonlinear" else scheme)))
     if model != "mlp":
         arms.append((CHANNEL_ARM, lowrank("spectral", True, "channel")))
     for method, name in (("imp", SPARSE_ARMS[0]), ("iht", SPARSE_ARMS[1])):
@@ -199,7 +203,8 @@ def check_budgets(configs: list[TrainConfig]) -> None:
     seen = set()
     for cfg in configs:
         lr = cfg.lowrank
-        key = (cfg.model.name, lr.param_ratio, lr.rank, tuple(lr.exclude), lr.keep_first_last)
+        key = (cfg.model.name, lr.param_ratio, lr.rank, tuple(lr.exclude), lr.keep_first_last,
+               lr.conv_scheme)
         if not lr.enabled or key in seen:
             continue
         seen.add(key)
