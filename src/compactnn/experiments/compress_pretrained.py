@@ -34,7 +34,7 @@ FRACTIONS = (0.25, 0.5, 0.75)
 
 SCALES = {  # (model, quick): the dense training and the calibration set
     # quick: three seeds of a smaller run, so the comparison is paired at all
-    ("mlp", True): {"epochs": 3, "max_train": 4000, "calib": 256, "exclude": ["head"],
+    ("mlp", True): {"epochs": 3, "max_train": 3000, "calib": 256, "exclude": ["head"],
                     "keep_first_last": False, "seeds": 3},
     ("mlp", False): {"epochs": 15, "max_train": None, "calib": 512, "exclude": ["head"],
                      "keep_first_last": False, "seeds": 5},
