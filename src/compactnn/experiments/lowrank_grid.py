@@ -298,7 +298,12 @@ def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> Experimen
         return [r[6] for r in sorted(rows, key=lambda r: r[3]) if r[1] == label and r[2] == frac]
 
     def params(label, frac):
-        return next((r[4] for r in rows if r[1] == label and r[2] == frac and r[4]), 0)
+        # an arm whose every run diverged has no count of its own: the low-rank arms
+        # at one budget share their layers' ranks, so the reference arm's count is its
+        found = [r[4] for r in rows if r[1] == label and r[2] == frac and r[4]]
+        if not found and label not in SPARSE_ARMS:
+            found = [r[4] for r in rows if r[1] == REFERENCE and r[2] == frac and r[4]]
+        return found[0] if found else 0
 
     labels = list(dict.fromkeys(r[1] for r in rows if r[1] != "dense"))
     diverged = sorted({(r[1], r[2]) for r in rows if r[8]})
