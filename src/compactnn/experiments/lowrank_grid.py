@@ -16,7 +16,7 @@ continues where it stopped. The training recipe follows [FNL] (see ``DECAY``).
 
 ``lowrank_grid`` is the MLP (quick and full scale); ``lowrank_grid_resnet`` is
 ResNet-20, registered separately because its full scale (about 2 CPU-hours per
-arm here) needs a GPU.
+run here, 155 runs) needs a GPU.
 """
 
 from __future__ import annotations
@@ -380,8 +380,8 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
     return run_grid(out_dir, SCALES["mlp", quick], seed, jobs)
 
 
-# Not in the default quick run: even its quick scale (4,000 images, 3 epochs, 2 seeds)
-# takes about 50 minutes with --jobs 2 on 2 CPU cores; the full scale needs a GPU.
+# Not in the default quick run: even its quick scale (4,000 images, 3 epochs, 2 seeds,
+# 10 arms) takes about an hour with --jobs 2 on 2 CPU cores; the full scale needs a GPU.
 @register("lowrank_grid_resnet",
           "Fashion-MNIST ResNet-20: init x Frobenius decay x budget vs dense/sparse",
           in_quick=False, parallel=True, data=("fashion_mnist",))
