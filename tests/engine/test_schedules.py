@@ -48,3 +48,30 @@ def test_scheduler_follows_the_lambda():
         assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * f(step))
         opt.step()
         sched.step()
+
+
+def test_step_decays_by_ten_at_half_and_three_quarters():
+    f = lr_lambda("step", 8)
+    assert [f(s) for s in range(8)] == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_step_counts_milestones_after_warmup_and_per_phase():
+    f = lr_lambda("step", 12, warmup_steps=4)  # 8 decay steps: milestones at 4 + 4, 4 + 6
+    assert [f(s) for s in range(12)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+    g = lr_lambda("step", 16, phase_starts=[0, 8])
+    assert [g(s) for s in range(8)] == [g(s) for s in range(8, 16)]
+    assert g(7) == pytest.approx(0.01) and g(8) == 1.0
+
+
+def test_step_scheduler_drives_sgd():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = lr_scheduler(opt, "step", 100)
+    seen = []
+    for _ in range(100):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[49] == pytest.approx(0.1) and seen[50] == pytest.approx(0.01)
+    assert seen[74] == pytest.approx(0.01) and seen[75] == pytest.approx(0.001)

@@ -7,7 +7,13 @@ import pytest
 
 from compactnn.engine import Run
 from compactnn.experiments import get
-from compactnn.experiments.lowrank_grid import Scale, paired_pvalue, run_grid
+from compactnn.experiments.lowrank_grid import (
+    CHANNEL_ARM,
+    DECAY,
+    REFERENCE,
+    Scale,
+    run_grid,
+)
 
 TINY = Scale("mlp", seeds=2, epochs=3, max_train=256, fractions=(0.25,), data="digits")
 
@@ -26,17 +32,19 @@ def serial(tmp_path_factory):
 def test_grid_covers_every_arm_with_paired_tests(serial):
     out, result = serial
     rows = _rows(out / "lowrank_grid_mlp.csv")
-    # dense + 6 low-rank arms + 2 sparse baselines, for each of 2 seeds
-    assert len(rows) == 2 * 9
+    # dense + 7 low-rank arms + 2 sparse baselines, for each of 2 seeds
+    assert len(rows) == 2 * 10
     methods = {r["method"] for r in rows}
-    assert methods == {"dense", "default", "default + FD", "spectral", "spectral + FD",
-                       "nonlinear", "nonlinear + FD", "magnitude pruning", "IHT"}
+    assert methods == {"dense", "kaiming_factors", "kaiming_factors + FD", "default",
+                       "spectral", "spectral + FD", "nonlinear", "nonlinear + FD",
+                       "magnitude pruning", "IHT"}
     for r in rows:
-        if r["method"] != "dense":  # every compressed arm is within its budget
+        if r["method"] != "dense" and r["diverged"] == "False":  # within its budget
             assert int(r["params"]) <= 0.25 * int(r["dense_params"]) * 1.02
     assert (out / "lowrank_grid_mlp.png").exists()
     assert "| 25% | spectral + FD |" in result.markdown and "ref" in result.markdown
     assert "| 100% | dense |" in result.markdown
+    assert "p (Holm)" in result.markdown
 
 
 def test_worker_processes_reproduce_the_serial_grid(serial, tmp_path):
@@ -65,11 +73,67 @@ def test_a_changed_config_is_refused_on_rerun(serial, tmp_path):
         run_grid(tmp_path, longer, seed=0, jobs=1)
 
 
-def test_paired_pvalue():
-    assert paired_pvalue([0.5], [0.4]) == "-"
-    assert paired_pvalue([0.5, 0.6], [0.5, 0.6]) == "1.000"
-    p = float(paired_pvalue([0.90, 0.91, 0.93], [0.80, 0.83, 0.82]))
-    assert 0 < p < 0.05
+def _sections(model, fraction):
+    import compactnn.experiments.lowrank_grid as grid
+
+    return dict(grid._arms(model, fraction))
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet20"])
+def test_every_arm_follows_the_fnl_recipe(model, tmp_path):
+    """Weight decay = Frobenius decay = 1e-4, factors free of weight decay under
+    Frobenius decay, SGD momentum 0.9, step decay, no warm-up."""
+    import compactnn.experiments.lowrank_grid as grid
+
+    scale = Scale(model, seeds=1, epochs=4, max_train=256, data="digits")
+    for label, sections in _sections(model, 0.1).items():
+        cfg = grid._config(scale, 0, tmp_path / "x", **sections)
+        o = cfg.optim
+        assert (o.name, o.momentum, o.nesterov, o.weight_decay, o.schedule,
+                o.warmup_epochs) == ("sgd", 0.9, False, DECAY, "step", 0)
+        assert o.factor_weight_decay is None  # the task resolves it from frobenius_decay
+        fd = cfg.lowrank.frobenius_decay
+        assert fd == (DECAY if label.startswith(("spectral + FD", "kaiming_factors + FD",
+                                                 "nonlinear + FD")) else 0.0)
+    assert _sections(model, 0.1)["kaiming_factors"]["lowrank"]["init"] == "kaiming_factors"
+
+
+def test_factors_get_no_weight_decay_under_frobenius_decay(tmp_path):
+    import compactnn.experiments.lowrank_grid as grid
+    from compactnn.engine.distributed import DistInfo
+    from compactnn.tasks.classify import ClassifyTask
+
+    scale = Scale("mlp", seeds=1, epochs=4, max_train=256, data="digits")
+    for label, want in ((REFERENCE, 0.0), ("spectral", DECAY)):
+        cfg = grid._config(scale, 0, tmp_path / "x", **_sections("mlp", 0.25)[label])
+        task = ClassifyTask(cfg)
+        task.setup(DistInfo())
+        _, opt, _ = task.build(DistInfo(), 4)
+        factor_ids = {id(p) for n, p in task.model.named_parameters()
+                      if n.endswith((".U", ".V"))}
+        assert factor_ids
+        for group in opt.param_groups:
+            assert group["nesterov"] is False and group["momentum"] == 0.9
+            if {id(p) for p in group["params"]} & factor_ids:
+                assert group["weight_decay"] == want
+
+
+def test_resnet_keeps_stem_and_classifier_dense_and_uses_the_spatial_scheme():
+    arms = _sections("resnet20", 0.1)
+    for label, sections in arms.items():
+        lr = sections["lowrank"]
+        assert lr["keep_first_last"] is True and lr["exclude"] == []
+        if "param_ratio" in lr:
+            want = "channel" if label == CHANNEL_ARM or "nonlinear" in label else "spatial"
+            assert lr["conv_scheme"] == want
+    assert CHANNEL_ARM in arms and CHANNEL_ARM not in _sections("mlp", 0.1)
+    assert _sections("mlp", 0.1)["spectral"]["lowrank"]["exclude"] == ["head"]
+
+
+def test_an_arm_subset_runs_only_those_arms():
+    import compactnn.experiments.lowrank_grid as grid
+
+    assert [a for a, _ in grid._arms("mlp", 0.1, ("default", "IHT"))] == ["default", "IHT"]
 
 
 def test_both_models_are_registered_for_parallel_runs():

@@ -3,8 +3,11 @@
 
 The schedule runs in *phases*: each phase starts with a linear warm-up from
 ``1 / warmup_steps`` to 1, then decays by a half cosine to 0 at the phase's end
-(or stays at 1 for ``"constant"``). A single phase is the usual warm-up + cosine;
-iterative pruning restarts the schedule at each round by starting a new phase.
+(``"cosine"``), stays at 1 (``"constant"``), or is multiplied by 0.1 once half
+and again once three quarters of the phase's post-warm-up steps are done
+(``"step"``, the step decay of the [FNL] recipe). A single phase is the usual
+warm-up + decay; iterative pruning restarts the schedule at each round by
+starting a new phase.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ import torch
 
 from compactnn._checks import check_choice, check_int
 
-__all__ = ["lr_lambda", "lr_scheduler"]
+__all__ = ["SCHEDULES", "STEP_GAMMA", "STEP_MILESTONES", "lr_lambda", "lr_scheduler"]
+
+SCHEDULES = ("cosine", "constant", "step")
+STEP_MILESTONES = (0.5, 0.75)  # fractions of a phase's post-warm-up steps
+STEP_GAMMA = 0.1
 
 
-def lr_lambda(schedule: Literal["cosine", "constant"], total_steps: int,
+def lr_lambda(schedule: Literal["cosine", "constant", "step"], total_steps: int,
               warmup_steps: int = 0, phase_starts: Sequence[int] = (0,)
               ) -> Callable[[int], float]:
     """The multiplier of the base learning rate at each step (see the module doc).
     ``phase_starts``: the first step of each phase (sorted, starting with 0)."""
-    check_choice("schedule", schedule, ("cosine", "constant"))
+    check_choice("schedule", schedule, SCHEDULES)
     check_int("total_steps", total_steps, minimum=1)
     check_int("warmup_steps", warmup_steps, minimum=0)
     starts = [check_int("phase_starts", s, minimum=0) for s in phase_starts]
@@ -42,13 +49,17 @@ def lr_lambda(schedule: Literal["cosine", "constant"], total_steps: int,
         if schedule == "constant":
             return 1.0
         span = max(end - start - warmup_steps, 1)
+        if schedule == "step":
+            passed = sum(local - warmup_steps >= span * m for m in STEP_MILESTONES)
+            return STEP_GAMMA ** passed
         return 0.5 * (1 + math.cos(math.pi * min(local - warmup_steps, span) / span))
 
     return f
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Literal["cosine", "constant"],
-                 total_steps: int, warmup_steps: int = 0,
+def lr_scheduler(optimizer: torch.optim.Optimizer,
+                 schedule: Literal["cosine", "constant", "step"], total_steps: int,
+                 warmup_steps: int = 0,
                  phase_starts: Sequence[int] = (0,)) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` scheduler following :func:`lr_lambda` (stepped once per step)."""
     return torch.optim.lr_scheduler.LambdaLR(

@@ -9,17 +9,19 @@ spectral init, most at low rank [LR-NL].
 
 Every arm is one ``compactnn train`` run (same code path as the command line);
 seeds pair the arms (same data order), so differences are tested with a paired
-t-test across seeds against spectral + FD. Arms are independent, so ``jobs``
-worker processes (one thread each) run them side by side; every run resumes
-from its own folder, so an interrupted grid continues where it stopped.
+t-test across seeds against spectral + FD, Holm-corrected across the table.
+Arms are independent, so ``jobs`` worker processes (one thread each) run them
+side by side; every run resumes from its own folder, so an interrupted grid
+continues where it stopped. The training recipe follows [FNL] (see ``DECAY``).
 
 ``lowrank_grid`` is the MLP (quick and full scale); ``lowrank_grid_resnet`` is
 ResNet-20, registered separately because its full scale (about 2 CPU-hours per
-arm here) needs a GPU.
+run here, 155 runs) needs a GPU.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import statistics
 from dataclasses import dataclass
@@ -28,12 +30,24 @@ from pathlib import Path
 from compactnn.config import build_config
 from compactnn.engine import RunInterrupted
 from compactnn.experiments import ExperimentResult, register
+from compactnn.experiments.paired_tests import holm, paired_difference
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
 from compactnn.tasks.classify import TrainConfig, train
 
 FRACTIONS = (0.02, 0.05, 0.10, 0.25)
-LOWRANK_ARMS = [(init, fd) for init in ("default", "spectral", "nonlinear") for fd in (False, True)]
+# [FNL]'s recipe: weight decay = Frobenius-decay coefficient = 1e-4 (factors get no
+# weight decay when Frobenius decay is on), SGD with plain momentum 0.9, step decay
+# x0.1 at 50% and 75% of training, no warm-up.
+DECAY = 1e-4
+# (init, Frobenius decay): "kaiming_factors" is [FNL]'s no-spectral-init baseline,
+# "default" the variance-matched random baseline.
+LOWRANK_ARMS = [("kaiming_factors", False), ("kaiming_factors", True), ("default", False),
+                ("spectral", False), ("spectral", True), ("nonlinear", False),
+                ("nonlinear", True)]
+SPARSE_ARMS = ("magnitude pruning", "IHT")
 REFERENCE = "spectral + FD"
+CHANNEL_ARM = "spectral + FD (channel)"  # ResNet only: the second conv scheme
+CHANCE = 0.1  # accuracy of a diverged run (10 balanced classes)
 
 
 @dataclass(frozen=True)
@@ -44,16 +58,21 @@ class Scale:
     max_train: int | None
     fractions: tuple[float, ...] = FRACTIONS
     data: str = "fashion_mnist"
+    arms: tuple[str, ...] | None = None  # labels to run (None: all)
 
 
 SCALES = {  # (model, quick)
-    ("mlp", True): Scale("mlp", seeds=1, epochs=3, max_train=8000),
-    ("mlp", False): Scale("mlp", seeds=3, epochs=15, max_train=None),
+    # quick: the recipe's shape at a size that fits ``make reproduce`` (two budgets,
+    # two seeds, the four arms the claims turn on)
+    ("mlp", True): Scale("mlp", seeds=2, epochs=2, max_train=4000, fractions=(0.05, 0.25),
+                         arms=("kaiming_factors", "default", "spectral", "spectral + FD",
+                               "IHT")),
+    ("mlp", False): Scale("mlp", seeds=5, epochs=15, max_train=None),
     # ResNet-20 with its stem and classifier dense cannot go below 3.1% of its
     # parameters (every conv at rank 1), so its grid starts at 5%.
     ("resnet20", True): Scale("resnet20", seeds=2, epochs=3, max_train=4000,
                               fractions=(0.05, 0.10, 0.25)),
-    ("resnet20", False): Scale("resnet20", seeds=3, epochs=15, max_train=None,
+    ("resnet20", False): Scale("resnet20", seeds=5, epochs=15, max_train=None,
                                fractions=(0.05, 0.10, 0.25)),
 }
 
@@ -69,10 +88,9 @@ def _config(scale: Scale, seed: int, out: Path, **sections: dict) -> TrainConfig
     base = {
         "data": data,
         "model": {"name": model, "hidden": [512, 512]},
-        # SGD + Nesterov, cosine; [FNL]'s weight decay 5e-4 on CIFAR ResNets is used here
-        # as both the dense weight decay and the Frobenius-decay coefficient.
-        "optim": {"name": "sgd", "lr": 0.05 if mlp else 0.1, "epochs": scale.epochs,
-                  "batch_size": 128, "weight_decay": 5e-4},
+        "optim": {"name": "sgd", "lr": 0.05 if mlp else 0.1, "momentum": 0.9, "nesterov": False,
+                  "epochs": scale.epochs, "batch_size": 128, "weight_decay": DECAY,
+                  "factor_weight_decay": None, "schedule": "step", "warmup_epochs": 0},
         "seed": seed, "out": str(out), "progress": False, "resume": True,
     }
     for key, value in sections.items():
@@ -80,34 +98,38 @@ def _config(scale: Scale, seed: int, out: Path, **sections: dict) -> TrainConfig
     return build_config(TrainConfig, base)
 
 
-def _arms(model: str, fraction: float) -> list[tuple[str, dict]]:
-    # The MLP's first layer holds most of its weights, so only its head stays dense;
-    # the ResNet keeps its stem convolution and classifier dense, as is customary.
+def _arms(model: str, fraction: float, only: tuple[str, ...] | None = None
+          ) -> list[tuple[str, dict]]:
+    """``(label, config sections)`` of every compared arm at ``fraction``. The
+    ResNet keeps its stem convolution and classifier dense and factorizes its
+    convolutions with [FNL]'s spatial scheme (plus one channel-scheme arm; the
+    nonlinear arms are channel-scheme, as function matching needs); the
+    MLP's first layer holds most of its weights, so only its head stays dense."""
     keep_fl = model != "mlp"
     exclude = [] if keep_fl else ["head"]
+    scheme = "channel" if model == "mlp" else "spatial"
     arms = []
+
+    def lowrank(init: str, fd: bool, conv_scheme: str) -> dict:
+        return {"lowrank": {"param_ratio": fraction, "init": init,
+                            "frobenius_decay": DECAY if fd else 0.0,
+                            "conv_scheme": conv_scheme, "keep_first_last": keep_fl,
+                            "exclude": exclude}}
+
     for init, fd in LOWRANK_ARMS:
-        arms.append((arm_label(init, fd), {"lowrank": {
-            "param_ratio": fraction, "init": init, "frobenius_decay": 5e-4 if fd else 0.0,
-            "keep_first_last": keep_fl, "exclude": exclude}}))
-    for method, name in (("imp", "magnitude pruning"), ("iht", "IHT")):
+        # function matching through a ReLU needs output channels as the matrix rows,
+        # which only the channel scheme has
+        arms.append((arm_label(init, fd),
+                     lowrank(init, fd, "channel" if init == "nonlinear" else scheme)))
+    if model != "mlp":
+        arms.append((CHANNEL_ARM, lowrank("spectral", True, "channel")))
+    for method, name in (("imp", SPARSE_ARMS[0]), ("iht", SPARSE_ARMS[1])):
         sparse = {"method": method, "param_ratio": fraction}
         if method == "imp":
             sparse["rounds"] = 2
         arms.append((name, {"sparse": sparse, "lowrank": {"keep_first_last": keep_fl,
                                                           "exclude": exclude}}))
-    return arms
-
-
-def paired_pvalue(a: list[float], b: list[float]) -> str:
-    """Two-sided paired t-test p-value across seeds (``"-"`` with fewer than 2)."""
-    if len(a) < 2:
-        return "-"
-    if all(x == y for x, y in zip(a, b, strict=True)):
-        return "1.000"
-    from scipy.stats import ttest_rel
-
-    return f"{ttest_rel(a, b).pvalue:.3f}"
+    return [a for a in arms if only is None or a[0] in only]
 
 
 _STOP: list[int] = []  # in a worker: the signal received between runs
@@ -154,7 +176,15 @@ def _train_job(cfg: TrainConfig, threads: int | None) -> dict:
         import torch
 
         torch.set_num_threads(threads)
-    return train(cfg).metrics
+    from compactnn.engine import TrainingDiverged
+
+    try:
+        return {**train(cfg).metrics, "diverged": False}
+    except TrainingDiverged:
+        # A diverged arm is a result of the comparison, not a failure of the grid: it
+        # scores chance accuracy (its logits are NaN) and is flagged in the CSV.
+        return {"finished": True, "diverged": True, "test_accuracy": CHANCE,
+                "nonzero_params": None, "dense_params": None, "train_seconds": math.nan}
 
 
 def _finished(res: dict) -> dict:
@@ -173,7 +203,8 @@ def check_budgets(configs: list[TrainConfig]) -> None:
     seen = set()
     for cfg in configs:
         lr = cfg.lowrank
-        key = (cfg.model.name, lr.param_ratio, lr.rank, tuple(lr.exclude), lr.keep_first_last)
+        key = (cfg.model.name, lr.param_ratio, lr.rank, tuple(lr.exclude), lr.keep_first_last,
+               lr.conv_scheme)
         if not lr.enabled or key in seen:
             continue
         seen.add(key)
@@ -212,6 +243,34 @@ def _run_jobs(configs: list[TrainConfig], workers: int) -> list[dict]:
         bar.close()
 
 
+def _comparisons(labels: list[str], frac: float, acc, params) -> list[list]:
+    """One table row per arm at ``frac``: its accuracy and its paired difference to
+    the reference arm (raw p in column 5; :func:`_holm_column` adds the adjusted)."""
+    ref = acc(REFERENCE, frac)
+    rows = []
+    for label in labels:
+        vals = acc(label, frac)
+        if label == REFERENCE or not ref:
+            diff, p = ("ref" if label == REFERENCE else "-"), math.nan
+        else:
+            d, lo, hi, p = paired_difference(vals, ref)
+            diff = f"{d:+.4f}" + ("" if math.isnan(lo) else f" [{lo:+.4f}, {hi:+.4f}]")
+        rows.append([f"{frac:.0%}", label, f"{params(label, frac):,}",
+                     mean_std(vals, "{:.4f}"), diff, p])
+    return rows
+
+
+def _holm_column(table: list[list]) -> list[list]:
+    """``table`` with its raw p column formatted and the Holm-adjusted one added."""
+    raw = [r[5] if isinstance(r[5], float) else math.nan for r in table]
+    adj = holm(raw)
+
+    def fmt(p: float) -> str:
+        return "-" if math.isnan(p) else f"{p:.3f}"
+
+    return [r[:5] + [fmt(p), fmt(q)] for r, p, q in zip(table, raw, adj, strict=True)]
+
+
 def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> ExperimentResult:
     """Train every arm of ``scale`` and write the table, CSV and plot."""
     model = scale.model
@@ -220,7 +279,7 @@ def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> Experimen
     for s in seeds:
         jobs_list.append((model, "dense", 1.0, s, {}))
         for frac in scale.fractions:
-            for label, sections in _arms(model, frac):
+            for label, sections in _arms(model, frac, scale.arms):
                 jobs_list.append((model, label, frac, s, sections))
     configs = []
     for model_, label, frac, s, sections in jobs_list:
@@ -229,30 +288,32 @@ def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> Experimen
     check_budgets(configs)
     results = _run_jobs(configs, jobs)
     rows = [[m, label, frac, s, res["nonzero_params"], res["dense_params"],
-             res["test_accuracy"], res["train_seconds"]]
+             res["test_accuracy"], res["train_seconds"], bool(res.get("diverged", False))]
             for (m, label, frac, s, _), res in zip(jobs_list, results, strict=True)]
     header = ["model", "method", "param_fraction", "seed", "params", "dense_params",
-              "test_accuracy", "train_seconds"]
+              "test_accuracy", "train_seconds", "diverged"]
     files = [write_csv(out_dir / f"lowrank_grid_{model}.csv", header, rows)]
 
     def acc(label, frac):
         return [r[6] for r in sorted(rows, key=lambda r: r[3]) if r[1] == label and r[2] == frac]
 
     def params(label, frac):
-        return next(r[4] for r in rows if r[1] == label and r[2] == frac)
+        # an arm whose every run diverged has no count of its own: the low-rank arms
+        # at one budget share their layers' ranks, so the reference arm's count is its
+        found = [r[4] for r in rows if r[1] == label and r[2] == frac and r[4]]
+        if not found and label not in SPARSE_ARMS:
+            found = [r[4] for r in rows if r[1] == REFERENCE and r[2] == frac and r[4]]
+        return found[0] if found else 0
 
-    labels = [arm_label(i, f) for i, f in LOWRANK_ARMS] + ["magnitude pruning", "IHT"]
+    labels = list(dict.fromkeys(r[1] for r in rows if r[1] != "dense"))
+    diverged = sorted({(r[1], r[2]) for r in rows if r[8]})
     table = []
     for frac in scale.fractions:
-        ref = acc(REFERENCE, frac)
-        for label in labels:
-            vals = acc(label, frac)
-            p = "ref" if label == REFERENCE else paired_pvalue(vals, ref)
-            table.append([f"{frac:.0%}", label, f"{params(label, frac):,}",
-                          mean_std(vals, "{:.4f}"), p])
+        table += _comparisons(labels, frac, acc, params)
     dense = acc("dense", 1.0)
     dense_params = rows[0][5]
-    table.append(["100%", "dense", f"{dense_params:,}", mean_std(dense, "{:.4f}"), "-"])
+    table.append(["100%", "dense", f"{dense_params:,}", mean_std(dense, "{:.4f}"), "-", "-",
+                  "-"])
     dense_mean = statistics.fmean(dense)
     series = {}
     for label in labels:
@@ -294,13 +355,21 @@ def run_grid(out_dir: Path, scale: Scale, seed: int, jobs: int = 1) -> Experimen
                   else "all 55,000 training images")
     data_note = (f"Fashion-MNIST ({train_note}, 5,000 validation, 10,000 test)"
                  if scale.data == "fashion_mnist" else scale.data)
-    md = (f"{model} on {data_note}, "
-          f"{scale.epochs} epochs of SGD (Nesterov, cosine, batch 128) per arm, seeds {seeds}. "
-          "Budgets are whole-model parameter fractions; sparse baselines count nonzero "
-          "weights. Test accuracy is mean +- std over seeds; p: two-sided paired t-test "
-          "across seeds against spectral + FD ('-' with one seed).\n\n"
+    md = (f"{model} on {data_note}, {scale.epochs} epochs of SGD per arm ([FNL]'s recipe: "
+          f"momentum 0.9 (not Nesterov), batch 128, weight decay = Frobenius decay = {DECAY:g} "
+          "with no weight decay on the factors under Frobenius decay, lr x0.1 at 50% and "
+          f"75% of training, no warm-up), seeds {seeds}. Budgets are whole-model "
+          "parameter fractions; sparse baselines count nonzero weights. Test accuracy is "
+          f"mean +- std over seeds; diff: mean paired difference to {REFERENCE} at the "
+          "same budget with its 95% t interval; p: two-sided paired t-test, Holm-corrected "
+          "across the comparisons of this table ('-' with one seed).\n\n"
           + markdown_table(["budget", "method", "params", "test accuracy",
-                            f"p vs {REFERENCE}"], table)
+                            f"diff vs {REFERENCE} [95% CI]", "p", "p (Holm)"],
+                           _holm_column(table))
+          + (("\n\nDiverged (loss NaN; scored at chance, "
+              f"{CHANCE}): " + "; ".join(
+                  f"{lab} at {fr:.0%}: {sum(r[8] for r in rows if (r[1], r[2]) == (lab, fr))}"
+                  f"/{len(seeds)} seeds" for lab, fr in diverged)) if diverged else "")
           + f"\n\n![{model}]({png.name})\n")
     return ExperimentResult(f"lowrank_grid_{model}", md, files)
 
@@ -311,8 +380,8 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
     return run_grid(out_dir, SCALES["mlp", quick], seed, jobs)
 
 
-# Not in the default quick run: even its quick scale (4,000 images, 3 epochs, 2 seeds)
-# takes about 50 minutes with --jobs 2 on 2 CPU cores; the full scale needs a GPU.
+# Not in the default quick run: even its quick scale (4,000 images, 3 epochs, 2 seeds,
+# 10 arms) takes about an hour with --jobs 2 on 2 CPU cores; the full scale needs a GPU.
 @register("lowrank_grid_resnet",
           "Fashion-MNIST ResNet-20: init x Frobenius decay x budget vs dense/sparse",
           in_quick=False, parallel=True, data=("fashion_mnist",))

@@ -1,7 +1,7 @@
 """Initializers for low-rank layers, each also available by name through
 ``from_dense(..., init=NAME)`` and ``factorize(..., init=NAME)``.
 
-``"default"`` and ``"spectral"`` [FNL] need only the dense weight;
+``"default"``, ``"kaiming_factors"`` and ``"spectral"`` [FNL] need only the dense weight;
 ``"nonlinear"`` [LR-NL] matches the layer's function (Gaussian inputs, or
 calibration ``inputs=``); ``"whitened"`` (SVD-LLM) and ``"lstsq"`` (MosaicML)
 are the data-aware linear baselines. Which initializers take calibration data
@@ -40,6 +40,7 @@ from compactnn.init.spectral import (
     SVD_METHODS,
     balanced_factors,
     default_,
+    kaiming_factors_,
     rebalance,
     spectral_,
     truncated_svd,
@@ -59,6 +60,7 @@ __all__ = [
     "default_",
     "depth_aware_",
     "depth_aware_schedule",
+    "kaiming_factors_",
     "fit_data",
     "gaussian",
     "input_moments",

@@ -1,5 +1,8 @@
 """Spectral initialization [FNL, Sec. 3.1]: the best rank-r approximation of a
-weight in Frobenius norm (Eckart-Young), split into balanced factors."""
+weight in Frobenius norm (Eckart-Young), split into balanced factors; and the two
+random baselines without it: ``"kaiming_factors"`` (each factor drawn as its own
+layer, as [FNL]'s no-spectral-init runs do) and ``"default"`` (random factors
+whose product matches the dense init's variance)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from compactnn.lowrank.base import LowRankLayer
 from compactnn.lowrank.registry import register_initializer
 
 __all__ = ["SVD_METHODS", "truncated_svd", "balanced_factors", "rebalance", "spectral_",
-           "default_"]
+           "default_", "kaiming_factors_"]
 
 SVD_METHODS = ("auto", "exact", "randomized")
 # Entries beyond these magnitudes are rescaled (by a power of two, which is exact)
@@ -114,10 +117,36 @@ def spectral_(
 @torch.no_grad()
 def default_(layer: LowRankLayer, weight: Tensor | None = None,
              bias: Tensor | None = None) -> LowRankLayer:
-    """Independent random factors scaled to the dense init's variance
-    (:meth:`LowRankLayer.reset_factors`); ``weight`` and ``bias`` are ignored.
-    The baseline without spectral initialization in [FNL]."""
+    """Independent random factors scaled so that their product has the dense
+    init's variance (:meth:`LowRankLayer.reset_factors`); ``weight`` and ``bias``
+    are ignored. A variance-matched random baseline; [FNL]'s own baseline without
+    spectral initialization is :func:`kaiming_factors_`."""
     del weight, bias
     check_module("layer", layer, LowRankLayer)
     layer.reset_factors()
+    return layer
+
+
+@register_initializer("kaiming_factors")
+@torch.no_grad()
+def kaiming_factors_(layer: LowRankLayer, weight: Tensor | None = None,
+                     bias: Tensor | None = None) -> LowRankLayer:
+    """Each factor drawn by ``nn.init.kaiming_normal_`` (fan-in mode, ReLU gain) as
+    if it were a layer of its own: the baseline without spectral initialization
+    of [FNL]. ``V`` (fan-in ``n``, the matrix view's columns) gets variance
+    ``2 / n``, ``U`` (fan-in ``r`` times its own kernel size) ``2 / (r k)``, so
+    each entry of the product has variance ``4 / fan_in``, twelve times the dense
+    default's ``1 / (3 fan_in)``. ``weight`` and ``bias`` are ignored (the bias
+    is left as it is). Returns ``layer``."""
+    del weight, bias
+    check_module("layer", layer, LowRankLayer)
+    g, m, n = layer.matrix_shape
+    r_g = layer.rank // g
+    # The factors' native shapes differ between layer types (and conv schemes), so
+    # the draw is done on the (G, m, r) / (G, r, n) matrix view with the fan-ins
+    # kaiming_normal_ would compute on the native tensors: r * kh and n.
+    k = m * g // layer.dense_weight_shape[0]  # rows per output channel (kh, spatial)
+    u = torch.randn(g, m, r_g, device=layer.U.device, dtype=layer.U.dtype)
+    v = torch.randn(g, r_g, n, device=layer.V.device, dtype=layer.V.dtype)
+    layer.set_factor_matrices(u * math.sqrt(2.0 / (r_g * k)), v * math.sqrt(2.0 / n))
     return layer

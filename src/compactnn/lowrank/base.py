@@ -228,8 +228,9 @@ class LowRankLayer(nn.Module):
         """Draw ``U`` and ``V`` independently from zero-mean normals scaled so that
         each entry of ``U @ V`` has the variance of the dense layer's default
         init (PyTorch's Kaiming-uniform with ``a=sqrt(5)``: ``1 / (3 fan_in)``),
-        with balanced factors (``m Var U = n Var V``). This is the
-        "no spectral init" baseline of [FNL]."""
+        with balanced factors (``m Var U = n Var V``). A variance-matched random
+        baseline, not [FNL]'s (which draws each factor by Kaiming-normal: the
+        registered ``"kaiming_factors"`` initializer)."""
         g, m, n = self.matrix_shape
         r_g = self.rank // g
         target = 1.0 / (3.0 * self.dense_fan_in())

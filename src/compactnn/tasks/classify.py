@@ -168,7 +168,7 @@ class ClassifyTask(Task):
         groups = param_groups(model, o.weight_decay, fwd)
         if o.name == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+                groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
         else:
             opt = torch.optim.AdamW(groups, lr=o.lr)
         phases = self.sparsifier.phases if self.sparsifier is not None else [0]

@@ -35,7 +35,7 @@ class ModelConfig:
 class LowRankConfig:
     rank: int | float | None = None  # per-layer rank or fraction of full rank
     param_ratio: float | None = None  # or: whole-model parameter budget
-    init: Literal["default", "spectral", "nonlinear"] = "spectral"
+    init: Literal["default", "kaiming_factors", "spectral", "nonlinear"] = "spectral"
     conv_scheme: Literal["channel", "spatial"] = "channel"
     frobenius_decay: float = 0.0  # coefficient; factors then get no weight decay
     keep_first_last: bool = True  # first and last layers stay dense
@@ -63,9 +63,10 @@ class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = True  # SGD: Nesterov momentum ([FNL]'s recipe uses plain momentum)
     weight_decay: float = 5e-4
     factor_weight_decay: float | None = None  # None: 0 with Frobenius decay, else weight_decay
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "step"] = "cosine"  # step: x0.1 at 50%, 75%
     warmup_epochs: int = 0
     epochs: int = 10
     batch_size: int = 128  # global batch (split over processes)
