@@ -2,6 +2,9 @@
 
 import csv
 
+import pytest
+
+from compactnn.data import load_digits_split
 from compactnn.experiments import get
 from compactnn.experiments.compress_pretrained import FRACTIONS, METHODS, run_compression
 
@@ -15,9 +18,12 @@ def test_every_method_and_budget_is_measured(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(int(r["seed"]), float(r["param_fraction"]), r["method"]) for r in rows] == [
         (s, frac, m) for s in (0, 1) for frac in FRACTIONS for m in METHODS]
+    n_test = len(load_digits_split(seed=0).y_test)
     for r in rows:
         assert int(r["params"]) <= float(r["param_fraction"]) * int(r["dense_params"]) * 1.02
-        assert 0.0 <= float(r["acc_before_ft"]) <= 1.0
+        # accuracies over the whole digits test split: whole numbers of its images
+        hits = float(r["acc_before_ft"]) * n_test
+        assert hits == pytest.approx(round(hits), abs=1e-6)
         assert float(r["latency_vs_dense"]) > 0
     # the same budget gives every method the same parameter count
     for frac in FRACTIONS:
