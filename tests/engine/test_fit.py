@@ -83,3 +83,25 @@ def test_evaluate_restores_training_mode():
 def test_bad_optimizer_name():
     with pytest.raises(ValueError, match="'lbfgs'"):
         fit(small_model(), synthetic_split().loader("train", 32), FitConfig(optimizer="lbfgs"))
+
+
+def test_tensor_batches_cover_every_row_once_per_pass_and_reshuffle():
+    from compactnn.engine import TensorBatches
+
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    b = TensorBatches(x, y, 3, seed=0)
+    assert len(b) == 4
+    first = [yb.tolist() for _, yb in b]
+    second = [yb.tolist() for _, yb in b]
+    for passes in (first, second):
+        assert sorted(v for chunk in passes for v in chunk) == list(range(10))
+        assert [len(c) for c in passes] == [3, 3, 3, 1]
+    assert first != second  # a new order every epoch
+    assert [yb.tolist() for _, yb in TensorBatches(x, y, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7],
+                                                                 [8, 9]]
+    for xb, yb in TensorBatches(x, y, 3, seed=1):
+        assert torch.equal(xb[:, 0].long(), yb)  # rows stay paired
+    with pytest.raises(ValueError, match="same length"):
+        TensorBatches(x, y[:5], 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        TensorBatches(x, y, 0)

@@ -27,7 +27,7 @@ from compactnn.engine.evaluate import (
     measure_latency,
     predict,
 )
-from compactnn.engine.fit import FitConfig, fit
+from compactnn.engine.fit import FitConfig, TensorBatches, fit
 from compactnn.engine.logger import MetricLogger
 from compactnn.engine.loop import LoopConfig, Run, run
 from compactnn.engine.run_folder import RunFolder, RunFolderBusy, RunFolderError, json_safe
@@ -54,6 +54,7 @@ __all__ = [
     "StopFlag",
     "TrainingDiverged",
     "Task",
+    "TensorBatches",
     "batched",
     "check_same_config",
     "checkpoint_state",

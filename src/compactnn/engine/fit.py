@@ -24,7 +24,7 @@ from compactnn.engine.loop import LoopConfig, Task, run
 from compactnn.engine.schedules import lr_scheduler
 from compactnn.regularize import frobenius_decay, param_groups
 
-__all__ = ["FitConfig", "fit"]
+__all__ = ["FitConfig", "TensorBatches", "fit"]
 
 
 @dataclass
@@ -103,3 +103,25 @@ def fit(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]],
                       deterministic=None)
     history = run(_FitTask(model, data, cfg), loop, DistInfo()).history
     return [{k: row[k] for k in ("epoch", "step", "lr", "train_loss")} for row in history]
+
+class TensorBatches:
+    """Shuffled in-memory mini-batches of ``(x, y)`` with a length, re-shuffled on
+    every pass (``seed=None``: in order). For small models a ``DataLoader``'s
+    per-row collation costs more than the training step itself."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int | None = None) -> None:
+        check_int("batch_size", batch_size, minimum=1)
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.gen = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.gen) if self.gen is not None else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            b = order[i:i + self.batch_size]
+            yield self.x[b], self.y[b]

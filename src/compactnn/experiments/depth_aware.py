@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Training helpers in one place (the engine's home may move).
-from compactnn.engine import FitConfig, evaluate, fit, seed_everything
+from compactnn.engine import FitConfig, TensorBatches, evaluate, fit, seed_everything
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import (
     markdown_table,
@@ -45,24 +45,6 @@ class Setting:
 QUICK = Setting("digits", (("mlp", 10), ("mlp", 20)), 64, 8, 1, 0, 5)
 FULL = Setting("fashion_mnist", (("mlp", 10), ("mlp", 20), ("mlp", 50), ("cnn", 10),
                                  ("cnn", 20)), 128, 8, 2, 1000, 5)
-
-
-class _Batches:
-    """Shuffled in-memory mini-batches."""
-
-    def __init__(self, x: Tensor, y: Tensor, batch: int, seed: int | None) -> None:
-        self.x, self.y, self.batch = x, y, batch
-        self.gen = None if seed is None else torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch)
-
-    def __iter__(self):
-        n = len(self.x)
-        order = torch.randperm(n, generator=self.gen) if self.gen is not None else torch.arange(n)
-        for i in range(0, n, self.batch):
-            b = order[i:i + self.batch]
-            yield self.x[b], self.y[b]
 
 
 def _data(s: Setting, seed: int):
@@ -150,10 +132,10 @@ def seed_rows(s: Setting, seed: int, threads: int | None = None,
             init_model(model, name)
             prof = preactivation_profile(model, xtr[:256])
             profiles.append([seed, kind, depth, name, *prof])
-            fit(model, _Batches(xtr, ytr, 64, seed),
+            fit(model, TensorBatches(xtr, ytr, 64, seed),
                 FitConfig(epochs=s.epochs, lr=s.lr, optimizer="sgd", weight_decay=0.0))
-            train_loss = evaluate(model, _Batches(xtr, ytr, 1024, None))["loss"]
-            acc = evaluate(model, _Batches(xte, yte, 1024, None))["accuracy"]
+            train_loss = evaluate(model, TensorBatches(xtr, ytr, 1024, None))["loss"]
+            acc = evaluate(model, TensorBatches(xte, yte, 1024, None))["accuracy"]
             if not math.isfinite(train_loss):
                 acc = 0.1  # diverged: chance level
             rows.append([seed, kind, depth, name, train_loss, acc,

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 # Training helpers in one place (the engine's home may move).
-from compactnn.engine import FitConfig, evaluate, fit, seed_everything
+from compactnn.engine import FitConfig, TensorBatches, evaluate, fit, seed_everything
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import (
     markdown_table,
@@ -114,30 +114,11 @@ def select_features(method: str, x: Tensor, y: Tensor, k: int, classes: int, see
     return sel.selected().tolist()
 
 
-class _Batches:
-    """Shuffled in-memory mini-batches (a DataLoader's per-row collation costs more
-    than these small models' steps)."""
-
-    def __init__(self, x: Tensor, y: Tensor, batch: int, seed: int | None) -> None:
-        self.x, self.y, self.batch = x, y, batch
-        self.gen = None if seed is None else torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch)
-
-    def __iter__(self):
-        n = len(self.x)
-        order = torch.randperm(n, generator=self.gen) if self.gen is not None else torch.arange(n)
-        for i in range(0, n, self.batch):
-            b = order[i:i + self.batch]
-            yield self.x[b], self.y[b]
-
-
 def _downstream(x, y, xt, yt, classes: int, seed: int, s: Setting) -> float:
     seed_everything(seed)
     model = MLP(MLPConfig(in_features=x.shape[1], hidden=(128,), num_classes=classes))
-    fit(model, _Batches(x, y, 64, seed), FitConfig(epochs=s.downstream_epochs, lr=3e-3))
-    return evaluate(model, _Batches(xt, yt, 1024, None))["accuracy"]
+    fit(model, TensorBatches(x, y, 64, seed), FitConfig(epochs=s.downstream_epochs, lr=3e-3))
+    return evaluate(model, TensorBatches(xt, yt, 1024, None))["accuracy"]
 
 
 def _log(partial: str | None, record: dict) -> None:
