@@ -13,7 +13,7 @@ from compactnn.data.planted import (
     planted_expert_outputs,
     support_recovery,
 )
-from compactnn.experiments.routing_control import routing_matrix, train_fixed_routing
+from compactnn.experiments.planted_moe import routing_matrix, train_routed
 
 
 def test_generator_is_deterministic_and_clusters_share_no_expert():
@@ -109,7 +109,7 @@ def test_oracle_routing_beats_random_routing_on_a_small_case():
     mse = {}
     for kind in ("oracle", "random"):
         w = routing_matrix(kind, 32, clusters, 16, 2, seed=0)
-        r = train_fixed_routing(data, w, hidden=16, out=8, epochs=20, lr=1e-2, seed=0)
+        r = train_routed(data, routing=w, hidden=16, out=8, epochs=20, lr=1e-2, seed=0)
         mse[kind] = r["test_mse"]
         if kind == "oracle":
             with torch.no_grad():

@@ -18,7 +18,7 @@ have the planted experts' size can represent one planted expert each; routing cl
 ``c`` to ``k`` experts that learn ``E_c`` is then what the loss rewards. Routing that
 mixes clusters forces one model expert to serve several planted functions, which it
 lacks the width for. (Experiments should confirm this with an oracle-gate control before
-scoring any gate: see :mod:`compactnn.experiments.routing_control`.)
+scoring any gate: see :mod:`compactnn.experiments.planted_moe`.)
 
 ``meta``: ``clusters`` (cluster of each task), ``planted_supports`` (``(T, k)`` expert ids
 of each task), ``cluster_experts`` (``(C, k)``), ``experts`` (the ground-truth weights),
