@@ -26,8 +26,8 @@ import time
 
 import torch
 
+from compactnn.init import refine_gaussian, solve_gaussian
 from compactnn.init.gaussian import relative_relu_error
-from compactnn.init.nonlinear import refine_gaussian, solve_gaussian
 from compactnn.init.spectral import balanced_factors
 from compactnn.utils import interleaved_timings, machine_info
 

@@ -144,10 +144,23 @@ def test_zero_coefficient():
     assert frobenius_decay(model, 0.0).item() == 0.0
 
 
-@pytest.mark.parametrize("coef", [-1e-4, -1.0, float("nan")])
+@pytest.mark.parametrize("coef", [-1e-4, -1.0, float("nan"), float("inf"), -float("inf")])
 def test_bad_coefficient(coef):
-    with pytest.raises(ValueError, match="coef"):
+    with pytest.raises(ValueError, match=f"coef={coef}"):
         frobenius_decay(nn.Sequential(*make_layers()), coef)
+
+
+@pytest.mark.parametrize("coef", ["1e-4", None, [1e-4], True])
+def test_coefficient_of_the_wrong_type_is_a_type_error(coef):
+    with pytest.raises(TypeError, match="coef must be a number"):
+        frobenius_decay(nn.Sequential(*make_layers()), coef)
+
+
+def test_regularizers_refuse_a_non_module():
+    with pytest.raises(TypeError, match="model must be a Module"):
+        frobenius_decay([LowRankLinear(4, 4, 2)], 1e-4)
+    with pytest.raises(TypeError, match="model must be a Module"):
+        param_groups("model", 1e-4)
 
 
 def test_nested_and_wrapped_models():
@@ -245,4 +258,13 @@ def test_param_groups_dense_model_single_group():
 def test_param_groups_bad_decay(kwargs, needle):
     args = {"weight_decay": 0.1, **kwargs}
     with pytest.raises(ValueError, match=needle):
+        param_groups(Net(), **args)
+
+
+@pytest.mark.parametrize("kwargs", [{"weight_decay": "x"}, {"factor_weight_decay": "0"},
+                                    {"weight_decay": None}])
+def test_param_groups_decay_of_the_wrong_type(kwargs):
+    args = {"weight_decay": 0.1, **kwargs}
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError, match=f"{name} must be a number"):
         param_groups(Net(), **args)

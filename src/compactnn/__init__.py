@@ -7,32 +7,10 @@ experts. See the README and docs/ for usage.
 
 __version__ = "0.1.0"
 
-from compactnn import init  # noqa: E402,F401  (registers the initializers)
-from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear  # noqa: E402
-
-__all__ = ["LowRankConv2d", "LowRankLayer", "LowRankLinear", "init"]
-from compactnn.regularize import frobenius_decay, param_groups  # noqa: E402
-from compactnn.surgery import FactorizeReport, count_macs, factorize, merge  # noqa: E402
-
-__all__ += ["FactorizeReport", "count_macs", "factorize", "frobenius_decay", "merge",
-            "param_groups"]
-from compactnn.io import load_model, save_model  # noqa: E402
-
-__all__ += ["load_model", "save_model"]
-from compactnn.sparse import (  # noqa: E402
-    IterativeHardThresholding,
-    IterativeMagnitudePruning,
-    SparsityMasks,
-    global_magnitude_masks,
-    prunable_weights,
-    target_keep_for_param_ratio,
-    target_keep_for_params,
-)
-
-__all__ += ["IterativeHardThresholding", "IterativeMagnitudePruning", "SparsityMasks",
-            "global_magnitude_masks", "prunable_weights", "target_keep_for_param_ratio",
-            "target_keep_for_params"]
-from compactnn.moe import (  # noqa: E402
+from compactnn import init  # noqa: F401  (registers the initializers)
+from compactnn.io import load_model, save_model
+from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear
+from compactnn.moe import (
     DSelectKGate,
     MixtureOfExperts,
     MultiGateMoE,
@@ -40,6 +18,42 @@ from compactnn.moe import (  # noqa: E402
     SoftmaxGate,
     mlp_experts,
 )
+from compactnn.regularize import frobenius_decay, param_groups
+from compactnn.sparse import (
+    IterativeHardThresholding,
+    IterativeMagnitudePruning,
+    SparsityMasks,
+    magnitude_masks,
+    prunable_weights,
+    target_keep_for_param_ratio,
+    target_keep_for_params,
+)
+from compactnn.surgery import FactorizeReport, count_macs, factorize, merge
 
-__all__ += ["DSelectKGate", "MixtureOfExperts", "MultiGateMoE", "NoisyTopKGate", "SoftmaxGate",
-            "mlp_experts"]
+__all__ = [
+    "DSelectKGate",
+    "FactorizeReport",
+    "IterativeHardThresholding",
+    "IterativeMagnitudePruning",
+    "LowRankConv2d",
+    "LowRankLayer",
+    "LowRankLinear",
+    "MixtureOfExperts",
+    "MultiGateMoE",
+    "NoisyTopKGate",
+    "SoftmaxGate",
+    "SparsityMasks",
+    "count_macs",
+    "factorize",
+    "frobenius_decay",
+    "init",
+    "load_model",
+    "magnitude_masks",
+    "merge",
+    "mlp_experts",
+    "param_groups",
+    "prunable_weights",
+    "save_model",
+    "target_keep_for_param_ratio",
+    "target_keep_for_params",
+]

@@ -78,7 +78,7 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
     overrides, print it or run it, and report bad input as one ``error:`` line."""
     import json
 
-    from compactnn.train.config import (
+    from compactnn.config import (
         build_config,
         config_to_dict,
         load_config_file,
@@ -91,29 +91,28 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
         if args.print_config:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
-        result = run(cfg)
+        result = run(cfg).metrics
     except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    for key in drop:  # objects that are not JSON: the model, large arrays saved to files
+    for key in drop:  # large arrays also saved to files
         result.pop(key, None)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from compactnn.train.trainer import TrainConfig, train
+    from compactnn.tasks.classify import TrainConfig, train
 
-    return _run_configured(args, TrainConfig, train, ("model",))
+    return _run_configured(args, TrainConfig, train, ())
 
 
 def _cmd_mtl(args: argparse.Namespace) -> int:
-    from compactnn.mtl.config import MTLConfig
-    from compactnn.mtl.trainer import train_mtl
+    from compactnn.tasks.mtl import MTLConfig, train_mtl
 
     # expert weights are written to OUT/gate_weights.csv
-    return _run_configured(args, MTLConfig, train_mtl, ("model", "expert_weights"))
+    return _run_configured(args, MTLConfig, train_mtl, ("expert_weights",))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from compactnn._checks import check_float, check_module
 from compactnn.lowrank.base import LowRankLayer
 
 __all__ = ["frobenius_norm_sq", "frobenius_decay", "lowrank_layers", "param_groups"]
@@ -24,6 +25,7 @@ __all__ = ["frobenius_norm_sq", "frobenius_decay", "lowrank_layers", "param_grou
 def lowrank_layers(model: nn.Module) -> Iterator[tuple[str, LowRankLayer]]:
     """``(name, layer)`` for every low-rank layer in ``model`` (DDP and
     ``torch.compile`` wrappers included, as they are ordinary modules)."""
+    check_module("model", model)
     for name, module in model.named_modules():
         if isinstance(module, LowRankLayer):
             yield name, module
@@ -47,8 +49,9 @@ def frobenius_decay(model: nn.Module, coef: float) -> Tensor:
     with zero weight decay on the factors (see :func:`param_groups`); [FNL]
     sets ``coef`` to the weight decay the dense model would use.
     """
-    if not coef >= 0:  # also rejects NaN, which would silently poison the loss
-        raise ValueError(f"coef must be a non-negative number, got coef={coef}")
+    check_module("model", model)
+    # NaN or infinity would silently poison the loss (inf * 0 is NaN)
+    check_float("coef", coef, 0.0)
     total: Tensor | None = None
     for _, layer in lowrank_layers(model):
         term = frobenius_norm_sq(layer)
@@ -72,9 +75,9 @@ def param_groups(
     Pass the result to any ``torch.optim`` optimizer; ``group_options`` (e.g.
     ``lr``) are added to both groups.
     """
-    if not (weight_decay >= 0 and factor_weight_decay >= 0):  # NaN included
-        raise ValueError(f"weight decays must be non-negative, got weight_decay="
-                         f"{weight_decay}, factor_weight_decay={factor_weight_decay}")
+    check_module("model", model)
+    check_float("weight_decay", weight_decay, 0.0)
+    check_float("factor_weight_decay", factor_weight_decay, 0.0)
     factor_ids: set[int] = set()
     for _, layer in lowrank_layers(model):
         factor_ids.update({id(layer.U), id(layer.V)})

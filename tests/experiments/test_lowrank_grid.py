@@ -5,6 +5,7 @@ import csv
 
 import pytest
 
+from compactnn.engine import Run
 from compactnn.experiments import get
 from compactnn.experiments.lowrank_grid import Scale, paired_pvalue, run_grid
 
@@ -84,7 +85,7 @@ def test_an_interrupted_run_stops_the_grid(tmp_path, monkeypatch):
 
     def stopped_train(cfg):  # what train returns after SIGINT: saved, not finished
         started.append(cfg.out)
-        return {"finished": False, "model": None}
+        return Run(metrics={"finished": False}, model=None, history=[])
 
     monkeypatch.setattr(grid, "train", stopped_train)
     with pytest.raises(KeyboardInterrupt):

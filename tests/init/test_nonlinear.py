@@ -11,15 +11,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compactnn import LowRankConv2d, LowRankLinear
+from compactnn.init import fit_data, nonlinear_, refine_gaussian, solve_gaussian
 from compactnn.init.gaussian import relu_function_error, relu_pair_error
-from compactnn.init.nonlinear import (
-    _fit_units,
-    _start_units,
-    fit_data,
-    nonlinear_,
-    refine_gaussian,
-    solve_gaussian,
-)
+from compactnn.init.relu_solver import _fit_units, _start_units
 from compactnn.init.spectral import balanced_factors
 
 D = torch.float64

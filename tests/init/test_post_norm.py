@@ -7,13 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactnn import LowRankConv2d, LowRankLinear
-from compactnn.init.calibration import (
-    compress_sequential,
-    detect_activations,
-    detect_norms,
-    norm_affine,
-)
-from compactnn.init.nonlinear import nonlinear_
+from compactnn.init import nonlinear_, norm_affine
+from compactnn.surgery import compress_sequential, detect_activations, detect_norms
 
 
 def _trained_bn(c: int, affine: bool = True, seed: int = 0, dim: int = 2) -> nn.Module:

@@ -42,7 +42,7 @@ def approx_error(layer, weight: torch.Tensor) -> float:
 def test_eckart_young_linear_exact(in_f, out_f, r):
     torch.manual_seed(0)
     dense = nn.Linear(in_f, out_f, dtype=F64)
-    layer = LowRankLinear.from_dense(dense, r, init="spectral", method="exact")
+    layer = LowRankLinear.from_dense(dense, r, init="spectral", svd_method="exact")
     opt = tail_norm(dense.weight.detach(), r)
     assert approx_error(layer, dense.weight) == pytest.approx(opt, rel=1e-9, abs=1e-12)
 
@@ -51,9 +51,9 @@ def test_eckart_young_beats_other_rank_r_matrices():
     torch.manual_seed(1)
     dense = nn.Linear(24, 20, dtype=F64)
     w = dense.weight.detach()
-    best = approx_error(LowRankLinear.from_dense(dense, 5, method="exact"), w)
+    best = approx_error(LowRankLinear.from_dense(dense, 5, svd_method="exact"), w)
     for _ in range(20):
-        other = LowRankLinear.from_dense(dense, 5, method="exact")
+        other = LowRankLinear.from_dense(dense, 5, svd_method="exact")
         with torch.no_grad():
             other.U.add_(1e-2 * torch.randn_like(other.U))
             other.V.add_(1e-2 * torch.randn_like(other.V))
@@ -68,7 +68,7 @@ def test_eckart_young_conv_exact(scheme, groups):
     torch.manual_seed(2)
     dense = nn.Conv2d(8, 16, (3, 2), groups=groups, dtype=F64)
     r_g = 2
-    layer = LowRankConv2d.from_dense(dense, r_g * groups, scheme=scheme, method="exact")
+    layer = LowRankConv2d.from_dense(dense, r_g * groups, scheme=scheme, svd_method="exact")
     mat = layer.weight_to_matrix(dense.weight.detach())
     assert mat.shape[0] == groups
     # per group the best rank-2 approximation; the errors add up in squares
@@ -94,7 +94,7 @@ def big_linear():
 def test_randomized_within_one_percent_of_optimum(big_linear, method, r):
     dense, s = big_linear
     opt = s[r:].square().sum().sqrt().item()
-    layer = LowRankLinear.from_dense(dense, r, method=method)
+    layer = LowRankLinear.from_dense(dense, r, svd_method=method)
     err = approx_error(layer, dense.weight)
     assert opt <= err * (1 + 1e-6)
     assert err <= 1.01 * opt
@@ -116,12 +116,12 @@ def test_auto_picks_randomized_for_small_rank(monkeypatch, big_linear):
 
     monkeypatch.setattr(torch, "svd_lowrank", spy)
     dense, _ = big_linear
-    LowRankLinear.from_dense(dense, 8, method="auto")
+    LowRankLinear.from_dense(dense, 8, svd_method="auto")
     assert calls == [(1, 1024, 1024)]
-    LowRankLinear.from_dense(nn.Linear(64, 64), 4, method="auto")  # small: exact
-    LowRankLinear.from_dense(dense, 512, method="auto")  # large rank: exact
+    LowRankLinear.from_dense(nn.Linear(64, 64), 4, svd_method="auto")  # small: exact
+    LowRankLinear.from_dense(dense, 512, svd_method="auto")  # large rank: exact
     assert len(calls) == 1
-    LowRankLinear.from_dense(nn.Linear(64, 64), 4, method="randomized")
+    LowRankLinear.from_dense(nn.Linear(64, 64), 4, svd_method="randomized")
     assert len(calls) == 2
 
 
@@ -147,7 +147,7 @@ def test_randomized_conv_groups_within_one_percent(scheme):
     torch.manual_seed(5)
     dense = nn.Conv2d(64, 128, 3, groups=2)
     r_g = 6
-    layer = LowRankConv2d.from_dense(dense, 2 * r_g, scheme=scheme, method="randomized")
+    layer = LowRankConv2d.from_dense(dense, 2 * r_g, scheme=scheme, svd_method="randomized")
     mat = layer.weight_to_matrix(dense.weight.detach())
     opt = tail_norm(mat, r_g)
     err = approx_error(layer, dense.weight)
@@ -181,10 +181,10 @@ def test_layer_factors_are_balanced(scheme):
     torch.manual_seed(7)
     if scheme is None:
         dense = nn.Linear(20, 12, dtype=F64)
-        layer = LowRankLinear.from_dense(dense, 4, method="exact")
+        layer = LowRankLinear.from_dense(dense, 4, svd_method="exact")
     else:
         dense = nn.Conv2d(4, 6, 3, groups=2, dtype=F64)
-        layer = LowRankConv2d.from_dense(dense, 4, scheme=scheme, method="exact")
+        layer = LowRankConv2d.from_dense(dense, 4, scheme=scheme, svd_method="exact")
     u, v = layer.factor_matrices()
     gram_u = (u.transpose(-2, -1) @ u).detach()
     gram_v = (v @ v.transpose(-2, -1)).detach()
@@ -216,7 +216,7 @@ def test_truncated_svd_low_precision_input():
     assert torch.isfinite(layer.U).all()
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [({"method": "qr"}, "method='qr'"),
+@pytest.mark.parametrize(("kwargs", "needle"), [({"method": "qr"}, "got 'qr'"),
                                                 ({"rank": 0}, "rank=0"),
                                                 ({"rank": 13}, "rank=13")])
 def test_truncated_svd_bad_args(kwargs, needle):
@@ -227,8 +227,8 @@ def test_truncated_svd_bad_args(kwargs, needle):
 
 
 def test_spectral_bad_method_names_it():
-    with pytest.raises(ValueError, match="method='svd'"):
-        LowRankLinear.from_dense(nn.Linear(6, 6), 2, method="svd")
+    with pytest.raises(ValueError, match="svd_method must be one of .*got 'svd'"):
+        LowRankLinear.from_dense(nn.Linear(6, 6), 2, svd_method="svd")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -252,9 +252,9 @@ def test_spectral_registered_and_returns_layer():
 def test_spectral_in_place_on_given_weight_matches_from_dense():
     torch.manual_seed(10)
     dense = nn.Linear(10, 8, dtype=F64)
-    a = LowRankLinear.from_dense(dense, 3, method="exact")
+    a = LowRankLinear.from_dense(dense, 3, svd_method="exact")
     b = LowRankLinear(10, 8, rank=3, dtype=F64)
-    spectral_(b, weight=dense.weight.detach(), method="exact")
+    spectral_(b, weight=dense.weight.detach(), svd_method="exact")
     torch.testing.assert_close(a.dense_weight(), b.dense_weight())
 
 
@@ -322,5 +322,5 @@ def test_from_dense_none_init_kwargs_passed_through(monkeypatch):
         return real(matrix, rank, method, **kw)
 
     monkeypatch.setattr(spectral_mod, "truncated_svd", spy)
-    LowRankLinear.from_dense(nn.Linear(8, 8), 2, method="randomized")
+    LowRankLinear.from_dense(nn.Linear(8, 8), 2, svd_method="randomized")
     assert seen == ["randomized"]

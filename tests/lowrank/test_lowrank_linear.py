@@ -218,11 +218,18 @@ def test_bad_rank_in_from_dense_leaves_module(rank):
         assert torch.equal(v, before[k])
 
 
-@pytest.mark.parametrize(("name", "value"), [("in_features", 0), ("out_features", -3),
-                                             ("in_features", 2.0), ("out_features", True)])
+@pytest.mark.parametrize(("name", "value"), [("in_features", 0), ("out_features", -3)])
 def test_bad_features(name, value):
     kwargs = {"in_features": 4, "out_features": 4, name: value}
     with pytest.raises(ValueError, match=f"{name}={value!r}"):
+        LowRankLinear(rank=1, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "value"), [("in_features", 2.0), ("out_features", True),
+                                             ("in_features", "4"), ("bias", "no")])
+def test_bad_feature_types(name, value):
+    kwargs = {"in_features": 4, "out_features": 4, name: value}
+    with pytest.raises(TypeError, match=f"{name} must be a"):
         LowRankLinear(rank=1, **kwargs)
 
 
@@ -409,7 +416,7 @@ def test_property_rank_r_is_best_approximation(in_f, out_f, data):
     r = data.draw(st.integers(1, min(in_f, out_f)))
     torch.manual_seed(in_f * 100 + out_f)
     dense = nn.Linear(in_f, out_f, dtype=torch.float64)
-    layer = LowRankLinear.from_dense(dense, r, method="exact")
+    layer = LowRankLinear.from_dense(dense, r, svd_method="exact")
     s = torch.linalg.svdvals(dense.weight.detach())
     err = (layer.dense_weight() - dense.weight).norm().item()
     assert err == pytest.approx(s[r:].square().sum().sqrt().item(), rel=1e-7, abs=1e-10)

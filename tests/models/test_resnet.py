@@ -9,13 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from compactnn import LowRankConv2d, count_macs, factorize
-from compactnn.models.mlp import MLP, MLPConfig
 from compactnn.models.resnet import (
-    RESNET_DENSE_EXCLUDE,
     ResNet,
     ResNetConfig,
-    dense_first_last_exclude,
 )
 
 
@@ -109,34 +105,6 @@ def test_deterministic_kaiming_init():
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         ResNet(ResNetConfig(**kwargs))
-
-
-def test_dense_first_last_exclude():
-    assert dense_first_last_exclude(ResNet()) == ["stem", "fc"] == list(RESNET_DENSE_EXCLUDE)
-    assert dense_first_last_exclude(MLP(MLPConfig(in_features=8, hidden=(4, 4)))) == [
-        "layers.0", "head"]
-    assert dense_first_last_exclude(nn.Sequential(nn.Linear(2, 2))) == ["0"]
-    with pytest.raises(ValueError):
-        dense_first_last_exclude(nn.Sequential(nn.ReLU()))
-
-
-@pytest.mark.parametrize("shortcut", ["A", "B"])
-def test_factorize_keeps_stem_and_fc_dense(shortcut):
-    torch.manual_seed(0)
-    m = ResNet(ResNetConfig(shortcut=shortcut)).eval()
-    x = torch.randn(1, 1, 28, 28)
-    f, rep = factorize(m, param_ratio=0.1, exclude=dense_first_last_exclude(m))
-    assert type(f.stem) is nn.Conv2d and type(f.fc) is nn.Linear
-    assert torch.equal(f.stem.weight, m.stem.weight)
-    assert all(isinstance(blk.conv1, LowRankConv2d) and isinstance(blk.conv2, LowRankConv2d)
-               for stage in (f.layer1, f.layer2, f.layer3) for blk in stage)
-    assert 0.09 <= rep.param_ratio <= 0.1
-    assert n_params(f) == rep.params_after
-    assert f.eval()(x).shape == (1, 10)
-    macs_dense, macs_low = count_macs(m, x), count_macs(f, x)
-    assert 0 < macs_low < 0.2 * macs_dense
-    f2, _ = factorize(m, param_ratio=0.1, exclude=list(RESNET_DENSE_EXCLUDE))
-    assert type(f2.stem) is nn.Conv2d and type(f2.fc) is nn.Linear
 
 
 def test_trains_one_step():

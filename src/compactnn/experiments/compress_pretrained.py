@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from compactnn.config import build_config
+from compactnn.engine import FitConfig, batched, evaluate, fit, seed_everything
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import markdown_table, new_figure, write_csv
 from compactnn.surgery import factorize
-from compactnn.train.config import build_config
-from compactnn.train.loop import FitConfig, fit, seed_everything
-from compactnn.train.trainer import TrainConfig, evaluate_split, load_data, train
+from compactnn.tasks.classify import TrainConfig, load_data, train
 from compactnn.utils import interleaved_timings
 
 METHODS = ("spectral", "whitened", "lstsq", "nonlinear")
@@ -62,7 +62,7 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
     every method at every budget (``scale`` overrides the registered sizes)."""
     from tqdm.auto import tqdm
 
-    from compactnn.models import dense_first_last_exclude
+    from compactnn.surgery import dense_first_last_exclude
 
     sc = scale or SCALES[model_name, quick]
     cfg = build_config(TrainConfig, {
@@ -71,15 +71,14 @@ def run_compression(out_dir: Path, model_name: str, quick: bool, seed: int,
         "optim": {"name": "sgd", "lr": 0.05 if model_name == "mlp" else 0.1,
                   "epochs": sc["epochs"], "batch_size": 128, "weight_decay": 5e-4},
         "seed": seed, "out": str(out_dir / "dense"), "progress": False})
-    dense = train(cfg)["model"].eval()
+    dense = train(cfg).model.eval()
     data = load_data(cfg.data, seed)
     gen = torch.Generator().manual_seed(seed)
     calib = data.x_train[torch.randperm(len(data.x_train), generator=gen)[:sc["calib"]]]
     exclude = sc["exclude"] + (dense_first_last_exclude(dense) if sc["keep_first_last"] else [])
 
     def test_acc(model) -> float:
-        return evaluate_split(model, data.x_test, data.y_test, 1000, torch.device("cpu"))[
-            "accuracy"]
+        return evaluate(model, batched(data.x_test, data.y_test, batch_size=1000))["accuracy"]
 
     dense_acc = test_acc(dense)
     ft_loader = torch.utils.data.DataLoader(

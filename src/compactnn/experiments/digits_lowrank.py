@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from compactnn.data import load_digits_split
+from compactnn.engine import FitConfig, evaluate, fit, measure_latency, seed_everything
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
 from compactnn.models import MLP, MLPConfig
 from compactnn.surgery import factorize
-from compactnn.train import FitConfig, evaluate, fit, measure_latency, seed_everything
 
 # (label, init, Frobenius decay coefficient)
 ARMS = [("default", "default", 0.0), ("spectral", "spectral", 0.0),

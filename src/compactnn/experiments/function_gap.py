@@ -20,8 +20,8 @@ import torch
 
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
+from compactnn.init import solve_gaussian
 from compactnn.init.gaussian import relative_relu_error
-from compactnn.init.nonlinear import solve_gaussian
 from compactnn.init.spectral import balanced_factors
 
 METHODS = [("spectral", "spectral"), ("nonlinear", "nonlinear, no bias fit"),

@@ -24,10 +24,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from compactnn.config import build_config
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
-from compactnn.train.config import build_config
-from compactnn.train.trainer import TrainConfig, train
+from compactnn.tasks.classify import TrainConfig, train
 
 FRACTIONS = (0.02, 0.05, 0.10, 0.25)
 LOWRANK_ARMS = [(init, fd) for init in ("default", "spectral", "nonlinear") for fd in (False, True)]
@@ -115,9 +115,9 @@ def _train_job(cfg: TrainConfig, threads: int | None) -> dict:
     if cfg.resume and (out / "result.json").exists():
         import json
 
-        from compactnn.train.checkpoint import check_same_config
-        from compactnn.train.config import config_to_dict
-        from compactnn.train.trainer import RUN_KEYS
+        from compactnn.config import config_to_dict
+        from compactnn.engine import check_same_config
+        from compactnn.tasks.classify import RUN_KEYS
 
         check_same_config(out / "checkpoint.safetensors", config_to_dict(cfg), RUN_KEYS)
         return json.loads((out / "result.json").read_text())
@@ -125,9 +125,7 @@ def _train_job(cfg: TrainConfig, threads: int | None) -> dict:
         import torch
 
         torch.set_num_threads(threads)
-    res = train(cfg)
-    res.pop("model", None)
-    return res
+    return train(cfg).metrics
 
 
 def _finished(res: dict) -> dict:
@@ -140,9 +138,8 @@ def _finished(res: dict) -> dict:
 
 def check_budgets(configs: list[TrainConfig]) -> None:
     """Raise before any training if some arm's low-rank budget cannot be met."""
-    from compactnn.models import dense_first_last_exclude
-    from compactnn.surgery import factorize
-    from compactnn.train.trainer import build_model, load_data
+    from compactnn.surgery import dense_first_last_exclude, factorize
+    from compactnn.tasks.classify import build_model, load_data
 
     seen = set()
     for cfg in configs:

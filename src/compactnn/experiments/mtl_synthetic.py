@@ -10,8 +10,8 @@
 Every gate sees the same data, experts, towers, optimizer and steps; runs with the same
 seed share the data and the model initialization apart from the gate, so DSelect-k is
 compared with each baseline by a paired t-test across seeds
-(:func:`compactnn.mtl.metrics.paired_test`). Training goes through
-:func:`compactnn.mtl.train_mtl`, the loop of ``compactnn mtl``.
+(:func:`compactnn.tasks.mtl.metrics.paired_test`). Training goes through
+:func:`compactnn.tasks.mtl.train_mtl`, the loop of ``compactnn mtl``.
 
 The helpers here (:func:`run_arm`, :func:`comparison_table`, ...) are shared with
 :mod:`compactnn.experiments.mtl_real`.
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from compactnn.config import build_config, parse_overrides
 from compactnn.data.multitask import MultiTaskData
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
-from compactnn.mtl.config import MTLConfig
-from compactnn.mtl.metrics import paired_test
-from compactnn.train.config import build_config, parse_overrides
+from compactnn.tasks.mtl.config import MTLConfig
+from compactnn.tasks.mtl.metrics import paired_test
 
 GATES = ("dselect_k", "topk", "softmax")
 GATE_LABELS = {"dselect_k": "DSelect-k", "topk": "Top-k", "softmax": "softmax (MMoE)"}
@@ -43,14 +43,12 @@ def run_arm(out_dir: Path, overrides: Sequence[str], data: MultiTaskData | None 
             ) -> dict[str, Any]:
     """Train one configuration with ``compactnn mtl``'s loop (no progress bar, no model
     file); returns its result dict without the model."""
-    from compactnn.mtl.trainer import train_mtl
+    from compactnn.tasks.mtl import train_mtl
 
     cfg = build_config(MTLConfig, parse_overrides(
         ["progress=false", "save_model=false", "resume=false", f"out={out_dir}",
          *overrides]))
-    result = train_mtl(cfg, data=data)
-    result.pop("model", None)
-    return result
+    return train_mtl(cfg, data=data).metrics
 
 
 def _fmt_p(p: float) -> str:

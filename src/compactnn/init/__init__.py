@@ -4,44 +4,72 @@
 ``"default"`` and ``"spectral"`` [FNL] need only the dense weight;
 ``"nonlinear"`` [LR-NL] matches the layer's function (Gaussian inputs, or
 calibration ``inputs=``); ``"whitened"`` (SVD-LLM) and ``"lstsq"`` (MosaicML)
-are the data-aware linear baselines (see :data:`DATA_AWARE_INITS`).
+are the data-aware linear baselines. Which initializers take calibration data
+is recorded in the registry (:func:`compactnn.lowrank.is_data_aware`).
+
+Modules: :mod:`~compactnn.init.spectral` (truncated SVD, balanced factors),
+:mod:`~compactnn.init.gaussian` (closed-form Gaussian ReLU expectations),
+:mod:`~compactnn.init.relu_solver` (the Gaussian-mode solver),
+:mod:`~compactnn.init.moments` (moment solvers: least squares, whitened, lstsq),
+:mod:`~compactnn.init.data_fit` (the data-mode fit), :mod:`~compactnn.init.inputs`
+(calibration rows, activations, folded norms) and
+:mod:`~compactnn.init.nonlinear` (the registered data-aware initializers).
 """
 
 from compactnn.init import gaussian
-from compactnn.init.calibration import (
+from compactnn.init.data_fit import DataSolution, FitOptions, fit_data
+from compactnn.init.inputs import (
     ACTIVATIONS,
-    DATA_AWARE_INITS,
-    compress_sequential,
-    detect_activations,
-    detect_norms,
+    LayerInputs,
+    activation_fn,
+    check_activation,
+    layer_inputs,
     norm_affine,
 )
-from compactnn.init.nonlinear import (
-    fit_data,
-    lstsq_,
-    nonlinear_,
-    refine_gaussian,
-    solve_gaussian,
-    whitened_,
+from compactnn.init.moments import (
+    InputMoments,
+    input_moments,
+    least_squares_factors,
+    lstsq_factors,
+    whitened_factors,
 )
-from compactnn.init.spectral import balanced_factors, default_, spectral_, truncated_svd
+from compactnn.init.nonlinear import lstsq_, nonlinear_, whitened_
+from compactnn.init.relu_solver import GaussianSolution, refine_gaussian, solve_gaussian
+from compactnn.init.spectral import (
+    SVD_METHODS,
+    balanced_factors,
+    default_,
+    rebalance,
+    spectral_,
+    truncated_svd,
+)
 
 __all__ = [
     "ACTIVATIONS",
-    "DATA_AWARE_INITS",
+    "DataSolution",
+    "FitOptions",
+    "GaussianSolution",
+    "InputMoments",
+    "LayerInputs",
+    "SVD_METHODS",
+    "activation_fn",
     "balanced_factors",
-    "compress_sequential",
+    "check_activation",
     "default_",
-    "detect_activations",
-    "detect_norms",
     "fit_data",
     "gaussian",
+    "input_moments",
+    "layer_inputs",
+    "least_squares_factors",
     "lstsq_",
+    "lstsq_factors",
     "nonlinear_",
     "norm_affine",
+    "rebalance",
     "refine_gaussian",
     "solve_gaussian",
     "spectral_",
     "truncated_svd",
     "whitened_",
+    "whitened_factors",
 ]

@@ -4,7 +4,7 @@ For ``x ~ N(0, I)`` each output unit of ``relu(W x + b)`` depends on ``x`` only
 through the Gaussian scalar ``u_i = w_i . x + b_i ~ N(b_i, |w_i|^2)``, and the
 low-rank unit ``v_i = a_i . x + c_i`` (``a_i`` the i-th row of ``U V``) is
 jointly Gaussian with it, with correlation ``rho_i = w_i . a_i / (|w_i| |a_i|)``.
-The function-matching objective (METHODS.md, Sec. 4)
+The function-matching objective
 
     L(U, V, c) = E |relu(W x + b) - relu(U V x + c)|^2
                = sum_i E relu(u_i)^2 + E relu(v_i)^2 - 2 E relu(u_i) relu(v_i)
@@ -26,7 +26,7 @@ one 1-D integral:
   smooth in the angle ``th`` (no kink, no singularity at ``rho = +-1``), so
   Gauss-Legendre quadrature with 32 nodes is exact to double precision
   (``method="plackett"``, the default).
-* ``method="hermite"`` is the form METHODS.md sketches: condition on ``u``
+* ``method="hermite"``: condition on ``u``
   (``E[relu(v) | u]`` is the 1-D formula above) and integrate over ``u`` by
   Gauss-Hermite quadrature. The kink of ``relu(u)`` slows that quadrature
   down, so its first-order Taylor part at the kink is integrated analytically
@@ -83,14 +83,14 @@ def normal_pdf(x: Tensor) -> Tensor:
     return torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
 
 
-def _safe_scale(s: Tensor) -> Tensor:
+def safe_scale(s: Tensor) -> Tensor:
     """Clamp a standard deviation away from 0 so ``mu / s`` is never ``0/0``."""
     return s.clamp_min(torch.finfo(s.dtype).tiny)
 
 
 def relu_mean(mu: Tensor, sigma: Tensor) -> Tensor:
     """``E relu(u)`` for ``u ~ N(mu, sigma^2)``: ``mu Phi(mu/sigma) + sigma phi(mu/sigma)``."""
-    sigma = _safe_scale(sigma)
+    sigma = safe_scale(sigma)
     z = mu / sigma
     return mu * normal_cdf(z) + sigma * normal_pdf(z)
 
@@ -98,7 +98,7 @@ def relu_mean(mu: Tensor, sigma: Tensor) -> Tensor:
 def relu_second_moment(mu: Tensor, sigma: Tensor) -> Tensor:
     """``E relu(u)^2`` for ``u ~ N(mu, sigma^2)``:
     ``(mu^2 + sigma^2) Phi(mu/sigma) + mu sigma phi(mu/sigma)``."""
-    sigma = _safe_scale(sigma)
+    sigma = safe_scale(sigma)
     z = mu / sigma
     return (mu * mu + sigma * sigma) * normal_cdf(z) + mu * sigma * normal_pdf(z)
 
@@ -106,7 +106,7 @@ def relu_second_moment(mu: Tensor, sigma: Tensor) -> Tensor:
 def arccos_kernel(norm_a: Tensor, norm_c: Tensor, cos: Tensor) -> Tensor:
     """``E relu(a.x) relu(c.x)`` for ``x ~ N(0, I)``, the order-1 arc-cosine kernel:
     ``|a||c| (sin(theta) + (pi - theta) cos(theta)) / (2 pi)`` with
-    ``cos(theta) = cos`` (METHODS.md, Sec. 4)."""
+    ``cos(theta) = cos`` ."""
     cos = cos.clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
     return norm_a * norm_c * (torch.sin(theta) + (math.pi - theta) * cos) / (2.0 * math.pi)
@@ -123,7 +123,7 @@ def _hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, w / math.sqrt(2.0 * math.pi)  # weights of E over N(0, 1)
 
 
-def _plackett_terms(al: Tensor, be: Tensor, rho: Tensor, nodes: int) -> tuple[Tensor, Tensor]:
+def plackett_terms(al: Tensor, be: Tensor, rho: Tensor, nodes: int) -> tuple[Tensor, Tensor]:
     """``(Phi2, K)``: ``Phi2 = P(X <= al, Y <= be)`` for a standard bivariate normal
     with correlation ``rho``, and ``K = int_0^asin(rho) (rho - sin th) e^{-Q} / (2 pi) dth``.
     Both by ``nodes``-point Gauss-Legendre in the angle ``th``."""
@@ -149,7 +149,7 @@ def bivariate_normal_cdf(h: Tensor, k: Tensor, rho: Tensor,
     ``rho``, by Plackett's identity ``d Phi2 / d rho = phi2`` integrated over the
     angle ``asin(rho)`` (Gauss-Legendre, smooth integrand)."""
     h, k, rho = torch.broadcast_tensors(h, k, rho)
-    return _plackett_terms(h, k, rho.clamp(-1.0, 1.0), nodes)[0]
+    return plackett_terms(h, k, rho.clamp(-1.0, 1.0), nodes)[0]
 
 
 class _PlackettCross(torch.autograd.Function):
@@ -159,9 +159,9 @@ class _PlackettCross(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu_u, s_u, mu_v, s_v, rho, nodes):  # type: ignore[override]
-        s_u, s_v = _safe_scale(s_u), _safe_scale(s_v)
+        s_u, s_v = safe_scale(s_u), safe_scale(s_v)
         al, be = mu_u / s_u, mu_v / s_v
-        phi2, k = _plackett_terms(al, be, rho, nodes)
+        phi2, k = plackett_terms(al, be, rho, nodes)
         cross = relu_mean(mu_u, s_u) * relu_mean(mu_v, s_v) + s_u * s_v * (
             rho * normal_cdf(al) * normal_cdf(be) + k)
         ctx.save_for_backward(mu_u, s_u, mu_v, s_v, rho, al, be, phi2)
@@ -170,7 +170,7 @@ class _PlackettCross(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         mu_u, s_u, mu_v, s_v, rho, al, be, phi2 = ctx.saved_tensors
-        q = _safe_scale(torch.sqrt((1.0 - rho * rho).clamp_min(0.0)))
+        q = safe_scale(torch.sqrt((1.0 - rho * rho).clamp_min(0.0)))
         pa, pb = normal_pdf(al), normal_pdf(be)
         ca, cb = normal_cdf((be - rho * al) / q), normal_cdf((al - rho * be) / q)
         ex = pa * ca + rho * pb * cb  # E[X 1{X > -al, Y > -be}]
@@ -192,11 +192,11 @@ def _hermite_cross(mu_u: Tensor, s_u: Tensor, mu_v: Tensor, s_v: Tensor, rho: Te
     shape = (nodes,) + (1,) * mu_u.dim()
     z = torch.as_tensor(x, dtype=mu_u.dtype, device=mu_u.device).reshape(shape)
     w = torch.as_tensor(w, dtype=mu_u.dtype, device=mu_u.device).reshape(shape)
-    s_u, s_v = _safe_scale(s_u), _safe_scale(s_v)
+    s_u, s_v = safe_scale(s_u), safe_scale(s_v)
     sig = s_v * torch.sqrt((1.0 - rho * rho).clamp_min(0.0))
     z0 = -mu_u / s_u
     g0 = relu_mean(mu_v + s_v * rho * z0, sig)
-    g1 = s_v * rho * normal_cdf((mu_v + s_v * rho * z0) / _safe_scale(sig))
+    g1 = s_v * rho * normal_cdf((mu_v + s_v * rho * z0) / safe_scale(sig))
     rest = relu_mean(mu_v + s_v * rho * z, sig) - g0 - g1 * (z - z0)
     ones = torch.ones_like(z0)
     exact = s_u * (g0 * relu_mean(-z0, ones) + g1 * relu_second_moment(-z0, ones))
@@ -245,7 +245,7 @@ def relu_unit_stats(weight: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tenso
     t2 = ((uu @ gram) * uu).sum(-1).double()
     s = w.double().pow(2).sum(-1).sqrt()
     t = t2.clamp_min(0.0).sqrt()
-    rho = (d / (_safe_scale(s) * _safe_scale(t))).clamp(-1.0, 1.0)
+    rho = (d / (safe_scale(s) * safe_scale(t))).clamp(-1.0, 1.0)
     if squeeze:
         return s[0], t[0], rho[0]
     return s, t, rho
@@ -254,7 +254,7 @@ def relu_unit_stats(weight: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tenso
 def relu_function_error(weight: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None,
                         new_bias: Tensor | None = None, method: str = "plackett") -> Tensor:
     """The exact objective ``E_x |relu(W x + b) - relu(U V x + c)|^2`` over
-    ``x ~ N(0, I)`` [LR-NL, Sec. 3; METHODS.md Sec. 4], summed over output units.
+    ``x ~ N(0, I)`` [LR-NL, Sec. 3], summed over output units.
 
     ``weight`` (m, n), ``u`` (m, r), ``v`` (r, n), ``bias`` and ``new_bias`` (m,)
     or None (zero); or all with a leading group axis ``G``. Differentiable in
@@ -277,8 +277,8 @@ def relu_output_energy(weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def relative_relu_error(weight: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None,
                         new_bias: Tensor | None = None) -> float:
-    """``L / E |relu(W x + b)|^2``: the relative function error reported in
-    METHODS.md's table and the benchmarks."""
+    """``L / E |relu(W x + b)|^2``: the relative function error reported by
+    the function-gap experiment and the benchmarks."""
     with torch.no_grad():
         num = relu_function_error(weight, u, v, bias, new_bias)
         return float(num / relu_output_energy(weight, bias))

@@ -1,34 +1,30 @@
-"""What every low-rank layer shares: rank resolution, the matrix view of the
-factors, and the registry of named initializers.
+"""What every low-rank layer shares: rank resolution and the matrix view of the
+factors.
 
 A low-rank layer represents a dense weight by a product of two thin factors.
 Whatever the layer's own parameter shapes (a Linear's ``U`` and ``V``, a
 convolution's two kernels), each layer exposes the same *matrix view*: a batch
 of ``G`` independent products ``U_g @ V_g`` with ``U_g`` (m x r/G) and ``V_g``
 (r/G x n), where ``G`` is the number of convolution groups (1 for Linear).
-Initializers, regularizers and model surgery work on that view only, so they
-treat every layer type alike [FNL, Sec. 2-3].
+Initializers, regularizers, model surgery and checkpoints work on that view
+(and on :meth:`LowRankLayer.input_rows` / :meth:`LowRankLayer.config`) only, so
+they treat every layer type alike [FNL, Sec. 2-3].
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "LowRankLayer",
-    "resolve_rank",
-    "break_even_rank",
-    "register_initializer",
-    "get_initializer",
-    "available_initializers",
-    "check_finite",
-]
+from compactnn._checks import check_finite, check_tensor
+from compactnn.lowrank.registry import get_initializer
+
+__all__ = ["LowRankLayer", "resolve_rank", "break_even_rank"]
 
 
 def resolve_rank(rank: int | float, full_rank: int, *, multiple_of: int = 1) -> int:
@@ -62,12 +58,6 @@ def break_even_rank(rows: int, cols: int) -> float:
     """Rank below which ``U (rows x r) @ V (r x cols)`` has fewer entries than the
     dense ``rows x cols`` matrix: ``rows * cols / (rows + cols)``."""
     return rows * cols / (rows + cols)
-
-
-def check_finite(name: str, tensor: Tensor) -> None:
-    """Raise ``ValueError`` if ``tensor`` holds NaN or infinity."""
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
 
 class LowRankLayer(nn.Module):
@@ -109,13 +99,86 @@ class LowRankLayer(nn.Module):
         """``(G, m, n)`` -> dense weight in its module's layout."""
         raise NotImplementedError
 
+    @property
+    def dense_weight_shape(self) -> tuple[int, ...]:
+        """Shape of the equivalent dense module's ``weight``."""
+        raise NotImplementedError
+
+    def check_dense_weight(self, weight: Any, name: str = "weight") -> Tensor:
+        """``weight`` must be a finite floating tensor of exactly
+        :attr:`dense_weight_shape` (a transposed or flattened weight has the right
+        number of entries but means a different layer)."""
+        return check_tensor(name, weight, shape=self.dense_weight_shape, floating=True)
+
+    # -- calibration rows ------------------------------------------------
+    @property
+    def rows_are_outputs(self) -> bool:
+        """Whether row ``i`` of the matrix view computes output unit ``i`` (false for
+        a convolution factorized over ``(out*kh) x (in*kw)``)."""
+        return True
+
+    def input_rows_problem(self) -> str | None:
+        """Why this layer's inputs cannot be read as rows of its matrix view, or
+        None when :meth:`input_rows` works."""
+        return None
+
+    def check_input_rows(self) -> None:
+        """Raise ``ValueError`` when :meth:`input_rows` cannot work for this layer."""
+        problem = self.input_rows_problem()
+        if problem is not None:
+            raise ValueError(f"data-aware initialization cannot use {type(self).__name__} "
+                             f"with {problem}")
+
+    def input_rows(self, x: Tensor) -> Tensor:
+        """The rows ``(k, n)`` that the matrix view ``U V`` multiplies when the layer
+        runs on ``x``: ``forward(x)`` equals ``rows @ (U V)^T`` (plus bias),
+        rearranged. ``ValueError`` when ``x`` does not fit the layer."""
+        raise NotImplementedError
+
+    def rows_per_sample(self, x: Tensor) -> int:
+        """How many rows :meth:`input_rows` makes of one entry along ``x``'s first
+        dimension (to split a tensor into batches of about a given row count)."""
+        raise NotImplementedError
+
+    # -- construction ----------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (without ``device``/``dtype``) that rebuild
+        this layer's structure: ``type(layer).from_config(layer.config())``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> LowRankLayer:
+        """A freshly initialized layer built from :meth:`config`'s output."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        return cls(**config, device=device, dtype=dtype)
+
     def dense_fan_in(self) -> int:
         """Fan-in of the equivalent dense layer (for default initialization)."""
         raise NotImplementedError
 
+    #: The dense module type this layer replaces (``nn.Linear``, ``nn.Conv2d``).
+    dense_type: type[nn.Module]
+
+    def dense_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the equivalent dense module."""
+        raise NotImplementedError
+
+    @classmethod
+    def dense_structure(cls, module: nn.Module) -> dict[str, Any]:
+        """This class's constructor arguments (without rank and layer options)
+        that mirror the dense ``module``."""
+        raise NotImplementedError
+
     def to_dense(self) -> nn.Module:
         """The equivalent dense module, weight ``U @ V`` rebuilt once."""
-        raise NotImplementedError
+        dense = self.dense_type(**self.dense_kwargs(), device=self.U.device, dtype=self.U.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
 
     @classmethod
     def from_dense(
@@ -125,8 +188,24 @@ class LowRankLayer(nn.Module):
         init: str | Callable[..., Any] = "spectral",
         **init_kwargs: Any,
     ) -> LowRankLayer:
-        """Build a low-rank copy of ``module`` (see the subclasses)."""
-        raise NotImplementedError
+        """Low-rank copy of a dense ``module`` with every constructor argument kept,
+        bias copied and factors set by ``init`` (a registered name such as
+        ``"spectral"`` or ``"default"``, or a callable
+        ``fn(layer, weight=..., bias=..., **init_kwargs)``)."""
+        return cls._from_dense(module, rank, init, init_kwargs)
+
+    @classmethod
+    def _from_dense(cls, module: nn.Module, rank: int | float,
+                    init: str | Callable[..., Any], init_kwargs: dict[str, Any],
+                    **options: Any) -> LowRankLayer:
+        if not isinstance(module, cls.dense_type):
+            raise TypeError(f"{cls.__name__}.from_dense expects nn.{cls.dense_type.__name__}, "
+                            f"got {type(module).__name__}")
+        w = module.weight
+        layer = cls(**cls.dense_structure(module), rank=rank, **options, device=w.device,
+                    dtype=w.dtype)
+        layer._init_from(module, init, init_kwargs)
+        return layer
 
     # -- shared behaviour ------------------------------------------------
     def dense_weight(self) -> Tensor:
@@ -161,8 +240,11 @@ class LowRankLayer(nn.Module):
         self.set_factor_matrices(u, v)
 
     def dense_init_weight(self) -> Tensor:
-        """A fresh draw of the equivalent dense layer's default weight init."""
-        raise NotImplementedError
+        """A fresh draw of the equivalent dense layer's default weight init
+        (PyTorch's Kaiming-uniform with ``a=sqrt(5)``)."""
+        w = torch.empty(self.dense_weight_shape, device=self.U.device, dtype=self.U.dtype)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        return w
 
     def _init_from(
         self,
@@ -172,7 +254,7 @@ class LowRankLayer(nn.Module):
     ) -> None:
         """Copy the bias of ``module`` and apply the named initializer to ``module``'s
         weight (the common tail of every ``from_dense``)."""
-        check_finite("weight", module.weight)
+        self.check_dense_weight(module.weight)
         if module.bias is not None:
             check_finite("bias", module.bias)
             with torch.no_grad():
@@ -183,35 +265,3 @@ class LowRankLayer(nn.Module):
 
 def _detach(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
-
-
-# -- initializer registry ------------------------------------------------------
-# Initializers live in compactnn.init and register themselves here by name, so
-# that layers (below init in the import order) can resolve ``init="spectral"``.
-# Signature: ``fn(layer, weight=None, bias=None, **kwargs)``, modifying ``layer``
-# in place.
-_INITIALIZERS: dict[str, Callable[..., Any]] = {}
-
-
-def register_initializer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering an initializer under ``name``."""
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _INITIALIZERS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_initializer(name: str) -> Callable[..., Any]:
-    """Look up a registered initializer by name (``"default"``, ``"spectral"``, ...)."""
-    if name not in _INITIALIZERS:
-        raise ValueError(
-            f"unknown init={name!r}; available: {', '.join(sorted(_INITIALIZERS))}"
-        )
-    return _INITIALIZERS[name]
-
-
-def available_initializers() -> list[str]:
-    """Names of the registered initializers."""
-    return sorted(_INITIALIZERS)

@@ -1,6 +1,6 @@
 """``LowRankConv2d``: a drop-in ``nn.Conv2d`` computed as two thin convolutions.
 
-Two factorization schemes (METHODS.md, Sec. 1):
+Two factorization schemes:
 
 * ``"channel"``: a ``kh x kw`` convolution from ``in`` to ``r`` channels (it
   carries stride, padding and dilation), then a ``1 x 1`` convolution from
@@ -20,7 +20,6 @@ on both axes at once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from compactnn._checks import check_bool, check_choice, check_int
 from compactnn.lowrank.base import LowRankLayer, resolve_rank
 
-__all__ = ["LowRankConv2d", "CONV_SCHEMES"]
+__all__ = ["LowRankConv2d", "CONV_SCHEMES", "conv_matrix_shape", "conv_weight_to_matrix",
+           "conv_matrix_to_weight"]
 
 CONV_SCHEMES = ("channel", "spatial")
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
@@ -52,6 +53,39 @@ def _explicit_padding(padding: str | tuple[int, int], kernel: tuple[int, int],
         return tuple(out)  # type: ignore[return-value]
     ph, pw = padding
     return (ph, ph, pw, pw)
+
+
+def conv_matrix_shape(out_channels: int, in_channels: int, kernel_size: tuple[int, int],
+                      groups: int, scheme: str) -> tuple[int, int, int]:
+    """``(G, m, n)`` of a convolution kernel seen as ``G`` matrices: ``out/G x
+    (in/G * kh * kw)`` (``"channel"``) or ``(out/G * kh) x (in/G * kw)``
+    (``"spatial"``)."""
+    kh, kw = kernel_size
+    out_g, in_g = out_channels // groups, in_channels // groups
+    if scheme == "channel":
+        return (groups, out_g, in_g * kh * kw)
+    return (groups, out_g * kh, in_g * kw)
+
+
+def conv_weight_to_matrix(weight: Tensor, groups: int, scheme: str) -> Tensor:
+    """A convolution kernel ``(out, in/G, kh, kw)`` -> its ``(G, m, n)`` matrix view."""
+    out, in_g, kh, kw = weight.shape
+    g, m, n = conv_matrix_shape(out, in_g * groups, (kh, kw), groups, scheme)
+    if scheme == "channel":
+        return weight.reshape(g, m, n)
+    w = weight.reshape(g, out // g, in_g, kh, kw)
+    return w.permute(0, 1, 3, 2, 4).reshape(g, m, n)
+
+
+def conv_matrix_to_weight(matrix: Tensor, weight_shape: tuple[int, int, int, int],
+                          scheme: str) -> Tensor:
+    """Inverse of :func:`conv_weight_to_matrix` for a kernel of ``weight_shape``."""
+    out, in_g, kh, kw = weight_shape
+    if scheme == "channel":
+        return matrix.reshape(weight_shape)
+    g = matrix.shape[0]
+    w = matrix.reshape(g, out // g, kh, in_g, kw)
+    return w.permute(0, 1, 3, 2, 4).reshape(weight_shape)
 
 
 class LowRankConv2d(LowRankLayer):
@@ -84,16 +118,13 @@ class LowRankConv2d(LowRankLayer):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("groups", groups)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+            check_int(name, value, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} "
                              f"must be divisible by groups={groups}")
-        if scheme not in CONV_SCHEMES:
-            raise ValueError(f"scheme must be one of {CONV_SCHEMES}, got scheme={scheme!r}")
-        if padding_mode not in _PAD_MODES:
-            raise ValueError(f"padding_mode must be one of {tuple(_PAD_MODES)}, "
-                             f"got padding_mode={padding_mode!r}")
+        check_choice("scheme", scheme, CONV_SCHEMES)
+        check_choice("padding_mode", padding_mode, tuple(_PAD_MODES))
+        check_bool("bias", bias)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride)
@@ -168,12 +199,8 @@ class LowRankConv2d(LowRankLayer):
     # -- matrix view ---------------------------------------------------------
     @property
     def matrix_shape(self) -> tuple[int, int, int]:
-        g = self.groups
-        kh, kw = self.kernel_size
-        out_g, in_g = self.out_channels // g, self.in_channels // g
-        if self.scheme == "channel":
-            return (g, out_g, in_g * kh * kw)
-        return (g, out_g * kh, in_g * kw)
+        return conv_matrix_shape(self.out_channels, self.in_channels, self.kernel_size,
+                                 self.groups, self.scheme)
 
     def factor_matrices(self) -> tuple[Tensor, Tensor]:
         g, m, n = self.matrix_shape
@@ -197,70 +224,83 @@ class LowRankConv2d(LowRankLayer):
             self.U.copy_(u.reshape(g, m // kh, kh, r_g).transpose(2, 3).reshape(self.U.shape))
 
     def weight_to_matrix(self, weight: Tensor) -> Tensor:
-        g, m, n = self.matrix_shape
-        if self.scheme == "channel":
-            return weight.reshape(g, m, n)
-        kh, kw = self.kernel_size
-        w = weight.reshape(g, self.out_channels // g, self.in_channels // g, kh, kw)
-        return w.permute(0, 1, 3, 2, 4).reshape(g, m, n)
+        return conv_weight_to_matrix(weight.reshape(self.dense_weight_shape), self.groups,
+                                     self.scheme)
 
     def matrix_to_weight(self, matrix: Tensor) -> Tensor:
+        return conv_matrix_to_weight(matrix, self.dense_weight_shape, self.scheme)
+
+    @property
+    def dense_weight_shape(self) -> tuple[int, int, int, int]:
         kh, kw = self.kernel_size
-        g, in_g = self.groups, self.in_channels // self.groups
-        shape = (self.out_channels, in_g, kh, kw)
-        if self.scheme == "channel":
-            return matrix.reshape(shape)
-        w = matrix.reshape(g, self.out_channels // g, kh, in_g, kw)
-        return w.permute(0, 1, 3, 2, 4).reshape(shape)
+        return (self.out_channels, self.in_channels // self.groups, kh, kw)
 
     def dense_fan_in(self) -> int:
         kh, kw = self.kernel_size
         return self.in_channels // self.groups * kh * kw
 
-    def dense_init_weight(self) -> Tensor:
-        kh, kw = self.kernel_size
-        w = torch.empty(self.out_channels, self.in_channels // self.groups, kh, kw,
-                        device=self.U.device, dtype=self.U.dtype)
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-        return w
+    # -- calibration rows ----------------------------------------------------
+    @property
+    def rows_are_outputs(self) -> bool:
+        return self.scheme == "channel"
+
+    def input_rows_problem(self) -> str | None:
+        bad = []
+        if self.scheme != "channel":
+            bad.append(f"scheme={self.scheme!r} (its matrix rows are not output channels)")
+        if self.groups != 1:
+            bad.append(f"groups={self.groups}")
+        return ", ".join(bad) + "; use scheme='channel' and groups=1" if bad else None
+
+    def input_rows(self, x: Tensor) -> Tensor:
+        """The unfolded ``in * kh * kw`` patches of ``x`` (padded as the layer pads),
+        one row per output position."""
+        self.check_input_rows()
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"inputs of shape {tuple(x.shape)} do not fit the convolution: "
+                             f"expected (N, {self.in_channels}, H, W)")
+        x = self._pad(x, True, True)
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        if x.shape[-2] < dh * (kh - 1) + 1 or x.shape[-1] < dw * (kw - 1) + 1:
+            raise ValueError(f"inputs of spatial size {tuple(x.shape[-2:])} (after padding) are "
+                             f"smaller than the kernel {self.kernel_size}")
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    def rows_per_sample(self, x: Tensor) -> int:
+        return x.shape[-2] * x.shape[-1] if x.dim() == 4 else 1
+
+    def config(self) -> dict[str, Any]:
+        return {**self.dense_kwargs(), "rank": self.rank, "scheme": self.scheme}
 
     # -- conversion ------------------------------------------------------------
-    def conv_kwargs(self) -> dict[str, Any]:
+    dense_type = nn.Conv2d
+
+    def dense_kwargs(self) -> dict[str, Any]:
         """The ``nn.Conv2d`` constructor arguments of the equivalent dense layer."""
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                     dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
                     padding_mode=self.padding_mode)
 
-    @classmethod
-    def from_dense(
-        cls,
-        module: nn.Module,
-        rank: int | float,
-        init: str | Callable[..., Any] = "spectral",
-        scheme: str = "channel",
-        **init_kwargs: Any,
-    ) -> LowRankConv2d:
-        """Low-rank copy of an ``nn.Conv2d`` with every constructor argument kept,
-        bias copied and factors set by ``init`` (see ``LowRankLinear.from_dense``)."""
-        if not isinstance(module, nn.Conv2d):
-            raise TypeError(f"LowRankConv2d.from_dense expects nn.Conv2d, got {type(module)}")
-        w = module.weight
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, rank,
-                    stride=module.stride, padding=module.padding, dilation=module.dilation,
-                    groups=module.groups, bias=module.bias is not None,
-                    padding_mode=module.padding_mode, scheme=scheme,
-                    device=w.device, dtype=w.dtype)
-        layer._init_from(module, init, init_kwargs)
-        return layer
+    conv_kwargs = dense_kwargs
 
-    def to_dense(self) -> nn.Conv2d:
-        dense = nn.Conv2d(**self.conv_kwargs(), device=self.U.device, dtype=self.U.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    @classmethod
+    def dense_structure(cls, module: nn.Module) -> dict[str, Any]:
+        return dict(in_channels=module.in_channels, out_channels=module.out_channels,
+                    kernel_size=module.kernel_size, stride=module.stride,
+                    padding=module.padding, dilation=module.dilation, groups=module.groups,
+                    bias=module.bias is not None, padding_mode=module.padding_mode)
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, rank: int | float,
+                   init: str | Callable[..., Any] = "spectral", scheme: str = "channel",
+                   **init_kwargs: Any) -> LowRankConv2d:
+        """Low-rank copy of an ``nn.Conv2d`` (see :meth:`LowRankLayer.from_dense`),
+        factorized by ``scheme``."""
+        return cls._from_dense(module, rank, init, init_kwargs, scheme=scheme)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compactnn._checks import check_bool, check_int
 from compactnn.lowrank.base import LowRankLayer, resolve_rank
 
 __all__ = ["LowRankLinear"]
@@ -38,11 +37,9 @@ class LowRankLinear(LowRankLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
+        check_bool("bias", bias)
         self.rank = resolve_rank(rank, min(in_features, out_features))
         kw = {"device": device, "dtype": dtype}
         self.U = nn.Parameter(torch.empty(out_features, self.rank, **kw))
@@ -75,43 +72,38 @@ class LowRankLinear(LowRankLayer):
     def matrix_to_weight(self, matrix: Tensor) -> Tensor:
         return matrix.reshape(self.out_features, self.in_features)
 
+    @property
+    def dense_weight_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
     def dense_fan_in(self) -> int:
         return self.in_features
 
-    def dense_init_weight(self) -> Tensor:
-        w = torch.empty(self.out_features, self.in_features, device=self.U.device,
-                        dtype=self.U.dtype)
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-        return w
+    # -- calibration rows --------------------------------------------------
+    def input_rows(self, x: Tensor) -> Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"inputs have feature size {tuple(x.shape)[-1:] or ()} but "
+                             f"the layer expects in_features={self.in_features} "
+                             f"(input shape {tuple(x.shape)})")
+        return x.reshape(-1, self.in_features)
+
+    def rows_per_sample(self, x: Tensor) -> int:
+        return max(1, x[:1].numel() // self.in_features) if x.dim() > 1 else 1
+
+    def config(self) -> dict[str, Any]:
+        return {**self.dense_kwargs(), "rank": self.rank}
 
     # -- conversion ------------------------------------------------------
-    @classmethod
-    def from_dense(
-        cls,
-        module: nn.Module,
-        rank: int | float,
-        init: str | Callable[..., Any] = "spectral",
-        **init_kwargs: Any,
-    ) -> LowRankLinear:
-        """Low-rank copy of an ``nn.Linear``: bias copied, factors set by ``init``
-        (a registered name such as ``"spectral"`` or ``"default"``, or a callable
-        ``fn(layer, weight=..., bias=..., **init_kwargs)``)."""
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"LowRankLinear.from_dense expects nn.Linear, got {type(module)}")
-        w = module.weight
-        layer = cls(module.in_features, module.out_features, rank,
-                    bias=module.bias is not None, device=w.device, dtype=w.dtype)
-        layer._init_from(module, init, init_kwargs)
-        return layer
+    dense_type = nn.Linear
 
-    def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.U.device, dtype=self.U.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    def dense_kwargs(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None}
+
+    @classmethod
+    def dense_structure(cls, module: nn.Module) -> dict[str, Any]:
+        return {"in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

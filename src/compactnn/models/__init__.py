@@ -2,12 +2,6 @@
 through ``compactnn.factorize``."""
 
 from compactnn.models.mlp import MLP, MLPConfig
-from compactnn.models.resnet import (
-    RESNET_DENSE_EXCLUDE,
-    ResNet,
-    ResNetConfig,
-    dense_first_last_exclude,
-)
+from compactnn.models.resnet import RESNET_DENSE_EXCLUDE, ResNet, ResNetConfig
 
-__all__ = ["MLP", "MLPConfig", "RESNET_DENSE_EXCLUDE", "ResNet", "ResNetConfig",
-           "dense_first_last_exclude"]
+__all__ = ["MLP", "MLPConfig", "RESNET_DENSE_EXCLUDE", "ResNet", "ResNetConfig"]

@@ -39,8 +39,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ResNet", "ResNetConfig", "BasicBlock", "RESNET_DENSE_EXCLUDE",
-           "dense_first_last_exclude"]
+__all__ = ["ResNet", "ResNetConfig", "BasicBlock", "RESNET_DENSE_EXCLUDE"]
 
 SHORTCUTS = ("A", "B")
 # Names of the first and last layer of a ResNet, kept dense by custom:
@@ -177,17 +176,3 @@ class ResNet(nn.Module):
         x = self.stem_relu(self.stem_bn(self.stem(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x).flatten(1))
-
-
-def dense_first_last_exclude(model: nn.Module) -> list[str]:
-    """Names of the first and the last ``nn.Linear``/``nn.Conv2d`` of ``model`` in
-    module registration order (``["stem", "fc"]`` for :class:`ResNet`,
-    ``["layers.0", "head"]`` for the MLP): pass them as ``exclude=`` to
-    ``factorize`` or to the pruners of ``compactnn.sparse`` to keep the first
-    and last layers dense, as is customary. Call it on the dense model.
-    Registration order is execution order for the models of this package;
-    check it for others."""
-    names = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
-    if not names:
-        raise ValueError("model has no nn.Linear or nn.Conv2d layer")
-    return list(dict.fromkeys([names[0], names[-1]]))
