@@ -39,7 +39,7 @@ LABELS = {"oracle": "oracle routing (control)", "random": "random routing (contr
 
 def search_spaces(quick: bool) -> dict[str, Method]:
     """Each arm's search space: the shared optimizer settings, plus the gate's own."""
-    common = {"lr": LogUniform(1e-3, 3e-2), "batch_size": Categorical((64, 128, 256))}
+    common = {"lr": LogUniform(3e-3, 3e-2), "batch_size": Categorical((64, 128))}
     gate_lr = {"gate_lr": LogUniform(1e-3, 3e-1)}
     return {"oracle": Method(dict(common)), "random": Method(dict(common)),
             "dselect_k": Method({**common, **gate_lr, "gamma": LogUniform(0.1, 10.0),
@@ -51,10 +51,10 @@ def search_spaces(quick: bool) -> dict[str, Method]:
 
 def scale(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"tasks": 32, "clusters": 8, "n_train": 1500, "epochs": 15, "patience": 5,
+        return {"tasks": 32, "clusters": 8, "n_train": 1500, "epochs": 25, "patience": 5,
                 "trials": 2, "seeds": 2}
-    return {"tasks": 128, "clusters": 8, "n_train": 2000, "epochs": 40, "patience": 6,
-            "trials": 4, "seeds": 5}
+    return {"tasks": 128, "clusters": 8, "n_train": 2000, "epochs": 50, "patience": 6,
+            "trials": 10, "seeds": 10}
 
 
 class PlantedRun:
@@ -138,8 +138,8 @@ def _bars(path: Path, report, keys: list[tuple[str, str]]) -> Path:
 @register("mtl_planted",
           "MTL (b): expert selection on planted experts: oracle control, then DSelect-k vs "
           "Top-k vs softmax (tuned)")
-def run_planted(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
-    sc = scale(quick)
+def run_planted(out_dir: Path, quick: bool, seed: int, **budget: int) -> ExperimentResult:
+    sc = {**scale(quick), **budget}
     seeds = list(range(seed, seed + sc["seeds"]))
     report = run_tuned(out_dir, search_spaces(quick), PlantedRun(sc), n_trials=sc["trials"],
                        seeds=seeds, direction="minimize", sampler_seed=seed)
@@ -167,3 +167,10 @@ def run_planted(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
           + report.markdown() + "\n" + control + "\n\n" + gates
           + f"\n\n![mtl_planted]({png.name})\n")
     return ExperimentResult("mtl_planted", md, [csv, png, out_dir / "tune" / "tuning.json"])
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from compactnn.experiments.tuned import budget_main
+
+    budget_main(run_planted)

@@ -98,13 +98,29 @@ def dz_interval(dz: float, n: int, level: float = 0.95) -> tuple[float, float]:
     def bound(target: float) -> float:
         f = lambda nc: float(nct.cdf(t_obs, df, nc)) - target  # noqa: E731 (decreasing in nc)
         lo, hi = t_obs - 10.0, t_obs + 10.0
-        while f(lo) < 0:
+        for _ in range(60):
+            if not f(lo) < 0:
+                break
             lo -= 10.0 + abs(lo)
-        while f(hi) > 0:
+        for _ in range(60):
+            if not f(hi) > 0:
+                break
             hi += 10.0 + abs(hi)
         return brentq(f, lo, hi, xtol=1e-10)
 
-    return (bound(1 - alpha / 2) / math.sqrt(n), bound(alpha / 2) / math.sqrt(n))
+    try:
+        with np.errstate(all="ignore"):
+            lo, hi = bound(1 - alpha / 2), bound(alpha / 2)
+        if math.isfinite(lo) and math.isfinite(hi):
+            return (lo / math.sqrt(n), hi / math.sqrt(n))
+    except (ValueError, RuntimeError):
+        pass
+    # scipy's noncentral t loses accuracy for very large effects; there the large-sample
+    # normal approximation sd(d_z) ~ sqrt(1/n + d_z^2 / (2n)) is accurate
+    from scipy.stats import norm
+
+    half = float(norm.ppf(1 - alpha / 2)) * math.sqrt(1.0 / n + dz * dz / (2.0 * n))
+    return (dz - half, dz + half)
 
 
 def bootstrap_ci(d: Sequence[float], level: float = 0.95, n_boot: int = 10_000,
