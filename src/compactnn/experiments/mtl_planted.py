@@ -39,7 +39,7 @@ LABELS = {"oracle": "oracle routing (control)", "random": "random routing (contr
 
 def search_spaces(quick: bool) -> dict[str, Method]:
     """Each arm's search space: the shared optimizer settings, plus the gate's own."""
-    common = {"lr": LogUniform(3e-3, 3e-2), "batch_size": Categorical((64, 128))}
+    common = {"lr": LogUniform(5e-3, 3e-2), "batch_size": Categorical((64, 128))}
     gate_lr = {"gate_lr": LogUniform(1e-3, 3e-1)}
     return {"oracle": Method(dict(common)), "random": Method(dict(common)),
             "dselect_k": Method({**common, **gate_lr, "gamma": LogUniform(0.1, 10.0),
@@ -51,9 +51,9 @@ def search_spaces(quick: bool) -> dict[str, Method]:
 
 def scale(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"tasks": 32, "clusters": 8, "n_train": 1500, "epochs": 25, "patience": 5,
+        return {"tasks": 32, "clusters": 8, "n_train": 1000, "epochs": 20, "patience": 5,
                 "trials": 2, "seeds": 2}
-    return {"tasks": 128, "clusters": 8, "n_train": 2000, "epochs": 50, "patience": 6,
+    return {"tasks": 128, "clusters": 8, "n_train": 3000, "epochs": 60, "patience": 6,
             "trials": 10, "seeds": 10}
 
 
@@ -138,10 +138,19 @@ def _bars(path: Path, report, keys: list[tuple[str, str]]) -> Path:
 @register("mtl_planted",
           "MTL (b): expert selection on planted experts: oracle control, then DSelect-k vs "
           "Top-k vs softmax (tuned)")
-def run_planted(out_dir: Path, quick: bool, seed: int, **budget: int) -> ExperimentResult:
+def run_planted(out_dir: Path, quick: bool, seed: int, only: str | None = None,
+                **budget: int) -> ExperimentResult:
+    """``only``: run one arm (e.g. one process per arm into the same folder; a last call
+    without ``only`` then finds every arm done and writes the report)."""
     sc = {**scale(quick), **budget}
     seeds = list(range(seed, seed + sc["seeds"]))
-    report = run_tuned(out_dir, search_spaces(quick), PlantedRun(sc), n_trials=sc["trials"],
+    spaces = search_spaces(quick)
+    if only is not None:
+        report = run_tuned(out_dir, {only: spaces[only]}, PlantedRun(sc),
+                           n_trials=sc["trials"], seeds=seeds, direction="minimize",
+                           sampler_seed=seed)
+        return ExperimentResult("mtl_planted", report.markdown())
+    report = run_tuned(out_dir, spaces, PlantedRun(sc), n_trials=sc["trials"],
                        seeds=seeds, direction="minimize", sampler_seed=seed)
     keys = ["test_mse", "precision", "recall", "exact", "experts_per_task", "match_r2",
             "best_epoch", "epochs_run", "seconds"]

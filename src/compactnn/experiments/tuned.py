@@ -126,15 +126,18 @@ def budget_main(run: Callable[..., Any], argv: Sequence[str] | None = None) -> N
     p.add_argument("out", type=Path)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default=None, help="one method (where the experiment allows)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     a = p.parse_args(argv)
-    budget: dict[str, int] = {}
+    budget: dict[str, Any] = {}
     for item in a.overrides:
         key, sep, value = item.partition("=")
         if not sep:
             p.error(f"expected key=value, got {item!r}")
         budget[key] = int(value)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.only is not None:
+        budget["only"] = a.only
     res = run(a.out, a.quick, a.seed, **budget)
     (a.out / "report.md").write_text(res.markdown)
     print(res.markdown)
