@@ -126,3 +126,11 @@ def test_compare_to_reference_holm_corrects_across_the_table():
     md = comparison_markdown(vals, "ref", lower_is_better=True, labels={"ref": "R"})
     assert md.splitlines()[2].startswith("| R | 10 |") and "| ref |" in md.splitlines()[2]
     assert len(md.splitlines()) == 6
+
+
+def test_dz_interval_for_huge_effects_falls_back_to_the_normal_approximation():
+    # scipy's noncentral t cdf fails far in the tail; the interval must still be finite
+    # and contain the estimate
+    for dz, n in [(40.0, 2), (8.0, 3), (25.0, 5)]:
+        lo, hi = dz_interval(dz, n)
+        assert np.isfinite(lo) and np.isfinite(hi) and lo < dz < hi

@@ -128,7 +128,7 @@ def budget_main(run: Callable[..., Any], argv: Sequence[str] | None = None) -> N
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default=None, help="one method (where the experiment allows)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     budget: dict[str, Any] = {}
     for item in a.overrides:
         key, sep, value = item.partition("=")
