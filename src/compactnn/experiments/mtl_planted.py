@@ -51,7 +51,7 @@ def search_spaces(quick: bool) -> dict[str, Method]:
 
 def scale(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"tasks": 32, "clusters": 8, "n_train": 1000, "epochs": 20, "patience": 5,
+        return {"tasks": 32, "clusters": 8, "n_train": 1000, "epochs": 12, "patience": 4,
                 "trials": 2, "seeds": 2}
     return {"tasks": 128, "clusters": 8, "n_train": 3000, "epochs": 60, "patience": 6,
             "trials": 10, "seeds": 10}

@@ -29,7 +29,7 @@ from compactnn.experiments.tuned import EngineRun, report_tables, run_tuned, see
 
 def real_scale(quick: bool, epochs_full: int = 100) -> dict[str, Any]:
     if quick:
-        return {"max_train": 20_000, "max_eval": 5000, "epochs": 6, "patience": 2,
+        return {"max_train": 20_000, "max_eval": 5000, "epochs": 4, "patience": 2,
                 "trials": 2, "seeds": 2}
     return {"max_train": None, "max_eval": None, "epochs": epochs_full, "patience": 10,
             "trials": 10, "seeds": 10}
@@ -59,7 +59,7 @@ def run_multi_fashion(out_dir: Path, quick: bool, seed: int, **budget: int) -> E
 
     sc = {**real_scale(quick), **budget}
     if quick:
-        sc.update(max_train=5000, max_eval=1000, epochs=5)
+        sc.update(max_train=5000, max_eval=1000, epochs=4)
     data = load_multi_fashion_mnist(seed=0, max_train=sc["max_train"], max_val=sc["max_eval"],
                                     max_test=sc["max_eval"])
     common = ["data.name=multi_fashion_mnist", "experts.num=8", "experts.hidden=[64]",

@@ -42,7 +42,7 @@ def gate_spaces(batches: tuple[int, ...] = (128, 256, 512),
 
 def corr_scale(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"n_train": 3000, "epochs": 10, "patience": 3, "trials": 2, "seeds": 2}
+        return {"n_train": 2000, "epochs": 8, "patience": 3, "trials": 2, "seeds": 2}
     return {"n_train": 10_000, "epochs": 100, "patience": 10, "trials": 10, "seeds": 10}
 
 
