@@ -49,12 +49,15 @@ def corr_scale(quick: bool) -> dict[str, Any]:
 @register("mtl_synthetic_corr",
           "MTL (a, extension): tuned DSelect-k vs Top-k vs softmax, 2 synthetic tasks at "
           "correlation 0/0.5/0.9")
-def run_corr(out_dir: Path, quick: bool, seed: int, **budget: int) -> ExperimentResult:
+def run_corr(out_dir: Path, quick: bool, seed: int, only: str | None = None,
+             **budget: int) -> ExperimentResult:
+    """``only``: one correlation (e.g. ``"0.5"``; one process per correlation into the
+    same folder, then a last call without ``only`` writes the whole report)."""
     from compactnn.data.synthetic import make_mmoe_synthetic
 
     sc = {**corr_scale(quick), **budget}
     seeds = list(range(seed, seed + sc["seeds"]))
-    corrs = [0.0, 0.5, 0.9]
+    corrs = [0.0, 0.5, 0.9] if only is None else [float(only)]
     common = ["data.name=synthetic", "experts.num=8", "experts.hidden=[32]", "experts.out=16",
               "towers.hidden=[8]", "gate.per_example=true", "gate.k=2",
               f"optim.epochs={sc['epochs']}", f"early_stop.patience={sc['patience']}",
