@@ -40,6 +40,8 @@ LABELS = {"oracle": "oracle routing (control)", "random": "random routing (contr
 def search_spaces(quick: bool) -> dict[str, Method]:
     """Each arm's search space: the shared optimizer settings, plus the gate's own."""
     common = {"lr": LogUniform(5e-3, 3e-2), "batch_size": Categorical((64, 128))}
+    if not quick:  # larger batches: fewer steps per epoch, as the full scale is slow on a CPU
+        common["batch_size"] = Categorical((128, 256))
     gate_lr = {"gate_lr": LogUniform(1e-3, 3e-1)}
     return {"oracle": Method(dict(common)), "random": Method(dict(common)),
             "dselect_k": Method({**common, **gate_lr, "gamma": LogUniform(0.1, 10.0),

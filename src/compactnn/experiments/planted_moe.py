@@ -145,7 +145,12 @@ class RoutedMoE(nn.Module):
         return w, aux
 
     def expert_outputs(self, x: Tensor) -> Tensor:
-        return torch.stack([e(x) for e in self.experts], 1)  # (N, n, out)
+        """``(N, n, out)``: every expert on every row."""
+        if isinstance(self.experts, nn.ModuleList):
+            return torch.stack([e(x) for e in self.experts], 1)
+        # a stacked expert bank runs all members in one pass, ``(n, N, out)``; iterating
+        # over it would give detached copies of its members
+        return self.experts(x).transpose(0, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         w, aux = self.task_weights()
