@@ -79,8 +79,15 @@ def _load(method: str, storage: str, direction: str, seed: int | None,
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
-    return optuna.create_study(study_name=method, storage=storage, sampler=sampler,
-                               direction=direction, load_if_exists=True)
+    for attempt in range(5):
+        try:
+            return optuna.create_study(study_name=method, storage=storage, sampler=sampler,
+                                       direction=direction, load_if_exists=True)
+        except Exception as e:  # several processes creating one new SQLite file race
+            if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str, *,
