@@ -47,6 +47,7 @@ _REGISTRY: dict[str, Experiment] = {}
 _MODULES = [
     "compactnn.experiments.digits_lowrank",
     "compactnn.experiments.mtl_synthetic",
+    "compactnn.experiments.mtl_planted",
     "compactnn.experiments.mtl_real",
     "compactnn.experiments.lowrank_grid",
     "compactnn.experiments.function_gap",

@@ -1,0 +1,207 @@
+"""The tuning protocol every compared method goes through.
+
+1. **Search**, per method: the *same* number of trials (``n_trials``) of seeded TPE over
+   the method's own search space, every trial trained with one tuning seed and scored on
+   the validation split only (:func:`compactnn.tune.search.run_search`).
+2. **Re-train** the best configuration of each method from each evaluation seed and
+   record its numbers (validation and test) once. The evaluation seeds are shared by all
+   methods, so results are paired by seed; the tuning seed is not one of them, so no
+   reported number comes from a run the search selected on.
+3. **Record** the spaces, budgets, chosen values and per-seed results:
+   ``tuning.json`` and ``tuning.md`` in the run folder.
+
+Everything is resumable: the searches live in ``<out>/tune.sqlite3`` (one Optuna study
+per method) and each finished re-training in ``<out>/final/<method>__s<seed>.json``;
+running :func:`tune` again with the same arguments skips what is done.
+
+The protocol knows nothing of training. It calls ``run(method, params, seed)``, which
+must return a mapping with a float ``"val"`` (the validation score) and whatever else
+the caller wants kept for the final runs (e.g. ``"test"``, per-task metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compactnn._checks import check_choice, check_int
+from compactnn.tune.search import RunFn, SearchResult, run_search, storage_url
+from compactnn.tune.space import Param, check_space, describe, space_to_dict
+
+__all__ = ["Method", "TuneReport", "markdown_table", "tune"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compared method: its search space and the settings it keeps fixed."""
+
+    space: Mapping[str, Param]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TuneReport:
+    """What :func:`tune` found and measured."""
+
+    direction: str
+    n_trials: int
+    seeds: list[int]
+    tune_seed: int
+    sampler_seed: int
+    n_startup_trials: int
+    methods: dict[str, dict[str, Any]]  # space, fixed, best params/value, trials, ...
+    final: dict[str, list[dict[str, Any]]]  # method -> one result per seed (seed order)
+
+    def values(self, method: str, key: str) -> list[float]:
+        """``key`` of ``method``'s final runs, in seed order (for paired statistics)."""
+        return [float(r[key]) for r in self.final[method]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": {"direction": self.direction, "n_trials": self.n_trials,
+                             "seeds": self.seeds, "tune_seed": self.tune_seed,
+                             "sampler_seed": self.sampler_seed,
+                             "n_startup_trials": self.n_startup_trials,
+                             "sampler": "optuna TPE (seeded per trial slot)"},
+                "methods": self.methods, "final": self.final}
+
+    def markdown(self, fmt: str = "{:.4g}") -> str:
+        """Two tables: the search (space and chosen value of every hyper-parameter) and
+        the budget of each method (trials, failures, best validation score, seconds)."""
+        rows = []
+        for m, info in self.methods.items():
+            for name, desc in info["space_description"].items():
+                rows.append([m, name, desc, _fmt(info["best_params"][name], fmt)])
+            for name, value in info["fixed"].items():
+                rows.append([m, name, "fixed", _fmt(value, fmt)])
+        budget = [[m, info["n_trials"], info["n_failed"], fmt.format(info["best_val"]),
+                   f"{info['search_seconds']:.0f}", len(self.final.get(m, []))]
+                  for m, info in self.methods.items()]
+        startup = min(self.n_startup_trials, self.n_trials)
+        return ("Search: TPE (Optuna), " + f"{self.n_trials} trials per method (the first "
+                f"{startup} drawn at random), tuning seed {self.tune_seed}, chosen on the "
+                f"validation split ({self.direction}); the best configuration re-trained "
+                f"from seeds {self.seeds} and evaluated once on test.\n\n"
+                + markdown_table(["method", "hyper-parameter", "search space", "chosen"],
+                                 rows) + "\n\n"
+                + markdown_table(["method", "trials", "failed", "best val", "search s",
+                                  "final seeds"], budget) + "\n")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def _fmt(v: Any, fmt: str) -> str:
+    return fmt.format(v) if isinstance(v, float) else str(v)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def _check_methods(methods: Any) -> dict[str, Method]:
+    if not isinstance(methods, Mapping) or not methods:
+        raise TypeError("methods must be a non-empty mapping of method names to Method, "
+                        f"got {methods!r}"[:200])
+    out = {}
+    for name, m in methods.items():
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"method names must be non-empty str usable as file names, "
+                             f"got {name!r}")
+        if not isinstance(m, Method):
+            raise TypeError(f"methods[{name!r}] must be a Method, got {type(m).__name__}")
+        check_space(f"methods[{name!r}].space", m.space)
+        if not isinstance(m.fixed, Mapping):
+            raise TypeError(f"methods[{name!r}].fixed must be a mapping")
+        out[name] = m
+    return out
+
+
+def tune(methods: Mapping[str, Method], run: RunFn, out_dir: str | Path, *,
+         n_trials: int, seeds: Sequence[int], direction: str = "minimize",
+         sampler_seed: int = 0, tune_seed: int | None = None, n_startup_trials: int = 10,
+         log: Callable[[str], None] | None = None) -> TuneReport:
+    """Run the protocol (see the module docstring) and write ``tuning.json`` /
+    ``tuning.md`` to ``out_dir``. ``tune_seed`` defaults to ``10_000 + sampler_seed``;
+    it must not be one of ``seeds``."""
+    methods = _check_methods(methods)
+    check_int("n_trials", n_trials, 1)
+    check_int("sampler_seed", sampler_seed)
+    check_choice("direction", direction, ("minimize", "maximize"))
+    if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence) or not seeds:
+        raise TypeError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
+    seeds = [check_int("seeds[]", s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    tune_seed = 10_000 + sampler_seed if tune_seed is None else check_int("tune_seed",
+                                                                          tune_seed)
+    if tune_seed in seeds:
+        raise ValueError(f"tune_seed={tune_seed} is one of the evaluation seeds {seeds}: "
+                         "the reported runs must not be ones the search selected on")
+    if not callable(run):
+        raise TypeError(f"run must be callable, got {type(run).__name__}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "final").mkdir(exist_ok=True)
+    say = log or (lambda _msg: None)
+    storage = storage_url(out / "tune.sqlite3")
+
+    searched: dict[str, SearchResult] = {}
+    for name, m in methods.items():
+        t0 = time.perf_counter()
+        searched[name] = run_search(
+            name, m.space, run, storage, n_trials=n_trials, tune_seed=tune_seed,
+            direction=direction, sampler_seed=sampler_seed,
+            n_startup_trials=n_startup_trials, fixed=m.fixed,
+            on_trial=lambda meth, slot, r: say(f"{meth} trial {slot + 1}/{n_trials}: "
+                                               f"val={r['val']:.5g} {r['params']}"))
+        say(f"{name}: search done in {time.perf_counter() - t0:.0f} s, best val "
+            f"{searched[name].best_value:.5g} with {searched[name].best_params}")
+
+    final: dict[str, list[dict[str, Any]]] = {}
+    for name, m in methods.items():
+        params = {**m.fixed, **searched[name].best_params}
+        final[name] = []
+        for s in seeds:
+            path = out / "final" / f"{name}__s{s}.json"
+            rec = json.loads(path.read_text()) if path.exists() else None
+            if rec is None or rec.get("params") != params:
+                t0 = time.perf_counter()
+                res = dict(run(name, dict(params), s))
+                rec = {"method": name, "seed": s, "params": params,
+                       "seconds": time.perf_counter() - t0, **res}
+                _atomic_json(path, rec)
+                say(f"{name} seed {s}: val={float(res['val']):.5g}"
+                    + (f" test={float(res['test']):.5g}" if isinstance(
+                        res.get("test"), int | float) else ""))
+            final[name].append(rec)
+
+    info = {name: {"space": space_to_dict(m.space), "space_description": describe(m.space),
+                   "fixed": dict(m.fixed), "best_params": searched[name].best_params,
+                   "best_val": searched[name].best_value,
+                   "n_trials": searched[name].n_counted, "n_failed": searched[name].n_failed,
+                   "search_seconds": searched[name].seconds, "trials": searched[name].trials}
+            for name, m in methods.items()}
+    report = TuneReport(direction, n_trials, seeds, tune_seed, sampler_seed,
+                        n_startup_trials, info, final)
+    _atomic_json(out / "tuning.json", report.to_dict())
+    (out / "tuning.md").write_text(report.markdown())
+    return report
+

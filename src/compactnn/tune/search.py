@@ -1,0 +1,180 @@
+"""One method's hyper-parameter search: seeded TPE over a declarative space, stored in
+SQLite so that an interrupted search resumes where it stopped.
+
+The search is a loop over *trial slots* ``0 .. n_trials - 1``. Slot ``i`` asks Optuna's
+TPE sampler, seeded with a stable hash of ``(sampler_seed, method, i)``, for a
+configuration; TPE conditions on every finished trial in the study, which lives in the
+SQLite file. Seeding per slot rather than once per process makes a resumed search draw
+exactly what an uninterrupted one would have drawn: the sampler's state is a function of
+the slot and the stored history, never of how many times the process was restarted.
+
+What counts toward the budget: a trial that returned a finite validation score
+(``COMPLETE``) and a trial whose score was NaN/inf or whose run raised (``FAIL``,
+recorded with its error: a diverged configuration is an outcome of the search, and it
+uses its slot). A trial left ``RUNNING`` by a killed process is marked failed *without*
+counting, and its slot is drawn again on resume.
+
+Only the validation score drives the search. The run's other numbers are stored with
+the trial as user attributes, except keys starting with ``test`` (dropped, so nothing
+downstream can select on test numbers).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compactnn._checks import check_choice, check_int
+from compactnn.tune.space import Param, check_space, suggest
+
+__all__ = ["SearchResult", "run_search", "slot_seed", "storage_url"]
+
+RunFn = Callable[[str, dict[str, Any], int], Mapping[str, Any]]
+
+
+def storage_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite file ``path``."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def slot_seed(sampler_seed: int, method: str, slot: int) -> int:
+    """A stable 31-bit seed for trial slot ``slot`` of ``method`` (independent of Python's
+    per-process string hashing)."""
+    return zlib.crc32(f"{sampler_seed}:{method}:{slot}".encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class SearchResult:
+    """The outcome of one method's search."""
+
+    method: str
+    best_params: dict[str, Any]
+    best_value: float
+    n_counted: int  # trials that used a slot (complete + failed)
+    n_failed: int
+    trials: list[dict[str, Any]] = field(default_factory=list)  # slot, params, value, state
+    seconds: float = 0.0  # summed wall time of the counted trials
+
+
+def _quiet() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _counted(t: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return t.state == TrialState.COMPLETE or (
+        t.state == TrialState.FAIL and bool(t.user_attrs.get("counted")))
+
+
+def _load(method: str, storage: str, direction: str, seed: int | None,
+          n_startup_trials: int):
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+    for attempt in range(5):
+        try:
+            return optuna.create_study(study_name=method, storage=storage, sampler=sampler,
+                                       direction=direction, load_if_exists=True)
+        except Exception as e:  # several processes creating one new SQLite file race
+            if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str, *,
+               n_trials: int, tune_seed: int, direction: str = "minimize",
+               sampler_seed: int = 0, n_startup_trials: int = 10,
+               fixed: Mapping[str, Any] | None = None,
+               on_trial: Callable[[str, int, dict[str, Any]], None] | None = None
+               ) -> SearchResult:
+    """Search ``space`` for ``method`` until ``n_trials`` slots are used (resuming the
+    study named ``method`` in ``storage``). Each trial calls ``run(method, params,
+    tune_seed)`` with ``params`` = the drawn values merged over ``fixed``; its ``"val"``
+    entry is the score (minimized or maximized per ``direction``)."""
+    from optuna.trial import TrialState
+
+    if not isinstance(method, str) or not method:
+        raise TypeError(f"method must be a non-empty str, got {method!r}")
+    space = check_space(f"space of {method!r}", space)
+    check_int("n_trials", n_trials, 1)
+    check_int("tune_seed", tune_seed)
+    check_int("sampler_seed", sampler_seed)
+    check_int("n_startup_trials", n_startup_trials, 0)
+    check_choice("direction", direction, ("minimize", "maximize"))
+    if not callable(run):
+        raise TypeError(f"run must be callable, got {type(run).__name__}")
+    fixed = dict(fixed or {})
+    clash = sorted(set(fixed) & set(space))
+    if clash:
+        raise ValueError(f"{method}: {clash} are both fixed and searched")
+    _quiet()
+    study = _load(method, storage, direction, None, n_startup_trials)
+    if study.direction.name.lower() != direction:
+        raise ValueError(f"study {method!r} in {storage} was created with direction "
+                         f"{study.direction.name.lower()}, not {direction}")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
+                                                      TrialState.WAITING)):
+        # left behind by a killed process: close it without using a slot
+        study.tell(t.number, state=TrialState.FAIL)
+    while True:
+        done = sum(_counted(t) for t in study.get_trials(deepcopy=False))
+        if done >= n_trials:
+            break
+        study = _load(method, storage, direction, slot_seed(sampler_seed, method, done),
+                      n_startup_trials)
+        trial = study.ask()
+        params = suggest(trial, space)
+        trial.set_user_attr("slot", done)
+        start = time.perf_counter()
+        error = None
+        try:
+            out = dict(run(method, {**fixed, **params}, tune_seed))
+            value = float(out["val"])
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # a configuration that crashes used its slot
+            out, value, error = {}, math.nan, f"{type(e).__name__}: {e}"
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        for k, v in out.items():
+            if k != "val" and not k.startswith("test") and isinstance(v, int | float | str):
+                trial.set_user_attr(f"run_{k}", v)
+        if math.isfinite(value):
+            study.tell(trial, value)
+        else:
+            trial.set_user_attr("counted", True)
+            trial.set_user_attr("error", error or f"non-finite validation score {value}")
+            study.tell(trial, state=TrialState.FAIL)
+        if on_trial is not None:
+            on_trial(method, done, {"params": params, "val": value, "error": error})
+    return _result(method, study, n_trials)
+
+
+def _result(method: str, study: Any, n_trials: int) -> SearchResult:
+    from optuna.trial import TrialState
+
+    counted = sorted((t for t in study.get_trials(deepcopy=False) if _counted(t)),
+                     key=lambda t: t.user_attrs.get("slot", t.number))[:n_trials]
+    complete = [t for t in counted if t.state == TrialState.COMPLETE]
+    if not complete:
+        errors = {t.user_attrs.get("error") for t in counted}
+        raise RuntimeError(f"{method}: every one of the {len(counted)} trials failed "
+                           f"({'; '.join(sorted(map(str, errors)))[:300]})")
+    sign = 1.0 if study.direction.name.lower() == "minimize" else -1.0
+    # ties go to the earlier slot, so the choice does not depend on storage order
+    best = min(complete, key=lambda t: (sign * t.value, t.user_attrs.get("slot", 0)))
+    trials = [{"slot": t.user_attrs.get("slot"), "params": dict(t.params),
+               "val": t.value if t.state == TrialState.COMPLETE else None,
+               "state": t.state.name, "error": t.user_attrs.get("error"),
+               "seconds": t.user_attrs.get("seconds")} for t in counted]
+    return SearchResult(method, dict(best.params), float(best.value), len(counted),
+                        len(counted) - len(complete), trials,
+                        float(sum(t.user_attrs.get("seconds", 0.0) for t in counted)))
