@@ -22,8 +22,8 @@ import torch
 from compactnn.config import build_config
 from compactnn.engine import FitConfig, batched, evaluate, fit, seed_everything
 from compactnn.experiments import ExperimentResult, register
-from compactnn.experiments.paired_tests import holm, paired_difference
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
+from compactnn.experiments.stats import holm, paired_difference
 from compactnn.surgery import factorize
 from compactnn.tasks.classify import TrainConfig, load_data, train
 from compactnn.utils import interleaved_timings

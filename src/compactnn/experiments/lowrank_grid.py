@@ -30,8 +30,8 @@ from pathlib import Path
 from compactnn.config import build_config
 from compactnn.engine import RunInterrupted
 from compactnn.experiments import ExperimentResult, register
-from compactnn.experiments.paired_tests import holm, paired_difference
 from compactnn.experiments.reporting import markdown_table, mean_std, new_figure, write_csv
+from compactnn.experiments.stats import holm, paired_difference
 from compactnn.tasks.classify import TrainConfig, train
 
 FRACTIONS = (0.02, 0.05, 0.10, 0.25)

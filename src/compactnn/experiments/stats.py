@@ -36,7 +36,8 @@ import numpy as np
 from compactnn._checks import check_choice, check_float, check_int
 
 __all__ = ["PairedComparison", "bootstrap_ci", "compare_to_reference", "comparison_markdown",
-           "dz_interval", "holm", "paired_comparison", "table_row", "wilcoxon_p"]
+           "dz_interval", "holm", "paired_comparison", "paired_difference", "table_row",
+           "wilcoxon_p"]
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -255,3 +256,30 @@ def comparison_markdown(values: Mapping[str, Sequence[float]], reference: str, *
         cells = table_row(comps[m], diff_fmt) if m in comps else ["ref"] + ["-"] * 7
         rows.append([labels.get(m, m), len(v), ms, *cells])
     return markdown_table(["method", "seeds", "mean +- sd", *TABLE_HEADER], rows)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]
+                      ) -> tuple[float, float, float, float]:
+    """``(mean(a - b), ci_low, ci_high, p)`` over paired samples: the 95% interval
+    is ``mean +- t_{0.975, n-1} * sd / sqrt(n)`` and ``p`` the two-sided paired
+    t-test. With fewer than 2 pairs the interval and ``p`` are NaN; with every
+    difference equal the interval is that difference and ``p`` is 1 when it is
+    0, else 0."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    if not diffs:
+        raise ValueError("paired_difference needs at least one pair")
+    mean = math.fsum(diffs) / len(diffs)
+    n = len(diffs)
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(np.std(diffs, ddof=1))
+    if sd == 0.0:
+        return mean, mean, mean, 1.0 if mean == 0 else 0.0
+    from scipy.stats import t
+
+    half = t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    stat = mean / (sd / math.sqrt(n))
+    p = 2 * t.sf(abs(stat), n - 1)
+    return mean, mean - half, mean + half, float(p)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compactnn.experiments.paired_tests import holm, paired_difference
+from compactnn.experiments.stats import holm, paired_difference
 
 
 def test_holm_against_a_hand_computed_case():
