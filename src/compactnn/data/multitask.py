@@ -27,11 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["MultiTaskData", "MultiTaskPart", "TaskKind", "TaskSpec", "check_targets",
-           "missing_mask"]
+           "missing_mask", "regression_data"]
 
 TaskKind = Literal["binary", "multiclass", "regression"]
 _KINDS = ("binary", "multiclass", "regression")
@@ -211,3 +212,30 @@ class MultiTaskData:
         return (f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test rows, "
                 f"input {self.input_shape}, {len(self.cat_cardinalities)} categorical columns; "
                 f"tasks: {tasks}")
+
+
+def regression_data(x: np.ndarray, y: np.ndarray, n_train: int, n_val: int,
+                    standardize_targets: bool, meta: dict[str, Any]) -> MultiTaskData:
+    """Regression tasks from arrays ``x`` (N, d) and ``y`` (N, T), split in order into
+    train / val / test (the rest); with ``standardize_targets`` each task is scaled to
+    zero mean and unit variance on the training rows only (no test statistics leak in).
+    ``meta`` gains ``target_mean`` and ``target_std``."""
+    num_tasks = y.shape[1]
+    mean, std = np.zeros(num_tasks), np.ones(num_tasks)
+    if standardize_targets:
+        mean, std = y[:n_train].mean(0), y[:n_train].std(0)
+        std = np.where(std > 0, std, 1.0)
+        y = (y - mean) / std
+    xt = torch.from_numpy(x.astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.float32))
+
+    def part(a: int, b: int) -> MultiTaskPart:
+        return MultiTaskPart(xt[a:b], [yt[a:b, t].clone() for t in range(num_tasks)])
+
+    n = len(x)
+    tasks = tuple(TaskSpec(f"t{t}", "regression") for t in range(num_tasks))
+    return MultiTaskData(part(0, n_train), part(n_train, n_train + n_val),
+                         part(n_train + n_val, n), tasks,
+                         feature_names=tuple(f"x{i}" for i in range(x.shape[1])),
+                         meta={**meta, "target_mean": mean, "target_std": std}).validate()
+

@@ -43,10 +43,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from compactnn._checks import check_bool, check_float, check_int
-from compactnn.data.multitask import MultiTaskData, MultiTaskPart, TaskSpec
+from compactnn.data.multitask import MultiTaskData, regression_data
 
 __all__ = ["make_planted_experts", "match_experts", "planted_expert_outputs",
            "support_recovery"]
@@ -104,25 +103,10 @@ def make_planted_experts(num_tasks: int = 128, num_clusters: int = 8,
     f = planted_expert_outputs(experts, x)  # (E, N, m)
     y = np.einsum("tjm,tjnm->nt", heads, f[supports])
     y = y + noise_std * rng.standard_normal(y.shape)
-    mean, std = np.zeros(num_tasks), np.ones(num_tasks)
-    if standardize_targets:
-        mean, std = y[:n_train].mean(0), y[:n_train].std(0)
-        std = np.where(std > 0, std, 1.0)
-        y = (y - mean) / std
-    xt = torch.from_numpy(x.astype(np.float32))
-    yt = torch.from_numpy(y.astype(np.float32))
-
-    def part(a: int, b: int) -> MultiTaskPart:
-        return MultiTaskPart(xt[a:b], [yt[a:b, t].clone() for t in range(num_tasks)])
-
-    tasks = tuple(TaskSpec(f"t{t}", "regression") for t in range(num_tasks))
     meta = {"clusters": clusters, "planted_supports": supports,
             "cluster_experts": cluster_experts, "experts": experts, "heads": heads,
-            "num_clusters": num_clusters, "experts_per_cluster": k, "noise_std": noise_std,
-            "target_mean": mean, "target_std": std}
-    return MultiTaskData(part(0, n_train), part(n_train, n_train + n_val),
-                         part(n_train + n_val, n), tasks,
-                         feature_names=tuple(f"x{i}" for i in range(d)), meta=meta).validate()
+            "num_clusters": num_clusters, "experts_per_cluster": k, "noise_std": noise_std}
+    return regression_data(x, y, n_train, n_val, standardize_targets, meta)
 
 
 def _r2_matrix(learned: np.ndarray, planted: np.ndarray) -> np.ndarray:

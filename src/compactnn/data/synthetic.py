@@ -39,9 +39,8 @@ split's mean and standard deviation (``standardize_targets=True``), so the task 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from compactnn.data.multitask import MultiTaskData, MultiTaskPart, TaskSpec
+from compactnn.data.multitask import MultiTaskData, regression_data
 
 __all__ = ["clustered_task_weights", "make_clustered_synthetic", "make_mmoe_synthetic",
            "mmoe_task_weights", "synthetic_targets"]
@@ -118,24 +117,9 @@ def _build(weights: np.ndarray, n_train: int, n_val: int, n_test: int, num_sines
     n = n_train + n_val + n_test
     x = rng.standard_normal((n, weights.shape[1]))
     y = synthetic_targets(x, weights, alpha, beta, noise_std, rng)
-    mean, std = np.zeros(len(weights)), np.ones(len(weights))
-    if standardize_targets:
-        mean, std = y[:n_train].mean(0), y[:n_train].std(0)
-        std = np.where(std > 0, std, 1.0)
-        y = (y - mean) / std
-    xt = torch.from_numpy(x.astype(np.float32))
-    yt = torch.from_numpy(y.astype(np.float32))
-
-    def part(a: int, b: int) -> MultiTaskPart:
-        return MultiTaskPart(xt[a:b], [yt[a:b, t].clone() for t in range(len(weights))])
-
-    tasks = tuple(TaskSpec(f"t{t}", "regression") for t in range(len(weights)))
     meta = {**meta, "task_weights": weights, "alpha": alpha, "beta": beta,
-            "target_mean": mean, "target_std": std, "noise_std": noise_std}
-    return MultiTaskData(part(0, n_train), part(n_train, n_train + n_val),
-                         part(n_train + n_val, n), tasks,
-                         feature_names=tuple(f"x{i}" for i in range(weights.shape[1])),
-                         meta=meta).validate()
+            "noise_std": noise_std}
+    return regression_data(x, y, n_train, n_val, standardize_targets, meta)
 
 
 def make_mmoe_synthetic(n_train: int = 10_000, n_val: int = 1000, n_test: int = 1000,
