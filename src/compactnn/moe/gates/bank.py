@@ -23,7 +23,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compactnn._checks import check_int
@@ -39,7 +38,7 @@ from .dselect_k import (
     smooth_step,
 )
 from .softmax import SoftmaxGate
-from .topk import NoisyTopKGate, topk_aux, topk_route
+from .topk import NoisyTopKGate, noisy_route, topk_aux
 
 __all__ = ["DSelectKBank", "GateBank", "NoisyTopKBank", "SoftmaxBank", "gate_bank"]
 
@@ -303,12 +302,7 @@ class NoisyTopKBank(GateBank):
             n = self.num_experts
             clean = self._per_task(self.gate_proj(x), n)
             raw_noise = self._per_task(self.noise_proj(x), n)
-        if self.training and self.noisy:
-            noise_std = F.softplus(raw_noise)
-            noise = self.draw_noise(clean)
-        else:
-            noise_std = noise = None
-        weights, logits, top_values = topk_route(clean, noise, noise_std, self.k)
+        weights, logits, top_values, noise_std = noisy_route(self, clean, raw_noise)
         if not self.training:
             aux = weights.new_zeros(self.num_tasks)
         else:

@@ -19,7 +19,8 @@ from compactnn._checks import check_bool
 
 from .base import Gate, check_input_dim, check_k, check_num_experts, check_reg
 
-__all__ = ["NoisyTopKGate", "cv_squared", "load_probability", "topk_aux", "topk_route"]
+__all__ = ["NoisyTopKGate", "cv_squared", "load_probability", "noisy_route", "topk_aux",
+           "topk_route"]
 
 
 def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
@@ -46,6 +47,20 @@ def topk_route(clean: Tensor, noise: Tensor | None, noise_std: Tensor | None,
     weights = torch.zeros_like(logits).scatter(-1, top_indices[..., :k], top_k_weights)
     return weights, logits, top_values
 
+
+
+def noisy_route(gate: nn.Module, clean: Tensor, raw_noise: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`topk_route` with the gate's training noise: ``eps * softplus(raw_noise)``,
+    ``eps`` from ``gate.draw_noise``, only in training mode and when ``gate.noisy``.
+    Returns the route and the noise scale (``None`` without noise)."""
+    if gate.training and gate.noisy:
+        noise_std = F.softplus(raw_noise)
+        noise = gate.draw_noise(clean)
+    else:
+        noise_std = noise = None
+    weights, logits, top_values = topk_route(clean, noise, noise_std, gate.k)
+    return weights, logits, top_values, noise_std
 
 def load_probability(clean: Tensor, noisy: Tensor, noise_std: Tensor, top_values: Tensor,
                       k: int) -> Tensor:
@@ -160,12 +175,7 @@ class NoisyTopKGate(Gate):
             clean, raw_noise = self.gate_logits, self.noise_logits
         else:
             clean, raw_noise = self.gate_proj(x), self.noise_proj(x)
-        if self.training and self.noisy:
-            noise_std = F.softplus(raw_noise)
-            noise = self.draw_noise(clean)
-        else:
-            noise_std = noise = None
-        weights, logits, top_values = topk_route(clean, noise, noise_std, self.k)
+        weights, logits, top_values, noise_std = noisy_route(self, clean, raw_noise)
         if not self.training:
             return weights, weights.new_zeros(())
         aux = topk_aux(weights, clean, logits, noise_std, top_values, k=self.k,
