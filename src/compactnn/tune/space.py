@@ -37,41 +37,31 @@ def _bounds(cls: str, low: Any, high: Any, positive: bool = False) -> tuple[floa
 
 
 @dataclass(frozen=True)
-class LogUniform:
-    """A positive float, uniform in ``log`` between ``low`` and ``high``."""
-
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        lo, hi = _bounds("LogUniform", self.low, self.high, positive=True)
-        object.__setattr__(self, "low", lo)
-        object.__setattr__(self, "high", hi)
-
-    def suggest(self, trial: Any, name: str) -> float:
-        return float(trial.suggest_float(name, self.low, self.high, log=True))
-
-    def describe(self) -> str:
-        return f"log-uniform [{self.low:g}, {self.high:g}]"
-
-
-@dataclass(frozen=True)
 class Uniform:
     """A float, uniform between ``low`` and ``high``."""
 
     low: float
     high: float
 
+    _log = False  # a class constant, not a field
+
     def __post_init__(self) -> None:
-        lo, hi = _bounds("Uniform", self.low, self.high)
+        lo, hi = _bounds(type(self).__name__, self.low, self.high, positive=self._log)
         object.__setattr__(self, "low", lo)
         object.__setattr__(self, "high", hi)
 
     def suggest(self, trial: Any, name: str) -> float:
-        return float(trial.suggest_float(name, self.low, self.high))
+        return float(trial.suggest_float(name, self.low, self.high, log=self._log))
 
     def describe(self) -> str:
-        return f"uniform [{self.low:g}, {self.high:g}]"
+        return f"{'log-uniform' if self._log else 'uniform'} [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class LogUniform(Uniform):
+    """A positive float, uniform in ``log`` between ``low`` and ``high``."""
+
+    _log = True
 
 
 @dataclass(frozen=True)
