@@ -15,16 +15,6 @@ from compactnn.models.resnet import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions: one intra-op thread. Two threads on a busy 2-core
-    machine (``pytest -n 2``) spin-wait and run up to 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 

@@ -17,16 +17,6 @@ from compactnn.sparse import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (two spin-wait on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 # -- IMP ---------------------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(total=st.integers(1, 10**6), frac=st.floats(1e-4, 1), rounds=st.integers(1, 12),

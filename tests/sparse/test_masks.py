@@ -23,16 +23,6 @@ from compactnn.sparse import (
 from compactnn.surgery import dense_first_last_exclude
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (two spin-wait on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 # -- selection ---------------------------------------------------------------------------------
 def test_prunable_weights_selection():
     m = mlp()
