@@ -31,7 +31,6 @@ import argparse
 import math
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -46,7 +45,7 @@ from compactnn.moe import (
     SoftmaxGate,
     mlp_experts,
 )
-from compactnn.utils import machine_info
+from compactnn.utils import interleaved_timings, machine_info
 
 BATCH, HIDDEN, OUT, K = 64, 16, 8, 2
 
@@ -124,22 +123,6 @@ class Hand:
 # --------------------------------------------------------------------------- timed functions
 
 
-def round_robin(fns: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                median: bool) -> dict[str, float]:
-    """Seconds per call of each function, one call of each in turn per round."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    pick = statistics.median if median else min
-    return {k: pick(v) for k, v in times.items()}
-
-
 def layer_step(moe: MultiGateMoE, x: Tensor, probe: Tensor) -> Callable[[], None]:
     def run() -> None:
         moe.zero_grad(set_to_none=True)
@@ -185,7 +168,8 @@ def measure(gate: str, tasks: int, experts: int, dim: int, repeats: int, warmup:
         fns["loop"] = layer_step(separate, x, probe)
     hand = Hand(gate, tasks, experts, dim)
     fns["hand"] = lambda: hand.step(x, probe)
-    t = round_robin(fns, repeats, warmup, median)
+    t = interleaved_timings(fns, repeats=repeats, warmup=warmup,
+                            reduce=statistics.median if median else min)
     return {"gate": gate, "T": tasks, "E": experts, **{k: v * 1e3 for k, v in t.items()}}
 
 

@@ -33,10 +33,14 @@ def machine_info() -> str:
 
 
 def interleaved_timings(fns: dict[str, Callable[[], object]], repeats: int = 20,
-                        warmup: int = 3, inner: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, measured round-robin (one call
-    of each in turn, ``repeats`` rounds) so that machine noise hits all alike.
-    ``inner`` calls are timed together and averaged."""
+                        warmup: int = 3, inner: int = 1,
+                        reduce: Callable[[list[float]], float] = statistics.median
+                        ) -> dict[str, float]:
+    """Seconds per call of each function, measured round-robin (one call of each in
+    turn, ``repeats`` rounds) so that machine noise hits all alike, reduced over the
+    rounds by ``reduce`` (the median; ``min`` on a loaded machine, where the least
+    disturbed round is the informative one). ``inner`` calls are timed together and
+    averaged."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
@@ -50,4 +54,4 @@ def interleaved_timings(fns: dict[str, Callable[[], object]], repeats: int = 20,
                 fn()
             sync()
             times[name].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: reduce(v) for k, v in times.items()}
