@@ -18,14 +18,6 @@ from compactnn.experiments import registry
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def subcommands() -> list[str]:
     parser = build_parser()
     for action in parser._actions:

@@ -16,14 +16,6 @@ from compactnn import LowRankConv2d, LowRankLayer, LowRankLinear, factorize, loa
 from compactnn.io import layer_config, read_metadata
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()

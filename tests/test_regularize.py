@@ -13,14 +13,6 @@ from compactnn.regularize import frobenius_norm_sq, lowrank_layers
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_layers() -> list[nn.Module]:
     torch.manual_seed(0)
     return [

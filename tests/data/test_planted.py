@@ -102,7 +102,6 @@ def test_oracle_routing_beats_random_routing_on_a_small_case():
     """The planted routing is what the loss rewards: the same experts and towers trained
     with the oracle's frozen routing reach a clearly lower test MSE than with random
     routing, and learn the planted experts (support recovery 1 through the matching)."""
-    torch.set_num_threads(1)
     data = make_planted_experts(32, 8, 2, input_dim=16, n_train=1500, n_val=300,
                                 n_test=600, seed=0)
     clusters = data.meta["clusters"]

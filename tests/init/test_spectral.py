@@ -16,14 +16,6 @@ from compactnn.lowrank import get_initializer
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tail_norm(matrix: torch.Tensor, r: int) -> float:
     """sqrt(sum of the squared singular values past the r-th), summed over a batch."""
     s = torch.linalg.svdvals(matrix.double())

@@ -24,15 +24,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:Using padding='same' with even kernel lengths:UserWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny ops run fastest on one thread (and pytest -n 2 already fills the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ShapeRecorder(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()

@@ -16,15 +16,6 @@ from compactnn import LowRankLinear
 from compactnn.lowrank import break_even_rank, resolve_rank
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny ops run fastest on one thread (and pytest -n 2 already fills the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ShapeRecorder(TorchDispatchMode):
     """Records the shape of every tensor an aten op produces."""
 

@@ -30,14 +30,6 @@ from compactnn import (
 pytestmark = pytest.mark.filterwarnings("error:budget met only:UserWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- by rank
 
 
