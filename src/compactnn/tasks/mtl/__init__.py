@@ -22,11 +22,12 @@ from compactnn.tasks.mtl.metrics import (
     task_losses,
     task_metrics,
 )
-from compactnn.tasks.mtl.model import ConvExpert, MTLModel, build_gate
+from compactnn.tasks.mtl.model import ConvExpert, LeNetExpert, MTLModel, build_gate
 from compactnn.tasks.mtl.task import MTLTask, evaluate_part, gate_report, train_mtl
 
 __all__ = [
     "ConvExpert",
+    "LeNetExpert",
     "DataConfig",
     "ExpertConfig",
     "GateConfig",

@@ -49,10 +49,13 @@ class DataConfig:
 @dataclass
 class ExpertConfig:
     num: int = 8
-    arch: Literal["mlp", "conv"] = "mlp"  # conv: a small CNN (image data only)
-    hidden: list[int] = field(default_factory=lambda: [64])  # MLP expert hidden widths
+    # conv / lenet: small CNNs (image data only); lenet is conv 5x5 + pool per channel
+    # entry, then dense layers of the hidden widths (channels=[10,20], hidden=[50],
+    # out=50 is the DSelect-k paper family's Multi-MNIST expert)
+    arch: Literal["mlp", "conv", "lenet"] = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [64])  # MLP / lenet hidden widths
     out: int = 32  # expert output width (the towers' input)
-    channels: list[int] = field(default_factory=lambda: [8, 16])  # conv expert channels
+    channels: list[int] = field(default_factory=lambda: [8, 16])  # conv / lenet channels
     embedding_dim: int = 8  # width of each categorical column's embedding
     dropout: float = 0.0
 

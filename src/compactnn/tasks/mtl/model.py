@@ -12,10 +12,12 @@ with batched matrix products; tasks with fewer outputs than the widest use the f
 columns of the last layer). The model calls the layer's public batched path
 (:meth:`~compactnn.moe.MultiGateMoE.mix`) and then its tower bank.
 
-Experts are MLPs on the flattened features, or (images) small CNNs
-(:class:`ConvExpert`, run one by one). A *static* gate (``gate.per_example=false``) has one
-weight vector per task; a *per-example* gate routes on the flattened features (embeddings
-included). State dicts saved with per-module gates or experts load into the banks.
+Experts are MLPs on the flattened features, or (images) small CNNs run one by one:
+:class:`ConvExpert` (stride-2 3x3 convolutions) or :class:`LeNetExpert` (the DSelect-k
+paper family's conv 5x5x10, conv 5x5x20, dense 50, dense 50). A *static* gate
+(``gate.per_example=false``) has one weight vector per task; a *per-example* gate routes
+on the flattened features (embeddings included). State dicts saved with per-module gates
+or experts load into the banks.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from compactnn.moe import (
 )
 from compactnn.tasks.mtl.config import ExpertConfig, GateConfig, TowerConfig
 
-__all__ = ["ConvExpert", "MTLModel", "build_gate"]
+__all__ = ["ConvExpert", "LeNetExpert", "MTLModel", "build_gate"]
 
 
 class ConvExpert(nn.Module):
@@ -57,6 +59,38 @@ class ConvExpert(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+class LeNetExpert(nn.Module):
+    """The small CNN expert of the DSelect-k paper family's Multi-MNIST / Multi-Fashion
+    models: ``conv 5x5 -> max-pool 2 -> ReLU`` per entry of ``channels`` (valid padding),
+    then a dense ReLU layer per entry of ``hidden`` and a dense layer to ``out_features``
+    (the default config ``channels=[10, 20], hidden=[50], out=50`` is conv 5x5x10,
+    conv 5x5x20, dense 50, dense 50). The flattened width follows from ``image_size``."""
+
+    def __init__(self, in_channels: int, image_size: Sequence[int], channels: Sequence[int],
+                 hidden: Sequence[int], out_features: int) -> None:
+        super().__init__()
+        h, w = (int(s) for s in image_size)
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            h, w = (h - 4) // 2, (w - 4) // 2
+            if h < 1 or w < 1:
+                raise ValueError(f"experts.arch=lenet: {len(channels)} conv 5x5 + pool 2 "
+                                 f"stages do not fit images of size {tuple(image_size)}")
+            layers += [nn.Conv2d(c_in, c, 5), nn.MaxPool2d(2), nn.ReLU()]
+            c_in = c
+        layers.append(nn.Flatten())
+        width = c_in * h * w
+        for units in hidden:
+            layers += [nn.Linear(width, units), nn.ReLU()]
+            width = units
+        layers.append(nn.Linear(width, out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
 
 def build_gate(cfg: GateConfig, num_experts: int, input_dim: int | None) -> Gate:
@@ -91,14 +125,16 @@ class MTLModel(nn.Module):
                                         for c in cat_cardinalities)
         self.feature_dim = (math.prod(self.input_shape)
                             + len(cat_cardinalities) * experts.embedding_dim)
-        self.conv = experts.arch == "conv"
+        self.conv = experts.arch in ("conv", "lenet")
         if self.conv:
             if len(self.input_shape) != 3 or cat_cardinalities:
-                raise ValueError("experts.arch=conv needs image inputs (N, C, H, W) without "
-                                  f"categorical columns; this data has input shape "
-                                  f"{self.input_shape}")
+                raise ValueError(f"experts.arch={experts.arch} needs image inputs (N, C, H, W) "
+                                 "without categorical columns; this data has input shape "
+                                 f"{self.input_shape}")
+            c, *size = self.input_shape
             expert_list = nn.ModuleList(
-                ConvExpert(self.input_shape[0], experts.channels, experts.out)
+                ConvExpert(c, experts.channels, experts.out) if experts.arch == "conv"
+                else LeNetExpert(c, size, experts.channels, experts.hidden, experts.out)
                 for _ in range(experts.num))
         else:
             expert_list = mlp_experts(experts.num, self.feature_dim, list(experts.hidden),
