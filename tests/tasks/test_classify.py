@@ -24,23 +24,10 @@ def make(tmp_path: Path, *extra: str, out: str = "run") -> TrainConfig:
     return build_config(TrainConfig, parse_overrides([*BASE, f"out={tmp_path / out}", *extra]))
 
 
-def weights(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same(a: dict, b: dict, exact: bool = True) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-
-
-def test_deterministic_for_a_fixed_seed(tmp_path):
+def test_deterministic_for_a_fixed_seed(tmp_path, assert_same_state):
     r1 = train(make(tmp_path, "lowrank.param_ratio=0.5", out="a"))
     r2 = train(make(tmp_path, "lowrank.param_ratio=0.5", out="b"))
-    assert_same(weights(r1.model), weights(r2.model))
+    assert_same_state(r1.model, r2.model)
     assert r1.metrics["test_accuracy"] == r2.metrics["test_accuracy"]
     r3 = train(make(tmp_path, "lowrank.param_ratio=0.5", "seed=1", out="c"))
     assert not torch.equal(r1.model.head.weight, r3.model.head.weight)
@@ -50,7 +37,7 @@ def test_deterministic_for_a_fixed_seed(tmp_path):
     ["lowrank.param_ratio=0.4", "lowrank.frobenius_decay=1e-3"],
     ["optim.name=adamw", "optim.lr=1e-3"],
 ])
-def test_resume_mid_epoch_is_exact(tmp_path, extra):
+def test_resume_mid_epoch_is_exact(tmp_path, extra, assert_same_state):
     full = train(make(tmp_path, *extra, out="full"))
     # Stop in the middle of the first epoch (digits: 34 steps per epoch at batch 32).
     stopped = train(make(tmp_path, *extra, "stop_after_steps=20", out="resumed"))
@@ -58,7 +45,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, extra):
     assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
     resumed = train(make(tmp_path, *extra, out="resumed"))
     assert resumed.metrics["finished"]
-    assert_same(weights(full.model), weights(resumed.model))
+    assert_same_state(full.model, resumed.model)
     assert full.metrics["test_accuracy"] == resumed.metrics["test_accuracy"]
     # one CSV row per epoch, no duplicates from the interrupted run
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().strip().splitlines()
@@ -132,7 +119,7 @@ def test_cli_print_config(capsys, tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test uses Linux loopback")
-def test_ddp_two_processes_match_single_process(tmp_path):
+def test_ddp_two_processes_match_single_process(tmp_path, assert_same_state):
     """Two gloo CPU processes under torchrun end with identical weights, equal to a
     single process on the same global batch."""
     worker = Path(__file__).with_name("ddp_worker.py")
@@ -147,8 +134,8 @@ def test_ddp_two_processes_match_single_process(tmp_path):
                     f"out={tmp_path / 'm'}"], check=True, env=env, timeout=300)
     ref = st.load_file(f"{single}.rank0")
     r0, r1 = st.load_file(f"{multi}.rank0"), st.load_file(f"{multi}.rank1")
-    assert_same(r0, r1)  # DDP keeps ranks bit-identical
-    assert_same(ref, r0, exact=False)  # same steps as one process, up to summation order
+    assert_same_state(r0, r1)  # DDP keeps ranks bit-identical
+    assert_same_state(ref, r0, exact=False)  # same steps as one process, up to summation order
 
 
 @pytest.mark.parametrize("extra", [
@@ -156,7 +143,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     ["sparse.method=imp", "sparse.param_ratio=0.5", "sparse.rounds=2", "optim.epochs=3"],
     ["sparse.method=imp", "sparse.param_ratio=0.5", "sparse.rounds=1", "sparse.rewind=true"],
 ])
-def test_sparse_baselines_reach_budget_and_resume_exactly(tmp_path, extra):
+def test_sparse_baselines_reach_budget_and_resume_exactly(tmp_path, extra, assert_same_state):
     full = train(make(tmp_path, *extra, out="full"))
     budget = int(0.5 * full.metrics["dense_params"])
     assert full.metrics["nonzero_params"] <= budget
@@ -164,7 +151,7 @@ def test_sparse_baselines_reach_budget_and_resume_exactly(tmp_path, extra):
     assert full.metrics["nonzero_params"] >= budget - 50
     train(make(tmp_path, *extra, "stop_after_steps=40", out="resumed"))
     resumed = train(make(tmp_path, *extra, out="resumed"))
-    assert_same(weights(full.model), weights(resumed.model))
+    assert_same_state(full.model, resumed.model)
 
 
 def test_lowrank_and_sparse_together_is_an_error(tmp_path):

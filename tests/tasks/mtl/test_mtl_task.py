@@ -36,19 +36,6 @@ def make(tmp_path: Path, *extra: str, out: str = "run") -> MTLConfig:
     return build_config(MTLConfig, parse_overrides([*BASE, f"out={tmp_path / out}", *extra]))
 
 
-def weights(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same(a: dict, b: dict, exact: bool = True) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-
-
 @pytest.mark.parametrize("gate", list(GATES))
 def test_two_epochs_end_to_end(tmp_path, gate):
     r = train_mtl(make(tmp_path, *GATES[gate]))
@@ -74,23 +61,23 @@ def test_two_epochs_end_to_end(tmp_path, gate):
     assert len(rows) == 1 + 2 and "val_t0_mse" in rows[0]
 
 
-def test_deterministic_for_a_fixed_seed(tmp_path):
+def test_deterministic_for_a_fixed_seed(tmp_path, assert_same_state):
     r1 = train_mtl(make(tmp_path, *GATES["topk"], out="a"))
     r2 = train_mtl(make(tmp_path, *GATES["topk"], out="b"))
-    assert_same(weights(r1.model), weights(r2.model))
+    assert_same_state(r1.model, r2.model)
     assert r1.metrics["test_mean_mse"] == r2.metrics["test_mean_mse"]
     r3 = train_mtl(make(tmp_path, *GATES["topk"], "seed=1", out="c"))
     assert r3.metrics["test_mean_mse"] != r1.metrics["test_mean_mse"]
 
 
 @pytest.mark.parametrize("gate", ["dselect_k_per_example", "topk"])
-def test_resume_mid_epoch_is_exact(tmp_path, gate):
+def test_resume_mid_epoch_is_exact(tmp_path, gate, assert_same_state):
     full = train_mtl(make(tmp_path, *GATES[gate], out="full"))
     stopped = train_mtl(make(tmp_path, *GATES[gate], "stop_after_steps=5", out="resumed"))
     assert not stopped.metrics["finished"] and stopped.metrics["step"] == 5
     resumed = train_mtl(make(tmp_path, *GATES[gate], out="resumed"))
     assert resumed.metrics["finished"]
-    assert_same(weights(full.model), weights(resumed.model))
+    assert_same_state(full.model, resumed.model)
     assert full.metrics["test_mean_mse"] == resumed.metrics["test_mean_mse"]
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2
@@ -210,21 +197,21 @@ def test_batched_static_path_equals_separate_modules():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test uses Linux loopback")
-def test_ddp_two_processes_match_single_process(tmp_path):
+def test_ddp_two_processes_match_single_process(tmp_path, assert_same_state):
     """Two gloo CPU processes under torchrun end with identical weights, equal to a
     single process on the same global batch."""
     worker = Path(__file__).with_name("ddp_worker.py")
     common = [*BASE, "optim.epochs=1", "gate.name=dselect_k", "gate.per_example=true",
               "gate.reduction=mean", "gate.entropy_reg=0.01"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = weights(train_mtl(make(tmp_path, *common[len(BASE):], out="s")).model)
+    ref = train_mtl(make(tmp_path, *common[len(BASE):], out="s")).model
     multi = tmp_path / "multi"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc_per_node=2", str(worker), str(multi), *common,
                     f"out={tmp_path / 'm'}"], check=True, env=env, timeout=300)
     r0, r1 = st.load_file(f"{multi}.rank0"), st.load_file(f"{multi}.rank1")
-    assert_same(r0, r1)
-    assert_same(ref, r0, exact=False)
+    assert_same_state(r0, r1)
+    assert_same_state(ref, r0, exact=False)
 
 
 def test_early_stopping_ends_with_the_best_validation_weights(tmp_path):
