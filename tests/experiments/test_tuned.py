@@ -39,6 +39,30 @@ def test_engine_run_maps_params_to_config_keys(monkeypatch, tmp_path):
         run("topk", {"momentum": 0.9}, 0)
 
 
+def test_a_run_stopped_by_a_signal_stops_the_search_without_using_a_slot(monkeypatch,
+                                                                          tmp_path):
+    calls = []
+
+    def fake(out_dir, overrides, data):
+        calls.append(overrides)
+        if len(calls) == 2:  # the second trial is cut off by SIGTERM (the engine saved)
+            return {"signal": 15, "epoch": 1}
+        return {"val_x": 0.5 + 0.01 * len(calls), "test_x": 0.1, "epoch": 2}
+
+    monkeypatch.setattr(tuned, "run_arm", fake)
+    run = EngineRun(tmp_path / "runs", [], lambda s: None, "val_x", "test_x")
+    methods = {"softmax": Method({"lr": LogUniform(1e-3, 1e-2)})}
+    with pytest.raises(KeyboardInterrupt) as err:
+        run_tuned(tmp_path, methods, run, n_trials=3, seeds=[0], direction="minimize")
+    assert err.value.signum == 15
+    # resuming runs the interrupted slot again and ends with exactly 3 counted trials
+    rep = run_tuned(tmp_path, methods, run, n_trials=3, seeds=[0], direction="minimize")
+    info = rep.methods["softmax"]
+    assert (info["n_trials"], info["n_failed"]) == (3, 0)
+    assert calls[1] == calls[2]  # the same configuration, drawn again for the same slot
+    assert len(calls) == 5  # 3 trials + the interrupted one + 1 final seed
+
+
 def test_every_gate_space_maps_to_the_config():
     for m in gate_spaces().values():
         assert set(m.space) <= set(tuned.PARAM_KEYS)

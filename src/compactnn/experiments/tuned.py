@@ -68,6 +68,12 @@ class EngineRun:
                      *[f"{PARAM_KEYS[k]}={_value(v)}" for k, v in params.items()]]
         m = run_arm(self.out_root / f"{method}_s{seed}_{tag}", overrides,
                     self.data_for_seed(seed))
+        if m.get("signal"):
+            # SIGINT/SIGTERM stopped the run (after saving): the search must stop too,
+            # without scoring this configuration or counting its slot
+            from compactnn.engine.control import RunInterrupted
+
+            raise RunInterrupted(int(m["signal"]))
         out = {"val": float(m[self.val_key]), "test": float(m[self.test_key]),
                "best_epoch": m.get("best_epoch", m.get("epoch")), "epochs_run": m.get("epoch"),
                "experts_per_example": m.get("mean_experts_per_example"),
