@@ -45,7 +45,7 @@ def test_bank_and_module_experts_agree_in_every_execution(static: bool, executio
     torch.manual_seed(0)
     tasks, batch = 3, 10
     bank = mlp_experts(N, D, [7], 4).double()
-    modules = nn.ModuleList(list(bank))
+    modules = nn.ModuleList(bank.member(e) for e in range(N))  # independent copies
     x = torch.randn(batch, D, dtype=torch.float64, requires_grad=True)
     w = sparse_weights(tasks, batch, static=static).requires_grad_(True)
     reference = dense_mix(modules, x, w)  # every expert on every row, one by one
@@ -84,7 +84,8 @@ def test_dense_bank_equals_modules() -> None:
     bank = mlp_experts(N, D, 5, 3).double()
     x = torch.randn(9, D, dtype=torch.float64)
     for w in (sparse_weights(4, 9), torch.rand(4, N, dtype=torch.float64)):
-        torch.testing.assert_close(dense_mix(bank, x, w), dense_mix(list(bank), x, w))
+        copies = [bank.member(e) for e in range(N)]
+        torch.testing.assert_close(dense_mix(bank, x, w), dense_mix(copies, x, w))
 
 
 def test_capacity_drops_the_lowest_priority_rows_and_counts_them() -> None:
@@ -168,7 +169,7 @@ def test_bank_layer_state_converts_to_and_from_per_module_layout(make_gate) -> N
     torch.manual_seed(5)
     banked = MultiGateMoE(mlp_experts(N, D, 5, 3), 3, gate=make_gate(),
                           towers=mlp_towers(3, 3, [4], 2)).double()
-    separate = MultiGateMoE(nn.ModuleList(list(banked.experts)), 3,
+    separate = MultiGateMoE(nn.ModuleList(banked.experts.member(e) for e in range(N)), 3,
                             gate=[make_gate() for _ in range(3)],
                             towers=[banked.towers.member(t) for t in range(3)]).double()
     x = torch.randn(7, D, dtype=torch.float64)

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from compactnn.moe import MLPBank, mlp_experts, mlp_towers
+from compactnn.moe import (
+    BankMember,
+    MixtureOfExperts,
+    MLPBank,
+    SoftmaxGate,
+    mlp_experts,
+    mlp_towers,
+)
 
 
 def grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -23,7 +30,7 @@ def grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
 def test_bank_equals_separate_members(n, d, hidden, out, batch, bias) -> None:
     torch.manual_seed(0)
     bank = MLPBank(n, d, hidden, out, bias=bias).double()
-    members = list(bank)  # copies, as nn.Sequential
+    members = [bank.member(e) for e in range(n)]  # independent nn.Sequential copies
     assert len(members) == n and all(isinstance(m, nn.Sequential) for m in members)
     x = torch.randn(batch, d, dtype=torch.float64, requires_grad=True)
     y = bank(x)
@@ -117,3 +124,38 @@ def test_bad_input() -> None:
                               "1.0.weight": torch.zeros(4, 3), "1.0.bias": torch.zeros(4)})
     with pytest.raises(ValueError, match="separate modules"):
         bank.load_state_dict({f"{e}.0.weight": torch.zeros(4, 3) for e in range(3)})
+
+
+def test_indexing_and_iterating_give_members_that_train_the_bank() -> None:
+    torch.manual_seed(3)
+    bank = MLPBank(3, 4, [5], [2, 3, 3]).double()
+    views = list(bank)
+    assert all(isinstance(v, BankMember) for v in views) and bank[-1].index == 2
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    for e, v in enumerate(views):  # the same function as an independent copy, any leading dims
+        torch.testing.assert_close(v(x), bank.member(e)(x))
+    assert views[0](x).shape == (2, 6, 2)
+    # a model built from the members trains the bank, and only member 1's slices move
+    before = [w.detach().clone() for w in bank.weights]
+    opt = torch.optim.SGD(nn.ModuleList(views).parameters(), lr=0.1)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in bank.parameters()}
+    views[1](x).square().sum().backward()
+    opt.step()
+    for w, w0 in zip(bank.weights, before, strict=True):
+        assert not torch.equal(w[1], w0[1])
+        torch.testing.assert_close(w[[0, 2]], w0[[0, 2]], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="e must be"):
+        bank[3]
+    with pytest.raises(TypeError, match="bank must be an MLPBank"):
+        BankMember(nn.Linear(2, 2), 0)
+
+
+def test_mixture_over_a_list_of_members_equals_the_bank() -> None:
+    torch.manual_seed(4)
+    bank = mlp_experts(4, 5, [6], 3).double()
+    gate = SoftmaxGate(4, input_dim=5).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    out_bank, _ = MixtureOfExperts(bank, gate, execution="dense")(x)
+    out_list, _ = MixtureOfExperts(list(bank), gate, execution="sparse")(x)
+    torch.testing.assert_close(out_list, out_bank)

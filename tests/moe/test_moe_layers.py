@@ -26,11 +26,11 @@ from compactnn.moe import (
 def test_mlp_experts() -> None:
     experts = mlp_experts(3, 4, [8, 6], 2, activation=nn.GELU, dropout=0.1)
     assert len(experts) == 3
-    assert [type(m).__name__ for m in experts[0]] == [
+    assert [type(m).__name__ for m in experts.member(0)] == [
         "Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout", "Linear"
     ]
     assert experts[0](torch.randn(5, 4)).shape == (5, 2)
-    assert not torch.equal(experts[0][0].weight, experts[1][0].weight)
+    assert not torch.equal(experts.member(0)[0].weight, experts.member(1)[0].weight)
     with pytest.raises(ValueError, match="hidden_features"):
         mlp_experts(2, 4, 0, 2)
     with pytest.raises(ValueError, match="num_experts"):

@@ -20,7 +20,7 @@ from .dispatch import (
     sparse_combine,
     sparse_mix,
 )
-from .experts import MLPBank, mlp_experts, mlp_towers
+from .experts import BankMember, MLPBank, mlp_experts, mlp_towers
 from .gates import (
     DSelectKBank,
     DSelectKGate,
@@ -41,6 +41,7 @@ __all__ = [
     "DSelectKGate",
     "Gate",
     "GateBank",
+    "BankMember",
     "MLPBank",
     "MixtureOfExperts",
     "MultiGateMoE",

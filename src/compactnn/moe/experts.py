@@ -10,6 +10,9 @@ runs them with batched matrix products:
   fixed-size row buffers of capacity execution).
 * :meth:`MLPBank.forward_rows` runs each member on only its own slice of a row-sorted
   input (sparse execution): the work is proportional to the routed rows.
+* ``bank[e]`` and iterating give :class:`BankMember` s: member ``e`` as a module that
+  computes with the bank's own parameters (training it trains the bank);
+  :meth:`MLPBank.member` gives an independent ``nn.Sequential`` copy.
 
 Member ``e`` equals ``nn.Sequential(Linear, activation, [Dropout,] ..., Linear)`` holding
 slice ``e`` of the weights (transposed), in value and gradient, and each member is
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 
 from compactnn._checks import check_float, check_int, check_tensor
 
-__all__ = ["MLPBank", "mlp_experts", "mlp_towers"]
+__all__ = ["BankMember", "MLPBank", "mlp_experts", "mlp_towers"]
 
 _MEMBER_KEY = re.compile(r"^(\d+)\.(\d+)\.(weight|bias)$")
 
@@ -95,11 +98,11 @@ class MLPBank(nn.Module):
     def __len__(self) -> int:
         return self.num_members
 
-    def __getitem__(self, e: int) -> nn.Sequential:
-        return self.member(e)
+    def __getitem__(self, e: int) -> BankMember:
+        return BankMember(self, e)
 
     def __iter__(self):
-        return (self.member(e) for e in range(self.num_members))
+        return (BankMember(self, e) for e in range(self.num_members))
 
     def extra_repr(self) -> str:
         widths = "->".join(str(w) for w in (self.in_features, *self.hidden_features))
@@ -289,6 +292,37 @@ class MLPBank(nn.Module):
             stacked = self.stack_states([per_member[e] for e in range(self.num_members)])
             state_dict.update({prefix + k: v for k, v in stacked.items()})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class BankMember(nn.Module):
+    """Member ``e`` of an :class:`MLPBank` as a module of its own that computes with the
+    bank's parameters: what ``bank[e]`` and iterating over a bank give. Training through
+    a member trains the bank (its parameters are the bank's, registered under ``bank``),
+    so code written for a list of expert modules works on a bank unchanged. For an
+    independent copy use :meth:`MLPBank.member`."""
+
+    def __init__(self, bank: MLPBank, e: int) -> None:
+        super().__init__()
+        if not isinstance(bank, MLPBank):
+            raise TypeError(f"bank must be an MLPBank, got {type(bank).__name__}")
+        self.index = check_int("e", e, minimum=-bank.num_members,
+                               maximum=bank.num_members - 1) % bank.num_members
+        self.bank = bank
+
+    @property
+    def out_features(self) -> int:
+        return self.bank.out_features[self.index]
+
+    def extra_repr(self) -> str:
+        return f"member {self.index} of {self.bank.num_members}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in)`` to ``(..., out_features)``, as the member's ``nn.Sequential``."""
+        check_tensor("x", x, finite=False)
+        lead = x.shape[:-1]
+        idx = torch.tensor([self.index], device=x.device)
+        y = self.bank(x.reshape(-1, x.shape[-1]), members=idx)[0, :, :self.out_features]
+        return y.reshape(*lead, self.out_features)
 
 
 def mlp_experts(num_experts: int, in_features: int, hidden_features: int | Sequence[int],

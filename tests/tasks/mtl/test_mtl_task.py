@@ -176,7 +176,8 @@ def test_batched_static_path_equals_separate_modules():
     # the same model written with separate gates, experts and towers (copies of the
     # banks' slices)
     feats = model.features(x)
-    experts, gates = list(model.moe.experts), list(model.moe.gates)
+    experts = [model.moe.experts.member(e) for e in range(4)]
+    gates = list(model.moe.gates)
     towers = [model.towers.member(t) for t in range(4)]
     slow = [towers[t](sum(g()[0][e] * experts[e](feats) for e in range(4)))
             for t, g in enumerate(gates)]
