@@ -65,7 +65,16 @@ def test_a_run_stopped_by_a_signal_stops_the_search_without_using_a_slot(monkeyp
 
 def test_every_gate_space_maps_to_the_config():
     for m in gate_spaces().values():
-        assert set(m.space) <= set(tuned.PARAM_KEYS)
+        assert set(m.space) <= set(tuned.PARAM_KEYS) and m.start == ()
+    # with defaults, each gate's start is one valid point of its own space
+    from compactnn.tune.space import check_config
+
+    spaces = gate_spaces((512, 1024), (1e-4, 1e-2), defaults=True)
+    for m in spaces.values():
+        (start,) = m.start
+        assert check_config("start", m.space, start) == start
+        assert start["batch_size"] == 512 and start["lr"] == 1e-3
+    assert spaces["dselect_k"].start[0]["gamma"] == 1.0
 
 
 def test_protocol_end_to_end_with_the_engine(tmp_path):

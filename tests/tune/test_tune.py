@@ -209,3 +209,66 @@ def test_space_round_trip_and_errors():
     with pytest.raises(TypeError, match="LogUniform"):
         run_search("m", {"lr": (1e-3, 1.0)}, lambda *a: {"val": 0.0}, "sqlite://",
                    n_trials=1, tune_seed=0)
+
+
+START = [{"lr": 1e-3, "width": 16, "act": "relu", "drop": 0.0},
+         {"lr": 3e-2, "width": 4, "act": "tanh", "drop": 0.5}]
+
+
+def test_start_configurations_run_first_within_the_budget(tmp_path):
+    rec = Recorder()
+    res = run_search("m", SPACE, rec, storage_url(tmp_path / "s.sqlite3"), n_trials=5,
+                     tune_seed=99, n_startup_trials=3, start=START)
+    assert [c[1] for c in rec.calls[:2]] == START  # in order, exactly these values
+    assert len(rec.calls) == 5 and res.n_counted == 5  # they count toward the budget
+    assert all(c[1] not in START for c in rec.calls[2:])
+
+
+def test_a_resumed_search_runs_only_the_missing_start_configurations(tmp_path):
+    url = storage_url(tmp_path / "s.sqlite3")
+    first = Recorder()
+    run_search("m", SPACE, first, url, n_trials=3, tune_seed=99, start=START[:1])
+    assert first.calls[0][1] == START[0]
+    # the budget grows and a second start configuration is added: START[0] is not re-run
+    second = Recorder()
+    res = run_search("m", SPACE, second, url, n_trials=5, tune_seed=99, start=START)
+    assert second.calls[0][1] == START[1] and len(second.calls) == 2
+    assert [c[1] for c in first.calls + second.calls].count(START[0]) == 1
+    assert res.n_counted == 5
+
+
+def test_every_method_gets_its_start_and_the_same_budget(tmp_path):
+    calls: dict[str, list] = {}
+
+    def run(method, params, seed):
+        calls.setdefault(method, []).append(params)
+        return {"val": params["lr"]}
+
+    methods = {"a": Method({"lr": LogUniform(1e-4, 1e-1)}, start=({"lr": 1e-3},)),
+               "b": Method({"lr": LogUniform(1e-4, 1e-1), "g": LogUniform(1e-3, 10.0)},
+                           start=({"lr": 2e-3, "g": 1.0},))}
+    rep = tune(methods, run, tmp_path, n_trials=3, seeds=[0])
+    assert calls["a"][0] == {"lr": 1e-3} and calls["b"][0] == {"lr": 2e-3, "g": 1.0}
+    assert {m: i["n_trials"] for m, i in rep.methods.items()} == {"a": 3, "b": 3}
+    assert rep.methods["b"]["start"] == [{"lr": 2e-3, "g": 1.0}]
+    assert "| b | g | log-uniform [0.001, 10] |" in (tmp_path / "tuning.md").read_text()
+
+
+@pytest.mark.parametrize("start, match", [
+    ([{"lr": 1e-3}], "missing"),  # not every searched parameter
+    ([{**START[0], "momentum": 0.9}], "unknown"),
+    ([{**START[0], "lr": 1.0}], "outside its space"),
+    ([{**START[0], "act": "gelu"}], "outside its space"),
+    ([{**START[0], "width": 8.0}], "outside its space"),  # a float for an int parameter
+    ([START[0]] * 4, "do not fit|more than n_trials"),
+])
+def test_bad_start_configurations_are_refused_before_running(tmp_path, start, match):
+    rec = Recorder()
+    with pytest.raises(ValueError, match=match):
+        run_search("m", SPACE, rec, storage_url(tmp_path / "s.sqlite3"), n_trials=3,
+                   tune_seed=99, start=start)
+    assert rec.calls == []
+    with pytest.raises(ValueError, match=match):
+        tune({"m": Method(SPACE, start=tuple(start))}, rec, tmp_path / "t", n_trials=3,
+             seeds=[0])
+    assert rec.calls == []

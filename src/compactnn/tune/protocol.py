@@ -31,17 +31,20 @@ from typing import Any
 
 from compactnn._checks import check_choice, check_int
 from compactnn.tune.search import RunFn, SearchResult, run_search, storage_url
-from compactnn.tune.space import Param, check_space, describe, space_to_dict
+from compactnn.tune.space import Param, check_config, check_space, describe, space_to_dict
 
 __all__ = ["Method", "TuneReport", "markdown_table", "tune"]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A compared method: its search space and the settings it keeps fixed."""
+    """A compared method: its search space, the settings it keeps fixed, and the
+    configurations its search evaluates first (e.g. the method's published defaults;
+    they count toward the budget)."""
 
     space: Mapping[str, Param]
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    start: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass
@@ -73,21 +76,27 @@ class TuneReport:
         """Two tables: the search (space and chosen value of every hyper-parameter) and
         the budget of each method (trials, failures, best validation score, seconds)."""
         rows = []
+        starts = any(info.get("start") for info in self.methods.values())
         for m, info in self.methods.items():
+            first = info.get("start") or []
             for name, desc in info["space_description"].items():
-                rows.append([m, name, desc, _fmt(info["best_params"][name], fmt)])
+                rows.append([m, name, desc, _fmt(info["best_params"][name], fmt)]
+                            + (["; ".join(_fmt(c[name], fmt) for c in first) or "-"]
+                               if starts else []))
             for name, value in info["fixed"].items():
-                rows.append([m, name, "fixed", _fmt(value, fmt)])
+                rows.append([m, name, "fixed", _fmt(value, fmt)] + (["-"] if starts else []))
         budget = [[m, info["n_trials"], info["n_failed"], fmt.format(info["best_val"]),
                    f"{info['search_seconds']:.0f}", len(self.final.get(m, []))]
                   for m, info in self.methods.items()]
         startup = min(self.n_startup_trials, self.n_trials)
+        first = (" Each method's start configuration (column \"start\") is one of its trials, "
+                 "within the budget." if starts else "")
         return ("Search: TPE (Optuna), " + f"{self.n_trials} trials per method (the first "
                 f"{startup} drawn at random), tuning seed {self.tune_seed}, chosen on the "
                 f"validation split ({self.direction}); the best configuration re-trained "
-                f"from seeds {self.seeds} and evaluated once on test.\n\n"
-                + markdown_table(["method", "hyper-parameter", "search space", "chosen"],
-                                 rows) + "\n\n"
+                f"from seeds {self.seeds} and evaluated once on test.{first}\n\n"
+                + markdown_table(["method", "hyper-parameter", "search space", "chosen"]
+                                 + (["start"] if starts else []), rows) + "\n\n"
                 + markdown_table(["method", "trials", "failed", "best val", "search s",
                                   "final seeds"], budget) + "\n")
 
@@ -130,6 +139,10 @@ def _check_methods(methods: Any) -> dict[str, Method]:
         check_space(f"methods[{name!r}].space", m.space)
         if not isinstance(m.fixed, Mapping):
             raise TypeError(f"methods[{name!r}].fixed must be a mapping")
+        if isinstance(m.start, Mapping) or not isinstance(m.start, Sequence):
+            raise TypeError(f"methods[{name!r}].start must be a tuple of configurations")
+        for i, c in enumerate(m.start):
+            check_config(f"methods[{name!r}].start[{i}]", m.space, c)
         out[name] = m
     return out
 
@@ -143,6 +156,10 @@ def tune(methods: Mapping[str, Method], run: RunFn, out_dir: str | Path, *,
     it must not be one of ``seeds``."""
     methods = _check_methods(methods)
     check_int("n_trials", n_trials, 1)
+    for name, m in methods.items():
+        if len(m.start) > n_trials:
+            raise ValueError(f"methods[{name!r}] has {len(m.start)} start configurations, "
+                             f"more than n_trials={n_trials}")
     check_int("sampler_seed", sampler_seed)
     check_choice("direction", direction, ("minimize", "maximize"))
     if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence) or not seeds:
@@ -169,7 +186,7 @@ def tune(methods: Mapping[str, Method], run: RunFn, out_dir: str | Path, *,
         searched[name] = run_search(
             name, m.space, run, storage, n_trials=n_trials, tune_seed=tune_seed,
             direction=direction, sampler_seed=sampler_seed,
-            n_startup_trials=n_startup_trials, fixed=m.fixed,
+            n_startup_trials=n_startup_trials, fixed=m.fixed, start=m.start,
             on_trial=lambda meth, slot, r: say(f"{meth} trial {slot + 1}/{n_trials}: "
                                                f"val={r['val']:.5g} {r['params']}"))
         say(f"{name}: search done in {time.perf_counter() - t0:.0f} s, best val "
@@ -194,7 +211,8 @@ def tune(methods: Mapping[str, Method], run: RunFn, out_dir: str | Path, *,
             final[name].append(rec)
 
     info = {name: {"space": space_to_dict(m.space), "space_description": describe(m.space),
-                   "fixed": dict(m.fixed), "best_params": searched[name].best_params,
+                   "fixed": dict(m.fixed), "start": [dict(c) for c in m.start],
+                   "best_params": searched[name].best_params,
                    "best_val": searched[name].best_value,
                    "n_trials": searched[name].n_counted, "n_failed": searched[name].n_failed,
                    "search_seconds": searched[name].seconds, "trials": searched[name].trials}

@@ -24,13 +24,13 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compactnn._checks import check_choice, check_int
-from compactnn.tune.space import Param, check_space, suggest
+from compactnn.tune.space import Param, check_config, check_space, suggest
 
 __all__ = ["SearchResult", "run_search", "slot_seed", "storage_url"]
 
@@ -94,12 +94,17 @@ def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str
                n_trials: int, tune_seed: int, direction: str = "minimize",
                sampler_seed: int = 0, n_startup_trials: int = 10,
                fixed: Mapping[str, Any] | None = None,
+               start: Sequence[Mapping[str, Any]] = (),
                on_trial: Callable[[str, int, dict[str, Any]], None] | None = None
                ) -> SearchResult:
     """Search ``space`` for ``method`` until ``n_trials`` slots are used (resuming the
     study named ``method`` in ``storage``). Each trial calls ``run(method, params,
     tune_seed)`` with ``params`` = the drawn values merged over ``fixed``; its ``"val"``
-    entry is the score (minimized or maximized per ``direction``)."""
+    entry is the score (minimized or maximized per ``direction``).
+
+    ``start``: configurations (values for every searched parameter) evaluated before
+    anything is drawn, in order, each within the budget; one already in the study is
+    not run again, so a resumed study evaluates only the missing ones."""
     from optuna.trial import TrialState
 
     if not isinstance(method, str) or not method:
@@ -116,6 +121,13 @@ def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str
     clash = sorted(set(fixed) & set(space))
     if clash:
         raise ValueError(f"{method}: {clash} are both fixed and searched")
+    if isinstance(start, Mapping) or not isinstance(start, Sequence):
+        raise TypeError(f"{method}: start must be a sequence of configurations, got "
+                        f"{type(start).__name__}")
+    starts = [check_config(f"{method}: start[{i}]", space, c) for i, c in enumerate(start)]
+    if len(starts) > n_trials:
+        raise ValueError(f"{method}: {len(starts)} start configurations do not fit in "
+                         f"n_trials={n_trials}")
     _quiet()
     study = _load(method, storage, direction, None, n_startup_trials)
     if study.direction.name.lower() != direction:
@@ -131,6 +143,10 @@ def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str
             break
         study = _load(method, storage, direction, slot_seed(sampler_seed, method, done),
                       n_startup_trials)
+        tried = [t.params for t in study.get_trials(deepcopy=False) if _counted(t)]
+        pending = [c for c in starts if c not in tried]
+        if pending:
+            study.enqueue_trial(pending[0])
         trial = study.ask()
         params = suggest(trial, space)
         trial.set_user_attr("slot", done)

@@ -24,8 +24,8 @@ from typing import Any
 
 from compactnn._checks import check_bool, check_float, check_int
 
-__all__ = ["Categorical", "IntRange", "LogUniform", "Param", "Uniform", "check_space",
-           "describe", "space_from_dict", "space_to_dict", "suggest"]
+__all__ = ["Categorical", "IntRange", "LogUniform", "Param", "Uniform", "check_config",
+           "check_space", "describe", "space_from_dict", "space_to_dict", "suggest"]
 
 
 def _bounds(cls: str, low: Any, high: Any, positive: bool = False) -> tuple[float, float]:
@@ -52,6 +52,10 @@ class Uniform:
 
     def suggest(self, trial: Any, name: str) -> float:
         return float(trial.suggest_float(name, self.low, self.high, log=self._log))
+
+    def contains(self, value: Any) -> bool:
+        return (isinstance(value, int | float) and not isinstance(value, bool)
+                and self.low <= value <= self.high)
 
     def describe(self) -> str:
         return f"{'log-uniform' if self._log else 'uniform'} [{self.low:g}, {self.high:g}]"
@@ -82,6 +86,10 @@ class IntRange:
     def suggest(self, trial: Any, name: str) -> int:
         return int(trial.suggest_int(name, self.low, self.high, log=self.log))
 
+    def contains(self, value: Any) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and self.low <= value <= self.high)
+
     def describe(self) -> str:
         return f"int{' log' if self.log else ''} [{self.low}, {self.high}]"
 
@@ -111,6 +119,9 @@ class Categorical:
 
     def suggest(self, trial: Any, name: str) -> Any:
         return trial.suggest_categorical(name, list(self.choices))
+
+    def contains(self, value: Any) -> bool:
+        return any(type(value) is type(c) and value == c for c in self.choices)
 
     def describe(self) -> str:
         return "one of {" + ", ".join(map(str, self.choices)) + "}"
@@ -189,3 +200,19 @@ def space_from_dict(d: Mapping[str, Mapping[str, Any]]) -> dict[str, Param]:
                 raise ValueError(f"space[{name!r}]: {e}") from None
             raise
     return check_space("space", out)
+
+
+def check_config(name: str, space: Mapping[str, Param], config: Any) -> dict[str, Any]:
+    """``config`` as a dict that sets every parameter of ``space`` to a value inside it."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"{name} must be a mapping of parameter values, got "
+                        f"{type(config).__name__}")
+    missing, extra = sorted(set(space) - set(config)), sorted(set(config) - set(space))
+    if missing or extra:
+        raise ValueError(f"{name} must set exactly the searched parameters {sorted(space)}; "
+                         f"missing {missing}, unknown {extra}")
+    for key, param in space.items():
+        if not param.contains(config[key]):
+            raise ValueError(f"{name}[{key!r}] = {config[key]!r} is outside its space "
+                             f"({param.describe()})")
+    return dict(config)
