@@ -125,7 +125,7 @@ def run_census(out_dir: Path, quick: bool, seed: int, **budget: int) -> Experime
          ("auc_never_married", False, "test AUC, never married"),
          ("test", False, "mean test AUC")],
         # a quick-mode subset has few rows: smaller batches give it enough steps
-        (128, 256) if quick else (512, 1024), (1e-4, 1e-2))
+        (256, 512) if quick else (512, 1024), (1e-4, 1e-2))
     logit = logistic_baseline(data)
     rows = [["logistic regression (per task, C by val AUC)",
              f"{logit['income']['test_auc']:.4f}", f"{logit['never_married']['test_auc']:.4f}"]]
