@@ -109,8 +109,9 @@ def run_census(out_dir: Path, quick: bool, seed: int, **budget: int) -> Experime
     from compactnn.experiments.census_logistic import logistic_baseline
     from compactnn.experiments.reporting import markdown_table
 
-    # A cosine schedule over 12 epochs: validation AUC has stopped rising by its end
-    # (3 constant-lr epochs left it rising), and one epoch of the full data is ~8 s.
+    # A cosine schedule over 12 epochs: long enough that validation AUC stops rising
+    # before its end (a constant learning rate over a few epochs leaves it rising), and
+    # one epoch of the full data is ~8 s on one core.
     sc = {**real_scale(quick, epochs_full=12, patience_full=4), **budget}
     data = load_census_income(seed=0, max_train=sc["max_train"], max_eval=sc["max_eval"])
     common = ["data.name=census", "experts.num=8", "experts.hidden=[32]", "experts.out=16",

@@ -89,8 +89,7 @@ def run_corr(out_dir: Path, quick: bool, seed: int, only: str | None = None,
 
         run = EngineRun(sub / "runs", common, data, "val_mean_mse", "test_mean_mse")
         report = run_tuned(sub, gate_spaces(defaults=not quick), run, n_trials=sc["trials"],
-                           seeds=seeds,
-                           direction="minimize", sampler_seed=seed)
+                           seeds=seeds, direction="minimize", sampler_seed=seed)
         files.append(seed_csv(out_dir / f"mtl_synthetic_corr_p{p}.csv", report,
                               ["test", "val", "experts_per_example", "best_epoch",
                                "epochs_run", "seconds"]))

@@ -144,8 +144,7 @@ class RoutedMoE(nn.Module):
         """``(N, n, out)``: every expert on every row."""
         if isinstance(self.experts, nn.ModuleList):
             return torch.stack([e(x) for e in self.experts], 1)
-        # a stacked expert bank runs all members in one pass, ``(n, N, out)``; iterating
-        # over it would give detached copies of its members
+        # a stacked expert bank runs all members in one pass, ``(n, N, out)``
         return self.experts(x).transpose(0, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
