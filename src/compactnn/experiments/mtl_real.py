@@ -63,12 +63,9 @@ def run_multi_fashion(out_dir: Path, quick: bool, seed: int, **budget: int) -> E
     # of them takes ~30 s on one core when every expert runs (softmax), so the full run
     # is a 10,000-canvas subset; quick mode keeps MLP experts on 5,000 canvases (a
     # smoke test of the pipeline that fits the main job's budget).
-    sc = {**real_scale(quick, epochs_full=8, patience_full=2), "experts": 4, **budget}
-    if quick:
-        sc.update(max_train=5000, max_eval=1000, epochs=4, experts=8)
-    else:
-        sc.update(max_train=budget.get("max_train", 10_000),
-                  max_eval=budget.get("max_eval", 5000))
+    scale = ({"max_train": 5000, "max_eval": 1000, "epochs": 4, "experts": 8} if quick
+             else {"max_train": 10_000, "max_eval": 5000, "experts": 4})
+    sc = {**real_scale(quick, epochs_full=8, patience_full=2), **scale, **budget}
     data = load_multi_fashion_mnist(seed=0, max_train=sc["max_train"], max_val=sc["max_eval"],
                                     max_test=sc["max_eval"])
     if quick:

@@ -138,12 +138,12 @@ def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str
         # left behind by a killed process: close it without using a slot
         study.tell(t.number, state=TrialState.FAIL)
     while True:
-        done = sum(_counted(t) for t in study.get_trials(deepcopy=False))
+        tried = [t.params for t in study.get_trials(deepcopy=False) if _counted(t)]
+        done = len(tried)
         if done >= n_trials:
             break
         study = _load(method, storage, direction, slot_seed(sampler_seed, method, done),
                       n_startup_trials)
-        tried = [t.params for t in study.get_trials(deepcopy=False) if _counted(t)]
         pending = [c for c in starts if c not in tried]
         if pending:
             study.enqueue_trial(pending[0])
