@@ -123,9 +123,11 @@ def _run_each(experts: Sequence[nn.Module], ids: Sequence[int],
 def _mix_outputs(y: Tensor, w: Tensor) -> Tensor:
     """``out[t, b] = sum_e w[t, (b,) e] * y[e, b]`` for ``y`` ``(E, batch, ...)``."""
     e, batch = y.shape[0], y.shape[1]
-    flat = y.reshape(e, batch, -1)
+    # the row width is named, not inferred (-1): an empty batch has 0 elements
+    feat = math.prod(y.shape[2:])
+    flat = y.reshape(e, batch, feat)
     if w.dim() == 2:  # static: one (T, E) x (E, batch*F) product
-        out = (w @ flat.reshape(e, -1)).view(w.shape[0], batch, -1)
+        out = (w @ flat.reshape(e, batch * feat)).view(w.shape[0], batch, feat)
     else:  # per-example: a (T, E) x (E, F) product per row
         out = torch.bmm(w.transpose(0, 1), flat.transpose(0, 1)).transpose(0, 1)
     return out.reshape(w.shape[0], *y.shape[1:])

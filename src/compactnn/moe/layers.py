@@ -80,6 +80,12 @@ class _Mixture(nn.Module):
         return len(self.experts)
 
     def _mix(self, x: Tensor, weights: Tensor, k: int) -> Tensor:
+        if x.shape[0] == 0:
+            # no rows: nothing to route or drop, and capacity slots are undefined;
+            # the dense path still runs the experts for the output's trailing shape
+            with torch.no_grad():
+                self.dropped.zero_()
+            return mix(self.experts, x, weights, "dense")[0]
         capacity = None
         if self.execution == "capacity":
             capacity = expert_capacity(x.shape[0], self.num_experts, min(k, self.num_experts),
@@ -251,7 +257,7 @@ class MultiGateMoE(_Mixture):
         batch = None if r is None else r.shape[0]
         if batch is None and not all(w.dim() == 1 for w in weights):
             raise ValueError("per-example gates need a routing input")
-        return stack_weights(weights, self.num_experts, batch or 1), aux
+        return stack_weights(weights, self.num_experts, 1 if batch is None else batch), aux
 
     def gate_weights(self, x: Tensor | None = None,
                      routing_input: Tensor | None = None) -> tuple[list[Tensor], Tensor]:

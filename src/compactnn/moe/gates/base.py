@@ -78,8 +78,11 @@ def check_routing_input(x: Any, input_dim: int | None, owner: str) -> Tensor | N
 
 
 def reduce_batch(value: Tensor, reduction: Reduction) -> Tensor:
-    """Sum (official) or mean over the first axis, the batch axis of a per-example term."""
-    return value.sum(dim=0) if reduction == "sum" else value.sum(dim=0) / value.shape[0]
+    """Sum (official) or mean over the first axis, the batch axis of a per-example term
+    (the mean of no rows is 0, like their sum, not 0/0)."""
+    if reduction == "sum" or value.shape[0] == 0:
+        return value.sum(dim=0)
+    return value.sum(dim=0) / value.shape[0]
 
 
 class Gate(nn.Module):

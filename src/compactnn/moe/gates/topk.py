@@ -27,10 +27,14 @@ def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     """Squared coefficient of variation ``Var(x) / (mean(x)^2 + eps)`` over the last dim.
 
     The population variance is used; this is the balancing measure of [TopK] (eq. 6-7).
+    Half-precision inputs are computed in float32 and the result cast back: ``eps``
+    underflows to 0 in float16 (and the squares overflow), which turns an all-zero
+    ``x`` (an empty batch's importance) into 0/0 = NaN.
     """
-    mean = x.mean(dim=-1)
-    var = x.var(dim=-1, unbiased=False)
-    return var / (mean**2 + eps)
+    wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    mean = wide.mean(dim=-1)
+    var = wide.var(dim=-1, unbiased=False)
+    return (var / (mean**2 + eps)).to(x.dtype)
 
 
 def topk_route(clean: Tensor, noise: Tensor | None, noise_std: Tensor | None,
@@ -68,10 +72,17 @@ def load_probability(clean: Tensor, noisy: Tensor, noise_std: Tensor, top_values
     when its own noise is redrawn and the other entries are held fixed."""
     threshold_if_in = top_values[..., k : k + 1]  # (k+1)-th largest
     threshold_if_out = top_values[..., k - 1 : k]  # k-th largest
+    # One check here, instead of torch.distributions' own (which syncs just the same
+    # but reports a NaN as a failed "support" check deep inside the normal CDF).
+    if not bool(torch.isfinite(clean).all() & torch.isfinite(noisy).all()
+                & torch.isfinite(noise_std).all()):
+        raise ValueError("noisy Top-k gate: non-finite gate logits for the load loss; the "
+                         "routing input (or the gate's parameters) holds NaN or infinity")
     is_in = noisy > threshold_if_in
     normal = torch.distributions.Normal(
         torch.zeros((), dtype=clean.dtype, device=clean.device),
         torch.ones((), dtype=clean.dtype, device=clean.device),
+        validate_args=False,
     )
     std = noise_std.clamp_min(torch.finfo(clean.dtype).tiny)
     prob_if_in = normal.cdf((clean - threshold_if_in) / std)
