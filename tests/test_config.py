@@ -86,3 +86,50 @@ def test_files_and_round_trip(tmp_path):
         load_config_file(tmp_path / "c.yaml")
     cfg = build_config(Outer, parse_overrides(["inner.rate=0.5", "steps=9"]))
     assert build_config(Outer, config_to_dict(cfg)) == cfg
+
+
+@dataclass
+class Names:
+    exclude: list[str] = field(default_factory=list)
+
+
+@pytest.mark.parametrize("text", ["[head]", "[head, fc]", '["head", "fc"]', "head,fc",
+                                  "[ 'head' ,fc ]"])
+def test_lists_of_names_need_no_json_quotes(text):
+    # `lowrank.exclude=[head]` typed unquoted in a shell used to fail with a raw JSON error
+    want = ["head"] if text == "[head]" else ["head", "fc"]
+    assert build_config(Names, parse_overrides([f"exclude={text}"])).exclude == want
+
+
+@pytest.mark.parametrize("text", ["[head", "[a, [b]]", "[{a}]"])
+def test_a_malformed_list_says_how_to_write_one(text):
+    with pytest.raises(ConfigError) as err:
+        build_config(Names, parse_overrides([f"exclude={text}"]))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"exclude={text!r}")
+    assert "[a,b] or a,b" in msg and "single quotes" in msg
+
+
+@pytest.mark.parametrize("name,text,line", [
+    ("c.toml", '[inner]\nrate = 0.1\nwidths = \n', 3),
+    ("c.toml", 'steps = 4\n\nname = "x', 3),             # error at the end of the file
+    ("c.json", '{"steps": 4,\n "flag": }', 2),
+])
+def test_a_broken_config_file_names_the_file_and_the_line(tmp_path, name, text, line):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config_file(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and f" line {line}:" in msg
+    assert msg.endswith(f"fix the {'TOML' if name.endswith('toml') else 'JSON'} there")
+    assert path.read_text() == text
+
+
+def test_a_config_file_must_be_a_table_of_sections(tmp_path):
+    (tmp_path / "c.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a table of sections"):
+        load_config_file(tmp_path / "c.json")
+    (tmp_path / "d.toml").write_bytes(b"name = '\xff'\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config_file(tmp_path / "d.toml")

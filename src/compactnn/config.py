@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import tomllib
 import types
 from pathlib import Path
@@ -56,6 +57,26 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+def _parse_list(path: str, text: str) -> list[Any]:
+    """A list from the command line: JSON (``["a", "b"]``), bare names in brackets
+    (``[a, b]``, what a shell leaves of ``'["a"]'`` typed unquoted) or ``a,b``."""
+    text = text.strip()
+    if not text.startswith("["):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        inner = text[1:-1] if text.endswith("]") else None
+        if inner is None or any(c in inner for c in "[]{}\\"):
+            raise ConfigError(f"{path}={text!r}: expected a list such as [a,b] or a,b "
+                              f"(or JSON in single quotes: '{path}=[\"a\", \"b\"]')"
+                              ) from None
+        value = [v.strip().strip("'\"") for v in inner.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}={text!r}: expected a list")
+    return value
+
+
 def _coerce(path: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against type ``tp`` (converting strings from the command
     line and ints where floats are expected); raise ConfigError otherwise."""
@@ -82,9 +103,7 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
     if origin in (list, tuple):
         (item,) = get_args(tp)[:1] or (Any,)
         if isinstance(value, str):
-            text = value.strip()
-            value = json.loads(text) if text.startswith("[") else [
-                v.strip() for v in text.split(",") if v.strip()]
+            value = _parse_list(path, value)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}={value!r}: expected a list")
         items = [_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
@@ -153,12 +172,29 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
-    if p.suffix == ".toml":
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    if p.suffix == ".json":
-        return json.loads(p.read_text())
-    raise ConfigError(f"config file {str(p)!r}: expected a .toml or .json file")
+    if p.suffix not in (".toml", ".json"):
+        raise ConfigError(f"config file {str(p)!r}: expected a .toml or .json file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {e.start}); "
+                          "save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} line {e.lineno}: {e.msg} (column "
+                          f"{e.colno}); fix the JSON there") from None
+    except tomllib.TOMLDecodeError as e:
+        # the message ends "(at line L, column C)" (tomllib has no lineno before 3.14)
+        found = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
+        line = found[1] if found else str(text.count("\n") + 1)  # else: at its end
+        col = f" (column {found[2]})" if found else ""
+        raise ConfigError(f"config file {str(p)!r} line {line}: {msg}{col}; fix the TOML "
+                          "there") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: expected a table of sections at the top, "
+                          f"got {type(data).__name__}")
+    return data
 
 
 def parse_overrides(overrides: list[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
