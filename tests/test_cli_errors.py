@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -112,3 +115,17 @@ def test_messages_say_what_to_do():
         "No space left on device; free some disk space or choose another location")
     assert format_user_error(ConfigError("optim.lr: must be > 0\ndetails")) == (
         "optim.lr: must be > 0")
+
+
+@pytest.mark.parametrize("argv", [["mtl", "--print-config"], ["data", "list"]])
+def test_a_closed_pipe_is_not_an_error(argv):
+    # `compactnn mtl --print-config | head`: the reader is gone before the output is
+    # written; like other Unix tools, exit 0 and say nothing
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "compactnn.cli", *argv], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")

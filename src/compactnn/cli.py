@@ -91,6 +91,8 @@ def _run_configured(args: argparse.Namespace, config_cls: type, run, drop: tuple
         result = run(cfg).metrics
     except TrainingDiverged as e:
         return error(e, 1)
+    except BrokenPipeError:
+        raise  # a closed stdout: run_guarded ends quietly
     # ConfigError is a ValueError; RunFolderError (out unusable or busy) an OSError
     except (ValueError, OSError, ImportError) as e:
         return error(e, 2)

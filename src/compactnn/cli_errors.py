@@ -82,6 +82,15 @@ def run_guarded(func: Callable[[], int], debug: bool) -> int:
     """Run a command body, turning exceptions into the messages and exit codes above."""
     try:
         return func()
+    except BrokenPipeError:
+        # the reader went away (`compactnn ... | head`): not an error, as in other Unix
+        # tools; stdout is pointed at /dev/null so the exit-time flush cannot fail again
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except KeyboardInterrupt as e:
         print("\ninterrupted: finished runs and checkpoints are kept; run the same command "
               "again to resume", file=sys.stderr)
