@@ -232,6 +232,19 @@ def test_save_into_a_directory_is_a_value_error(tmp_path):
         save_model(nn.Linear(2, 2), tmp_path)
 
 
+@pytest.mark.parametrize("parent", ["missing", "missing/deeper", "a_file"])
+def test_save_into_a_missing_folder_names_the_folder(tmp_path, parent):
+    # not the temporary file the atomic write would have made there
+    (tmp_path / "a_file").write_text("x")
+    folder = tmp_path / parent
+    with pytest.raises(FileNotFoundError) as err:
+        save_model(nn.Linear(2, 2), folder / "m.safetensors")
+    msg = str(err.value)
+    assert f"the folder {str(folder)!r}" in msg and ".tmp" not in msg and "\n" not in msg
+    assert msg.endswith("create it first or save elsewhere")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 # -- the in-memory entry points -------------------------------------------------
 def test_load_state_round_trip_and_all_or_nothing():
     from compactnn.io import load_state, model_structure

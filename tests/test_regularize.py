@@ -122,8 +122,11 @@ def test_gradient_step_shrinks_the_product():
 
 @pytest.mark.parametrize("model", [nn.Sequential(nn.Linear(3, 3), nn.ReLU()), nn.ReLU(),
                                    nn.Conv2d(2, 2, 1)])
-def test_zero_without_lowrank_layers(model):
-    out = frobenius_decay(model, 0.1)
+def test_zero_without_lowrank_layers_warns_naming_the_model(model):
+    # the dense model passed instead of the factorized one: a silent 0 hides the mistake
+    with pytest.warns(UserWarning, match=f"the model \\({type(model).__name__}\\) has no "
+                      "low-rank layer.*pass the factorized model"):
+        out = frobenius_decay(model, 0.1)
     assert out.shape == ()
     assert out.item() == 0.0
     loss = out + sum((p.sum() for p in model.parameters()), torch.zeros(()))

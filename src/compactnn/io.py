@@ -451,6 +451,11 @@ def save_model(model: nn.Module, path: str | os.PathLike,
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"cannot save {path.name!r}: the folder {str(folder)!r} "
+                                f"{what}; create it first or save elsewhere")
     model = unwrap(model)
     meta = {**(metadata or {}), "format": FORMAT, "compactnn_version": __version__,
             "lowrank_layers": json.dumps(model_structure(model))}

@@ -10,6 +10,7 @@ the dense layer. It is computed from two ``r x r`` Gram matrices,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,6 +58,10 @@ def frobenius_decay(model: nn.Module, coef: float) -> Tensor:
         term = frobenius_norm_sq(layer)
         total = term if total is None else total + term
     if total is None:
+        # almost always a mistake: the dense model was passed instead of the factorized one
+        warnings.warn(f"frobenius_decay: the model ({type(model).__name__}) has no low-rank "
+                      "layer, so the decay is 0; pass the factorized model "
+                      "(compactnn.factorize) or use weight decay", UserWarning, stacklevel=2)
         p = next(model.parameters(), None)
         return torch.zeros((), device=None if p is None else p.device)
     return 0.5 * coef * total
