@@ -3,13 +3,15 @@
 
 ``"default"``, ``"kaiming_factors"`` and ``"spectral"`` [FNL] need only the dense weight;
 ``"nonlinear"`` [LR-NL] matches the layer's function (Gaussian inputs, or
-calibration ``inputs=``); ``"whitened"`` (SVD-LLM) and ``"lstsq"`` (MosaicML)
-are the data-aware linear baselines. Which initializers take calibration data
-is recorded in the registry (:func:`compactnn.lowrank.is_data_aware`).
+calibration ``inputs=``); ``"whitened"`` (SVD-LLM), ``"asvd"`` (activation-scaled
+SVD) and ``"lstsq"`` (MosaicML) are the data-aware linear baselines. Which
+initializers take calibration data is recorded in the registry
+(:func:`compactnn.lowrank.is_data_aware`).
 
 Modules: :mod:`~compactnn.init.spectral` (truncated SVD, balanced factors),
 :mod:`~compactnn.init.gaussian` (closed-form Gaussian ReLU expectations),
 :mod:`~compactnn.init.relu_solver` (the Gaussian-mode solver),
+:mod:`~compactnn.init.asvd` (activation-scaled SVD),
 :mod:`~compactnn.init.moments` (moment solvers: least squares, whitened, lstsq),
 :mod:`~compactnn.init.data_fit` (the data-mode fit), :mod:`~compactnn.init.inputs`
 (calibration rows, activations, folded norms) and
@@ -17,6 +19,7 @@ Modules: :mod:`~compactnn.init.spectral` (truncated SVD, balanced factors),
 """
 
 from compactnn.init import gaussian
+from compactnn.init.asvd import ASVD_STATS, asvd_, asvd_factors, asvd_scales
 from compactnn.init.data_fit import DataSolution, FitOptions, fit_data
 from compactnn.init.depth_aware import depth_aware_, depth_aware_schedule
 from compactnn.init.inputs import (
@@ -28,10 +31,14 @@ from compactnn.init.inputs import (
     norm_affine,
 )
 from compactnn.init.moments import (
+    WHITENED_REFITS,
     InputMoments,
+    check_moments,
     input_moments,
     least_squares_factors,
     lstsq_factors,
+    refit_u,
+    shifted_cholesky,
     whitened_factors,
 )
 from compactnn.init.nonlinear import lstsq_, nonlinear_, whitened_
@@ -48,6 +55,14 @@ from compactnn.init.spectral import (
 
 __all__ = [
     "ACTIVATIONS",
+    "ASVD_STATS",
+    "WHITENED_REFITS",
+    "asvd_",
+    "asvd_factors",
+    "asvd_scales",
+    "check_moments",
+    "refit_u",
+    "shifted_cholesky",
     "DataSolution",
     "FitOptions",
     "GaussianSolution",

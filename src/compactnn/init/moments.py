@@ -21,41 +21,75 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from compactnn._checks import check_tensor
 from compactnn.init.spectral import balanced_factors
 
-__all__ = ["InputMoments", "input_moments", "least_squares_factors", "whitened_factors",
-           "lstsq_factors", "linear_error"]
+__all__ = ["InputMoments", "check_moments", "input_moments", "least_squares_factors",
+           "whitened_factors", "shifted_cholesky", "refit_u", "WHITENED_REFITS", "lstsq_factors",
+           "linear_error"]
 
 
 @dataclass
 class InputMoments:
     """Streamed moments of calibration rows: ``count``, ``mean`` (n,) and the second
-    moment ``E[x x^T]`` (n, n), in float64."""
+    moment ``E[x x^T]`` (n, n), in float64; with them the per-feature ``abs_mean``
+    ``E|x_j|`` and ``abs_max`` ``max |x_j|`` (n,) that activation-scaled SVD uses
+    (None when the moments were built without them). Memory: ``n^2 + 3 n`` float64
+    numbers, whatever the amount of data."""
 
     count: int
     mean: Tensor
     second: Tensor
+    abs_mean: Tensor | None = None
+    abs_max: Tensor | None = None
 
     def covariance(self) -> Tensor:
         return self.second - torch.outer(self.mean, self.mean)
 
 
+def check_moments(moments: object, features: int, name: str = "moments") -> InputMoments:
+    """``moments`` must be an :class:`InputMoments` of ``features`` input features
+    with a positive count and finite statistics (they may come from elsewhere:
+    nothing in them is trusted before this check)."""
+    if not isinstance(moments, InputMoments):
+        raise TypeError(f"{name} must be an InputMoments, got {type(moments).__name__}")
+    if isinstance(moments.count, bool) or not isinstance(moments.count, int) \
+            or moments.count < 1:
+        raise ValueError(f"{name}.count must be a positive int, got {moments.count!r}")
+    check_tensor(f"{name}.mean", moments.mean, shape=(features,), floating=True)
+    check_tensor(f"{name}.second", moments.second, shape=(features, features), floating=True)
+    for field in ("abs_mean", "abs_max"):
+        value = getattr(moments, field)
+        if value is not None:
+            check_tensor(f"{name}.{field}", value, shape=(features,), floating=True)
+            if bool((value < 0).any()):
+                raise ValueError(f"{name}.{field} has negative entries")
+    return moments
+
+
 def input_moments(rows: Iterable[Tensor]) -> InputMoments:
-    """One streamed pass: count, mean and second moment of the rows (memory
-    ``O(n^2)``, whatever the amount of data). Raises on empty data."""
-    count, total, second = 0, None, None
+    """One streamed pass: count, mean, second moment and per-feature absolute mean
+    and maximum of the rows (memory ``O(n^2)``, whatever the amount of data).
+    Raises on empty data."""
+    count, total, second, abs_total, abs_max = 0, None, None, None, None
     for x in rows:
         xd = x.detach().double()
+        ad = xd.abs()
         if total is None:
             total = xd.sum(0)
             second = xd.T @ xd
+            abs_total = ad.sum(0)
+            abs_max = ad.amax(0) if xd.shape[0] else torch.zeros_like(abs_total)
         else:
             total += xd.sum(0)
             second += xd.T @ xd
+            abs_total += ad.sum(0)
+            if xd.shape[0]:
+                abs_max = torch.maximum(abs_max, ad.amax(0))
         count += xd.shape[0]
     if count == 0 or total is None or second is None:
         raise ValueError("calibration inputs are empty: no rows reached the layer")
-    return InputMoments(count, total / count, second / count)
+    return InputMoments(count, total / count, second / count, abs_total / count, abs_max)
 
 
 def _sym_roots(mat: Tensor, damping: float) -> tuple[Tensor, Tensor]:
@@ -96,31 +130,86 @@ def least_squares_factors(weight: Tensor, rank: int, moments: InputMoments,
     return u, v, c
 
 
-def whitened_factors(weight: Tensor, rank: int, moments: InputMoments,
-                     damping: float = 0.0) -> tuple[Tensor, Tensor]:
-    """SVD-LLM's truncation-aware data whitening: ``S = L L^T`` (Cholesky of the
-    input second moment, with a growing diagonal jitter if ``S`` is singular),
-    truncated SVD ``W L ~= A_r diag(s_r) B_r^T``; ``U = A_r s_r^{1/2}``,
-    ``V = s_r^{1/2} B_r^T L^{-1}``. Minimizes ``E |(W - U V) x|^2``."""
-    w = weight.detach().double()
-    smat = 0.5 * (moments.second + moments.second.T)
-    n = smat.shape[0]
-    eye = torch.eye(n, dtype=smat.dtype, device=smat.device)
-    scale = float(smat.diagonal().mean().clamp_min(1e-300))
-    jitter = damping
+WHITENED_REFITS = (None, "u")
+
+
+def shifted_cholesky(gram: Tensor, damping: float = 0.0) -> tuple[Tensor, float]:
+    """Lower Cholesky factor ``L`` of a symmetric PSD ``gram`` shifted along its
+    diagonal, ``gram + t * mean(diag(gram)) * I = L L^T``, and the relative shift
+    ``t`` used.
+
+    The shift rule: ``t = damping`` first; while the factorization fails (the
+    matrix is not numerically positive definite: a feature that is always zero,
+    or features that repeat or are linear combinations of others), ``t`` becomes
+    ``1e-10`` (or ``10 t`` once positive) and it is tried again, up to ``t = 1``,
+    beyond which the inputs are called degenerate (``ValueError``). The shift is
+    relative to the mean diagonal, so it does not depend on the inputs' scale.
+    """
+    g = 0.5 * (gram + gram.T)
+    n = g.shape[0]
+    eye = torch.eye(n, dtype=g.dtype, device=g.device)
+    scale = float(g.diagonal().mean().clamp_min(1e-300))
+    shift = float(damping)
     while True:
-        chol, info = torch.linalg.cholesky_ex(smat + jitter * scale * eye)
+        chol, info = torch.linalg.cholesky_ex(g + shift * scale * eye)
         if int(info) == 0:
-            break
-        jitter = 1e-10 if jitter == 0 else jitter * 10.0
-        if jitter > 1.0:
+            return chol, shift
+        shift = 1e-10 if shift == 0 else shift * 10.0
+        if shift > 1.0:
             raise ValueError("the input second moment is not positive definite even with "
-                             "jitter; the calibration inputs are degenerate")
+                             "a diagonal shift; the calibration inputs are degenerate")
+
+
+def refit_u(weight: Tensor, v: Tensor, moments: InputMoments,
+            cross: Tensor | None = None) -> Tensor:
+    """The least-squares left factor for a fixed right factor ``V``:
+    ``U = argmin E |W x' - U V x|^2 = W C V^T (V S V^T)^+``, with ``S = E[x x^T]``
+    the (uncentred) second moment of the layer's inputs ``x`` and
+    ``C = E[x' x^T]`` the cross moment with the inputs ``x'`` the dense layer is
+    matched on (``cross``; by default ``x' = x``, ``C = S``). Setting the gradient
+    ``-2 (W C - U V S) V^T`` to zero gives the normal equations
+    ``U (V S V^T) = W C V^T``; the pseudo-inverse picks the minimum-norm ``U``
+    when ``V S V^T`` is singular (as a least-squares solver on the data would).
+    A bias kept equal to the dense one cancels from the residual, which is why the
+    moments are uncentred. Returns float64."""
+    w = weight.detach().double()
+    vv = v.detach().double()
+    smat = moments.second
+    cmat = smat if cross is None else cross.detach().double()
+    gram = vv @ smat @ vv.T
+    return (w @ cmat @ vv.T) @ torch.linalg.pinv(0.5 * (gram + gram.T), hermitian=True)
+
+
+def whitened_factors(weight: Tensor, rank: int, moments: InputMoments,
+                     damping: float = 0.0, *, refit: str | None = None,
+                     cross: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """SVD-LLM's truncation-aware data whitening: ``S = E[x x^T] = L L^T``
+    (:func:`shifted_cholesky`: the Cholesky factor of the uncentred Gram matrix
+    ``G = sum x x^T``, scaled by ``1/N``, which changes neither factor), truncated
+    SVD ``W L ~= A_r diag(s_r) B_r^T``; ``U = A_r s_r^{1/2}``,
+    ``V = s_r^{1/2} B_r^T L^{-1}`` (a triangular solve, never an inverse). The
+    product is SVD-LLM's ``(A_r s_r)(B_r^T L^{-1})``, split evenly. It minimizes
+    ``E |(W - U V) x|^2``: with ``M = U V``, that is ``|(W - M) L|_F^2``, and
+    ``M L`` ranges over all rank-r matrices, so Eckart-Young on ``W L`` is exact.
+
+    ``refit="u"`` then replaces ``U`` by :func:`refit_u` on ``moments`` (and
+    ``cross``, the cross moment with the dense layer's own inputs in sequential
+    calibration). On the same moments and without a shift this returns the same
+    ``U`` (the truncation is already optimal); it gains when the whitening needed
+    a shift or when ``cross`` differs from the second moment."""
+    if refit not in WHITENED_REFITS:
+        raise ValueError(f"refit must be one of {WHITENED_REFITS}, got refit={refit!r}")
+    w = weight.detach().double()
+    if cross is not None:
+        check_tensor("cross", cross, shape=(w.shape[1], w.shape[1]), floating=True)
+    chol, _ = shifted_cholesky(moments.second, damping)
     a, s, bh = torch.linalg.svd(w @ chol, full_matrices=False)
     u = a[:, :rank] * s[:rank].sqrt()
     # V = s^{1/2} B^T L^{-1}  <=>  V L = s^{1/2} B^T
     v = torch.linalg.solve_triangular(chol, s[:rank].sqrt().unsqueeze(-1) * bh[:rank],
                                       upper=False, left=False)
+    if refit == "u":
+        u = refit_u(w, v, moments, cross)
     return u, v
 
 

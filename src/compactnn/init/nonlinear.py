@@ -25,49 +25,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compactnn._checks import check_int, check_module, check_tensor
+from compactnn._checks import check_int
 from compactnn.init.data_fit import FitOptions, fit_data
 from compactnn.init.inputs import check_activation, layer_inputs, norm_affine
-from compactnn.init.moments import input_moments, lstsq_factors, whitened_factors
+from compactnn.init.layer_factors import apply_factors, dense_target, layer_moments
+from compactnn.init.moments import (
+    WHITENED_REFITS,
+    InputMoments,
+    lstsq_factors,
+    whitened_factors,
+)
 from compactnn.init.relu_solver import solve_gaussian
 from compactnn.init.spectral import balanced_factors, rebalance
 from compactnn.lowrank.base import LowRankLayer
 from compactnn.lowrank.registry import register_initializer
 
 __all__ = ["nonlinear_", "whitened_", "lstsq_"]
-
-
-def _dense_target(layer: LowRankLayer, weight: Tensor | None,
-                  bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """The dense weight as the layer's matrix view ``(G, m, n)`` and the dense bias
-    flattened (or None), checked. Without ``weight``, a fresh draw of the dense
-    layer's default init with the layer's current bias (initialization from scratch)."""
-    check_module("layer", layer, LowRankLayer)
-    if weight is None:
-        weight = layer.dense_init_weight()
-        if bias is None and layer.bias is not None:
-            bias = layer.bias.detach().clone()
-    w = layer.weight_to_matrix(layer.check_dense_weight(weight).detach())
-    b = None
-    if bias is not None:
-        if layer.bias is None:
-            raise ValueError("a dense bias was given but the low-rank layer has bias=False")
-        b = check_tensor("bias", bias, shape=tuple(layer.bias.shape), floating=True)
-        b = b.detach().reshape(-1)
-    return w, b
-
-
-@torch.no_grad()
-def _apply(layer: LowRankLayer, u: Tensor, v: Tensor, c: Tensor | None) -> None:
-    g, m, _ = layer.matrix_shape
-    r_g = layer.rank // g
-    u = u.reshape(g, m, r_g).to(layer.U.dtype)
-    v = v.reshape(g, r_g, -1).to(layer.V.dtype)
-    if not (torch.isfinite(u).all() and torch.isfinite(v).all()):
-        raise FloatingPointError("initialization produced non-finite factors")
-    layer.set_factor_matrices(u, v)
-    if c is not None and layer.bias is not None:
-        layer.bias.copy_(c.reshape(layer.bias.shape).to(layer.bias.dtype))
 
 
 @register_initializer("nonlinear", data_aware=True, activation_aware=True)
@@ -110,7 +83,7 @@ def nonlinear_(
     """
     act = check_activation(activation)
     opts = FitOptions.resolve(options, overrides)
-    w, b = _dense_target(layer, weight, bias)
+    w, b = dense_target(layer, weight, bias)
     fit = opts.fit_bias and layer.bias is not None
     g, m, n = layer.matrix_shape
     r_g = layer.rank // g
@@ -134,7 +107,7 @@ def nonlinear_(
         u, v = rebalance(u, v.reshape(g, r_g, n))
         if c is not None:
             c = (c.reshape(g, m) - shift.to(c.dtype)) / scale.to(c.dtype)
-    _apply(layer, u, v, c if fit else None)
+    apply_factors(layer, u, v, c if fit else None)
     return layer
 
 
@@ -170,15 +143,6 @@ def _solve(layer: LowRankLayer, w: Tensor, b_g: Tensor | None, r_g: int, act: st
                               for r in results])
 
 
-def _calibration_rows(name: str, layer: LowRankLayer, inputs: Any, batch_size: int,
-                      max_patches: int, seed: int) -> Any:
-    if inputs is None:
-        raise ValueError(f"init={name!r} is data-aware and needs calibration inputs=... "
-                         "(a tensor or an iterable of batches of the layer's inputs)")
-    return layer_inputs(layer, inputs, batch_size=batch_size, max_patches=max_patches,
-                        seed=seed)
-
-
 @register_initializer("whitened", data_aware=True)
 def whitened_(
     layer: LowRankLayer,
@@ -190,17 +154,31 @@ def whitened_(
     batch_size: int = 4096,
     max_patches: int = 4096,
     seed: int = 0,
+    moments: InputMoments | None = None,
+    refit: str | None = None,
+    cross: Tensor | None = None,
 ) -> LowRankLayer:
     """SVD-LLM's activation-whitened SVD
     (:func:`compactnn.init.moments.whitened_factors`): the best rank-r ``U V`` for
-    ``E |(W - U V) x|^2`` over the calibration ``inputs``; the bias is kept. A
-    linear-output method, as published: it takes no activation."""
+    ``E |(W - U V) x|^2`` over the calibration ``inputs`` (or their precomputed
+    ``moments``, an :class:`InputMoments`); the bias is kept. ``damping`` is the
+    first relative diagonal shift tried (:func:`~compactnn.init.moments.shifted_cholesky`).
+    ``refit="u"`` refits ``U`` by least squares with ``V`` fixed
+    (:func:`~compactnn.init.moments.refit_u`), against the dense layer on inputs
+    whose cross moment ``E[x_dense x^T]`` with the layer's inputs is ``cross``
+    (sequential calibration; default: the same inputs). A linear-output method,
+    as published: it takes no activation."""
     FitOptions(damping=damping, batch_size=batch_size, max_patches=max_patches, seed=seed)
-    w, _ = _dense_target(layer, weight, bias)
-    rows = _calibration_rows("whitened", layer, inputs, batch_size, max_patches, seed)
-    u, v = whitened_factors(w[0], layer.rank, input_moments(rows), damping)
+    if refit not in WHITENED_REFITS:
+        raise ValueError(f"refit must be one of {WHITENED_REFITS}, got refit={refit!r}")
+    if cross is not None and refit is None:
+        raise ValueError("cross= is used only by refit='u'; pass refit='u' with it")
+    w, _ = dense_target(layer, weight, bias)
+    mom = layer_moments("whitened", layer, inputs, moments, batch_size=batch_size,
+                        max_patches=max_patches, seed=seed)
+    u, v = whitened_factors(w[0], layer.rank, mom, damping, refit=refit, cross=cross)
     u, v = rebalance(u.unsqueeze(0), v.unsqueeze(0))
-    _apply(layer, u, v, None)
+    apply_factors(layer, u, v, None)
     return layer
 
 
@@ -215,16 +193,19 @@ def lstsq_(
     batch_size: int = 4096,
     max_patches: int = 4096,
     seed: int = 0,
+    moments: InputMoments | None = None,
 ) -> LowRankLayer:
     """MosaicML Composer's least-squares factorization
     (:func:`compactnn.init.moments.lstsq_factors`): matches the linear output
-    ``W x + b`` on the calibration ``inputs`` and refits the bias. A
-    linear-output method, as published: it takes no activation."""
+    ``W x + b`` on the calibration ``inputs`` (or their precomputed ``moments``)
+    and refits the bias. A linear-output method, as published: it takes no
+    activation."""
     check_int("iters", iters, 0)
     FitOptions(batch_size=batch_size, max_patches=max_patches, seed=seed)
-    w, b = _dense_target(layer, weight, bias)
-    rows = _calibration_rows("lstsq", layer, inputs, batch_size, max_patches, seed)
-    u, v, c = lstsq_factors(w[0], layer.rank, input_moments(rows), b, iters)
+    w, b = dense_target(layer, weight, bias)
+    mom = layer_moments("lstsq", layer, inputs, moments, batch_size=batch_size,
+                        max_patches=max_patches, seed=seed)
+    u, v, c = lstsq_factors(w[0], layer.rank, mom, b, iters)
     u, v = rebalance(u.unsqueeze(0), v.unsqueeze(0))
-    _apply(layer, u, v, c if layer.bias is not None else None)
+    apply_factors(layer, u, v, c if layer.bias is not None else None)
     return layer
