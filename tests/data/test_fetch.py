@@ -239,10 +239,11 @@ def test_read_only_cache_folder(tiny, tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setenv("COMPACTNN_CACHE", str(folder))
 
-    def denied(self, data):
-        raise PermissionError(13, "Permission denied", str(self))
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(folder))
 
-    monkeypatch.setattr(Path, "write_bytes", denied)  # as a non-root user would see it
+    # the write probe, as a non-root user would see it
+    monkeypatch.setattr(fetch_mod.tempfile, "mkstemp", denied)
     with pytest.raises(CacheError, match="cannot write to the cache folder .*COMPACTNN_CACHE"):
         fetch("fashion_mnist", progress=False, echo=quiet)
 

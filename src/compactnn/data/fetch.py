@@ -11,7 +11,13 @@ Guarantees:
 - a cut download keeps its partial file (``.NAME.part``) and is resumed with an HTTP
   ``Range`` request, within the same call (a bounded number of attempts) or by running
   the command again; a server that ignores ``Range`` restarts it from the start;
-- no network: one :class:`FetchError` line naming the URL, the reason and what to do.
+- no network: one :class:`FetchError` line naming the URL, the reason and what to do;
+- a server that stalls (sends fewer than ``STALL_BYTES`` in ``STALL_WINDOW_S`` seconds,
+  e.g. one byte every few seconds) counts as a cut connection, as silence for
+  ``TIMEOUT_S`` does;
+- nothing is written through a symbolic link: the cache's own files (the downloads, the
+  ``.part``, extraction and lock files) must be regular files or absent, and temporary
+  files are created exclusively, so a planted link can never redirect a write elsewhere.
 
 URLs: each download has its canonical public URLs (tried in order). The environment
 variable ``COMPACTNN_DATA_URL_<NAME>`` (e.g. ``COMPACTNN_DATA_URL_FASHION_MNIST``) or
@@ -24,8 +30,12 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import stat
 import tarfile
+import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -49,7 +59,12 @@ __all__ = ["MIRROR_ENV", "download_urls", "fetch", "url_env_var"]
 MIRROR_ENV = "COMPACTNN_DATA_MIRROR"
 TIMEOUT_S = 30.0
 ATTEMPTS = 4  # per URL: the first try and up to three resumes after a cut connection
+STALL_WINDOW_S = 60.0  # a download must make ...
+STALL_BYTES = 16 * 1024  # ... this much progress in each such window, or it is cut
 _CHUNK = 1 << 16
+# never follow a link when opening the cache's files (O_NOFOLLOW is POSIX; Windows has
+# no symlinks a normal user can plant)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def url_env_var(ds: DataSet) -> str:
@@ -58,12 +73,35 @@ def url_env_var(ds: DataSet) -> str:
 
 def download_urls(ds: DataSet, dl: Download) -> tuple[str, ...]:
     """The URLs tried for ``dl``: the override's, else the canonical ones."""
-    base = os.environ.get(url_env_var(ds))
+    var = url_env_var(ds)
+    base = os.environ.get(var)
     if not base and os.environ.get(MIRROR_ENV):
+        var = MIRROR_ENV
+        _check_url(var, os.environ[MIRROR_ENV])
         base = os.environ[MIRROR_ENV].rstrip("/") + "/" + ds.name
     if base:
+        _check_url(var, base)
         return (base.rstrip("/") + "/" + dl.filename,)
     return dl.urls
+
+
+def _check_url(var: str, value: str) -> None:
+    """A URL from the environment, refused in one line naming the variable when it is not
+    a well-formed http(s) URL with a host."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (parsing the port raises on a bad one)
+    except ValueError as e:
+        reason = str(e)
+    else:
+        if parts.scheme not in ("http", "https"):
+            reason = "only http(s) URLs are used"
+        elif not parts.hostname:
+            reason = "it names no host"
+        else:
+            return
+    raise FetchError(f"{var}={value!r} is not a usable URL ({reason}); set it to an "
+                     "http(s) URL such as https://example.org/data, or unset it")
 
 
 def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None] = print
@@ -87,9 +125,12 @@ def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None
     if loc is not None and loc.origin != "cache":
         echo(f"{ds.name}: already installed in {loc.folder} ({loc.origin}); nothing to fetch")
         return loc.folder
+    for dl in ds.downloads:  # a malformed URL override fails before anything is written
+        download_urls(ds, dl)
     folder = cache_dir(ds)
     _prepare(folder)
     with _lock(folder, ds):
+        _refuse_links(folder, ds)
         found, _ = find_files(folder, ds)
         for dl in ds.downloads:
             wanted = [f for f in dl.provides()
@@ -115,14 +156,18 @@ def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None
 # -- the cache folder ---------------------------------------------------------------------
 def _prepare(folder: Path) -> None:
     hint = "or set COMPACTNN_CACHE to another folder"
+    if folder.is_symlink():
+        raise CacheError(f"cache folder {folder} is a symbolic link (to "
+                         f"{os.readlink(folder)}); the cache never writes through links: "
+                         f"remove it {hint}")
     for p in (folder.parent, folder):
         if p.exists() and not p.is_dir():
             raise CacheError(f"cache folder {p} is a file, not a folder: move it away {hint}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)  # exclusive
+        os.close(fd)
+        os.unlink(probe)
     except PermissionError as e:
         raise CacheError(f"cannot write to the cache folder {folder} ({e.strerror}): fix "
                          f"its permissions {hint}") from e
@@ -132,7 +177,7 @@ def _prepare(folder: Path) -> None:
 
 
 def _check_space(folder: Path, dl: Download, part: Path, sizes: list[int]) -> None:
-    have = part.stat().st_size if part.exists() else 0
+    have = _regular_size(part) or 0
     # an archive and its extracted members coexist until the archive is removed
     need = max(dl.size - have, 0) + (sum(sizes) if dl.members else 0)
     free = shutil.disk_usage(folder).free
@@ -142,6 +187,48 @@ def _check_space(folder: Path, dl: Download, part: Path, sizes: list[int]) -> No
                          "or set COMPACTNN_CACHE to another disk")
 
 
+def _regular_size(path: Path) -> int | None:
+    """The size of ``path`` when it is a regular file, None when it is absent; anything
+    else (a symbolic link, even a dangling one, a folder, ...) is refused naming it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISLNK(st.st_mode):
+        what = f"a symbolic link (to {os.readlink(path)})"
+    elif stat.S_ISDIR(st.st_mode):
+        what = "a folder"
+    else:
+        what = "not a regular file"
+    raise CacheError(f"{path} is {what}; the cache holds only regular files and never "
+                     "writes through links: remove it and run the command again")
+
+
+def _refuse_links(folder: Path, ds: DataSet) -> None:
+    """Check every name the fetch may read or write in ``folder`` (see _regular_size)."""
+    for f in ds.files:
+        for c in f.candidates():
+            _regular_size(folder / c)
+            _regular_size(folder / f".{c}.tmp")
+    for dl in ds.downloads:
+        _regular_size(folder / f".{dl.filename}.part")
+
+
+def _create(path: Path) -> int:
+    """A new empty file at ``path`` for writing, created exclusively (a leftover regular
+    file is removed first; a link or anything else is refused)."""
+    if _regular_size(path) is not None:
+        path.unlink()
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    except FileExistsError:  # something appeared in between: name it, never follow it
+        _regular_size(path)
+        raise CacheError(f"{path} appeared while compactnn was writing it; is another "
+                         "program writing to the cache? Run the command again") from None
+
+
 @contextmanager
 def _lock(folder: Path, ds: DataSet):
     try:
@@ -149,7 +236,14 @@ def _lock(folder: Path, ds: DataSet):
     except ImportError:  # no POSIX locks (Windows): one fetch at a time is on the user
         yield
         return
-    with open(folder / ".lock", "a") as fh:
+    path = folder / ".lock"
+    _regular_size(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as e:
+        _regular_size(path)
+        raise CacheError(f"cannot open the lock file {path} ({e.strerror or e})") from e
+    with open(fd, "r+b") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -171,11 +265,11 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
     """Complete ``part`` to the pinned bytes of ``dl`` or raise; never leaves a part file
     that is longer than ``dl.size`` or that fails the checksum."""
     errors: list[str] = []
-    if part.exists() and part.stat().st_size == dl.size and sha256_of(part) != dl.sha256:
+    if _regular_size(part) == dl.size and sha256_of(part) != dl.sha256:
         part.unlink()  # a complete but wrong leftover: download it again, not resume it
     for url in download_urls(ds, dl):
         for _ in range(ATTEMPTS):
-            have = part.stat().st_size if part.exists() else 0
+            have = _regular_size(part) or 0
             if have > dl.size:
                 part.unlink()
                 have = 0
@@ -186,7 +280,7 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
             try:
                 _get(url, part, have, dl, progress)
                 break
-            except FetchError:
+            except (FetchError, CacheError):
                 raise
             except _Cut as e:
                 errors.append(f"{url}: {e}")
@@ -197,17 +291,18 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
                 reason = getattr(e, "reason", None) or e
                 errors.append(f"{url}: {reason}")
                 break
-        if part.exists() and part.stat().st_size == dl.size:
+        if _regular_size(part) == dl.size:
             if sha256_of(part) != dl.sha256:
                 part.unlink()
                 raise DataIntegrityError(
                     f"{dl.filename} from {url} does not match its pinned SHA-256 (a changed "
                     "or tampered file); it was deleted and nothing was installed")
             return
-    if part.exists() and part.stat().st_size == 0:
+    if _regular_size(part) == 0:
         part.unlink()
-    kept = (f"; the partial download ({part.stat().st_size / 1e6:.1f} MB) is kept and "
-            "resumed when you run the command again" if part.exists() else "")
+    left = _regular_size(part)
+    kept = (f"; the partial download {part} ({left / 1e6:.1f} MB) is kept and resumed "
+            "when you run the command again" if left is not None else "")
     raise FetchError(f"could not download {dl.filename} ({errors[-1] if errors else 'no URL'})"
                      f"; check the internet connection (and HTTPS_PROXY), or set "
                      f"{url_env_var(ds)} to a mirror{kept}")
@@ -235,16 +330,17 @@ def _get(url: str, part: Path, have: int, dl: Download, progress: bool) -> None:
             raise DataIntegrityError(
                 f"{url} serves {total} bytes but the pinned {dl.filename} has {dl.size} (a "
                 "different file); nothing was installed")
-        mode = "r+b" if start else "wb"
+        fd = _open_part(part) if start else _create(part)
         bar = _bar(dl, start, progress)
         try:
-            with open(part, mode) as f:
+            with open(fd, "r+b") as f:
                 f.seek(start)
                 f.truncate()
                 got = start
+                window_t, window_got = time.monotonic(), got
                 while True:
-                    try:
-                        chunk = resp.read(_CHUNK)
+                    try:  # read1: what has arrived, so a slow drip is seen as it drips
+                        chunk = resp.read1(_CHUNK)
                     except (OSError, http.client.HTTPException) as e:
                         raise _Cut(f"connection lost after {got} bytes ({e})") from None
                     if not chunk:
@@ -259,11 +355,33 @@ def _get(url: str, part: Path, have: int, dl: Download, progress: bool) -> None:
                     f.write(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
+                    now = time.monotonic()
+                    if now - window_t >= STALL_WINDOW_S and got < dl.size:
+                        if got - window_got < STALL_BYTES:  # kept: resumed like a cut
+                            raise _Cut(f"stalled: {got - window_got} bytes in "
+                                       f"{now - window_t:.0f} s, after {got} bytes")
+                        window_t, window_got = now, got
         finally:
             if bar is not None:
                 bar.close()
     if got < dl.size:
         raise _Cut(f"connection closed after {got} of {dl.size} bytes")
+
+
+def _open_part(part: Path) -> int:
+    """The existing partial download, opened for writing without following a link."""
+    _regular_size(part)
+    try:
+        fd = os.open(part, os.O_RDWR | _NOFOLLOW)
+    except OSError as e:  # replaced by a link or removed since it was measured
+        _regular_size(part)
+        raise CacheError(f"cannot open the partial download {part} ({e.strerror or e}); "
+                         "remove it and run the command again") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CacheError(f"{part} is not a regular file; the cache holds only regular "
+                         "files: remove it and run the command again")
+    return fd
 
 
 def _resume_offset(resp, have: int) -> int:
@@ -318,8 +436,9 @@ def _place(ds: DataSet, dl: Download, part: Path, folder: Path, wanted: list[str
 
 def _extract(ds: DataSet, archive: Path, member: str, folder: Path, fname: str) -> None:
     tmp = folder / f".{fname}.tmp"
+    fd = _create(tmp)
     try:
-        with _open_member(archive, member) as src, open(tmp, "wb") as dst:
+        with _open_member(archive, member) as src, open(fd, "wb") as dst:
             shutil.copyfileobj(src, dst, _CHUNK)
         if not verify_file(tmp, ds.file(fname)):
             raise DataIntegrityError(f"{fname} extracted from {archive.name} does not match "
