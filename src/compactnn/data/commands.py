@@ -1,9 +1,10 @@
 """``compactnn data list [--verify]`` and ``compactnn data fetch NAME ... | all``.
 
-``list`` shows every data set the experiments use, where it is looked for (the
-environment variable, the system copy, the cache), where it was found, its size, and the
-command that gets it; ``--verify`` also checks the found files against their pinned
-SHA-256. ``fetch`` downloads into the cache (see :mod:`compactnn.data.fetch`).
+``list`` shows every data set the experiments and ``train``/``mtl`` use, where it is
+looked for (the environment variable, the system copy, the cache), where it was found,
+its size, and the command that gets it (and the generated or bundled ones);
+``--verify`` also checks the found files against their pinned SHA-256. ``fetch``
+downloads into the cache (see :mod:`compactnn.data.fetch`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from compactnn.data.registry import (
     verify_file,
 )
 
-__all__ = ["add_data_parser", "describe", "run_data_command"]
+__all__ = ["BUILT_IN", "add_data_parser", "describe", "describe_built_in", "run_data_command"]
 
 
 def add_data_parser(sub) -> None:
@@ -110,12 +111,43 @@ def describe(ds: DataSet, verify: bool = False) -> tuple[list[str], bool]:
     return lines, ok
 
 
+#: Data sets the commands accept that have no files of their own: (name, what it is,
+#: the command that uses it, what it needs).
+BUILT_IN: tuple[tuple[str, str, str, str], ...] = (
+    ("digits", "scikit-learn's 8x8 digits (1,797 images, bundled with scikit-learn)",
+     "compactnn train data.name=digits", "sklearn"),
+    ("synthetic", "the MMoE paper's synthetic regression tasks",
+     "compactnn mtl data.name=synthetic", ""),
+    ("clustered", "synthetic tasks in clusters of related tasks",
+     "compactnn mtl data.name=clustered", ""),
+    ("multi_fashion_mnist", "two overlaid Fashion-MNIST images",
+     "compactnn mtl data.name=multi_fashion_mnist", "fashion_mnist"),
+)
+
+
+def describe_built_in(name: str, title: str, command: str, needs: str) -> list[str]:
+    """The lines ``data list`` prints for a data set without files of its own."""
+    if needs == "sklearn":
+        import importlib.util
+
+        found = importlib.util.find_spec("sklearn") is not None
+        status = "present (scikit-learn is installed)" if found else \
+            "MISSING (needs scikit-learn: pip install 'compactnn[experiments]')"
+    elif needs:
+        status = f"made on the fly from {needs} (above)"
+    else:
+        status = "generated on the fly, nothing to get"
+    return [f"{name}: {title}: {status}", f"  use it:    `{command}`"]
+
+
 def _list(verify: bool) -> int:
     all_ok = True
     for ds in DATASETS.values():
         lines, ok = describe(ds, verify)
         all_ok &= ok
         print("\n".join(lines))
+    for entry in BUILT_IN:
+        print("\n".join(describe_built_in(*entry)))
     if not all_ok:
         raise DataIntegrityError("some files differ from their pinned checksums (listed "
                                  "above); replace them with `compactnn data fetch NAME`")
