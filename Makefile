@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml scripts/install_data.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[experiments,test]"
+	$(BIN)/python -m pip install --quiet -e ".[experiments,test,lm]"
 	bash scripts/install_data.sh $(BIN)/python
 	touch $(STAMP)
 

