@@ -226,7 +226,8 @@ def test_early_stopping_ends_with_the_best_validation_weights(tmp_path):
 
 def test_input_dim_is_refused_where_it_is_not_used(tmp_path):
     with pytest.raises(ConfigError, match="data.input_dim applies to synthetic and clustered"):
-        make(tmp_path, "data.name=census", "data.input_dim=12")
+        build_config(MTLConfig, parse_overrides(["data.name=census", "data.input_dim=12",
+                                                 f"out={tmp_path / 'run'}"]))
 
 
 def test_cli_takes_overrides_on_both_sides_of_config(tmp_path, capsys):

@@ -5,8 +5,9 @@ overrides; unknown keys, wrong types and impossible combinations are one-line
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from compactnn.config import finite, require
 from compactnn.engine.settings import RunConfig
@@ -19,6 +20,30 @@ __all__ = ["DataConfig", "ExpertConfig", "GateConfig", "LossConfig", "MTLConfig"
 GAMMA_RANGE = (1e-4, 1e4)
 
 DATASETS = ("synthetic", "clustered", "multi_fashion_mnist", "census", "movielens")
+
+# Which options apply to which choice. An option listed under some choices of its
+# section's selector (gate.name, data.name, experts.arch) must keep its default under the
+# other choices: setting it there is an error naming it, never silently ignored. An
+# option listed nowhere applies to every choice. A new option of one gate goes into
+# GATE_OPTIONS under the gates that read it.
+GATE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "dselect_k": ("k", "gamma", "entropy_reg", "reduction"),
+    "topk": ("k", "noisy", "importance_reg", "load_reg"),
+    "softmax": (),
+}
+_SYNTHETIC = ("n_train", "n_val", "n_test", "input_dim", "correlation", "noise_std")
+DATA_OPTIONS: dict[str, tuple[str, ...]] = {
+    "synthetic": _SYNTHETIC,
+    "clustered": (*_SYNTHETIC, "num_tasks", "num_clusters"),
+    "multi_fashion_mnist": ("root", "val_size"),
+    "census": ("root",),
+    "movielens": ("negatives", "rating_threshold"),
+}
+EXPERT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden", "dropout"),
+    "conv": ("channels",),
+    "lenet": ("channels", "hidden"),
+}
 
 
 @dataclass
@@ -62,6 +87,7 @@ class ExpertConfig:
 
 @dataclass
 class GateConfig:
+    # a gate-specific option is also listed in GATE_OPTIONS (the gates it applies to)
     name: Literal["dselect_k", "topk", "softmax"] = "dselect_k"
     per_example: bool = False  # False: one static gate per task (task-only routing)
     k: int = 2  # dselect_k and topk: max experts per task (per example)
@@ -149,9 +175,6 @@ class MTLConfig(RunConfig):
                                      f"{d.noise_std}"),
             (d.input_dim is None or d.input_dim >= 1,
              f"data.input_dim must be >= 1, got {d.input_dim}"),
-            (d.input_dim is None or d.name in ("synthetic", "clustered"),
-             f"data.input_dim applies to synthetic and clustered data only, not "
-             f"data.name={d.name}"),
             (d.n_train >= 2 and d.n_val >= 1 and d.n_test >= 1,
              "data.n_train must be >= 2 and data.n_val, data.n_test >= 1"),
             (1 <= d.num_clusters <= d.num_tasks,
@@ -163,4 +186,35 @@ class MTLConfig(RunConfig):
             (d.max_train is None or d.max_train >= o.batch_size,
              f"data.max_train={d.max_train} is smaller than one batch"),
             (d.max_eval is None or d.max_eval >= 1, "data.max_eval must be >= 1"),
+            (not self.loss.weights or any(w > 0 for w in self.loss.weights),
+             f"loss.weights={self.loss.weights} are all 0: no task would be trained"),
+            (g.per_example or g.reduction == GateConfig.reduction,
+             f"gate.reduction applies to per-example gates only, not gate.per_example=false "
+             f"(got gate.reduction={g.reduction})"),
         ])
+        require([*inapplicable("data", "name", d, DATA_OPTIONS, "data"),
+                 *inapplicable("gate", "name", g, GATE_OPTIONS, "gates"),
+                 *inapplicable("experts", "arch", e, EXPERT_OPTIONS, "experts")])
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def inapplicable(section: str, selector: str, cfg: Any,
+                 table: Mapping[str, Sequence[str]], noun: str) -> list[tuple[bool, str]]:
+    """``(ok, message)`` checks that each option of dataclass ``cfg`` that ``table`` gives
+    to other choices than ``cfg.<selector>`` keeps its default (see GATE_OPTIONS)."""
+    chosen = getattr(cfg, selector)
+    default = type(cfg)()
+    checks = []
+    for f in fields(cfg):
+        owners = [choice for choice, opts in table.items() if f.name in opts]
+        if not owners or chosen in owners:
+            continue
+        value = getattr(cfg, f.name)
+        checks.append((value == getattr(default, f.name),
+                       f"{section}.{f.name} applies to {' and '.join(owners)} {noun} only, "
+                       f"not {section}.{selector}={chosen} (got {section}.{f.name}="
+                       f"{_show(value)})"))
+    return checks
