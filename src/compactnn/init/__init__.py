@@ -12,6 +12,7 @@ Modules: :mod:`~compactnn.init.spectral` (truncated SVD, balanced factors),
 :mod:`~compactnn.init.gaussian` (closed-form Gaussian ReLU expectations),
 :mod:`~compactnn.init.relu_solver` (the Gaussian-mode solver),
 :mod:`~compactnn.init.asvd` (activation-scaled SVD),
+:mod:`~compactnn.init.gated_ffn` (function matching through a gated FFN),
 :mod:`~compactnn.init.moments` (moment solvers: least squares, whitened, lstsq),
 :mod:`~compactnn.init.data_fit` (the data-mode fit), :mod:`~compactnn.init.inputs`
 (calibration rows, activations, folded norms) and
@@ -22,6 +23,7 @@ from compactnn.init import gaussian
 from compactnn.init.asvd import ASVD_STATS, asvd_, asvd_factors, asvd_scales
 from compactnn.init.data_fit import DataSolution, FitOptions, fit_data
 from compactnn.init.depth_aware import depth_aware_, depth_aware_schedule
+from compactnn.init.gated_ffn import fit_gated_ffn
 from compactnn.init.inputs import (
     ACTIVATIONS,
     LayerInputs,
@@ -61,6 +63,7 @@ __all__ = [
     "asvd_factors",
     "asvd_scales",
     "check_moments",
+    "fit_gated_ffn",
     "refit_u",
     "shifted_cholesky",
     "DataSolution",
