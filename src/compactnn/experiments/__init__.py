@@ -55,6 +55,7 @@ _MODULES = [
     "compactnn.experiments.layer_pruning",
     "compactnn.experiments.relchanet",
     "compactnn.experiments.depth_aware",
+    "compactnn.experiments.shortcut",
 ]
 
 

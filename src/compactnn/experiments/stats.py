@@ -37,7 +37,7 @@ from compactnn._checks import check_choice, check_float, check_int
 
 __all__ = ["PairedComparison", "bootstrap_ci", "compare_to_reference", "comparison_markdown",
            "dz_interval", "holm", "paired_comparison", "paired_difference", "table_row",
-           "wilcoxon_p"]
+           "wilcoxon_p", "wilson_interval"]
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -283,3 +283,23 @@ def paired_difference(a: Sequence[float], b: Sequence[float]
     stat = mean / (sd / math.sqrt(n))
     p = 2 * t.sf(abs(stat), n - 1)
     return mean, mean - half, mean + half, float(p)
+
+
+def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion: the ``q`` solving
+    ``(x/n - q)^2 = z^2 q (1 - q) / n`` with ``z`` the normal quantile of ``level``; unlike
+    ``x/n +- z sqrt(x/n (1 - x/n) / n)`` it stays inside ``[0, 1]`` and is not empty
+    at 0 or ``n`` successes."""
+    from scipy.stats import norm
+
+    check_int("trials", trials, 1)
+    check_int("successes", successes, 0, trials)
+    check_float("level", level, 0.0, 1.0, min_inclusive=False, max_inclusive=False)
+    z = float(norm.ppf((1 + level) / 2))
+    phat, n = successes / trials, trials
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # at 0 or n successes the bound is 0 or 1 exactly (rounding would leave ~1e-18)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == trials else min(1.0, centre + half)
+    return (lo, hi)

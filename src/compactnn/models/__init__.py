@@ -3,5 +3,7 @@ through ``compactnn.factorize``."""
 
 from compactnn.models.mlp import MLP, MLPConfig
 from compactnn.models.resnet import RESNET_DENSE_EXCLUDE, ResNet, ResNetConfig
+from compactnn.models.shortcut import ShortcutConvNet
 
-__all__ = ["MLP", "MLPConfig", "RESNET_DENSE_EXCLUDE", "ResNet", "ResNetConfig"]
+__all__ = ["MLP", "MLPConfig", "RESNET_DENSE_EXCLUDE", "ResNet", "ResNetConfig",
+           "ShortcutConvNet"]
