@@ -5,8 +5,9 @@ with the data.
 * :func:`least_squares_factors`: the exact minimizer of the identity-activation
   objective ``E |W x + b - (U V x + c)|^2`` (reduced-rank regression).
 * :func:`whitened_factors` (``init="whitened"``): SVD-LLM's truncation-aware
-  whitening -- Cholesky factor ``L`` of ``E[x x^T]``, truncated SVD of ``W L``,
-  factors ``U_r s^{1/2}`` and ``s^{1/2} V_r^T L^{-1}``; the bias is kept.
+  whitening -- Cholesky factor ``L`` of ``E[x x^T]`` (:func:`shifted_cholesky`),
+  truncated SVD of ``W L``, factors ``U_r s^{1/2}`` and ``s^{1/2} V_r^T L^{-1}``;
+  the bias is kept; optionally ``U`` refitted by least squares (:func:`refit_u`).
 * :func:`lstsq_factors` (``init="lstsq"``): MosaicML Composer's factorization --
   spectral start, a few alternating least-squares rounds on the linear outputs
   (``U`` by data-weighted least squares, ``V`` by plain least squares against
