@@ -57,6 +57,11 @@ def test_inactive_features_do_not_change_the_output():
     x2 = x.clone()
     x2[:, ~sel.mask] = torch.randn(7, int((~sel.mask).sum()))
     assert torch.equal(sel(x), sel(x2))
+    with pytest.raises(RuntimeError, match="no scoring round"):
+        sel.transform(x)
+    sel.interval = 1
+    torch.nn.functional.cross_entropy(sel(x), torch.zeros(7, dtype=torch.long)).backward()
+    sel.observe()
     assert torch.equal(sel.transform(x), x[:, sel.selected()])
 
 

@@ -20,7 +20,12 @@ training the gradient of the first layer's weight is summed over mini-batches,
    freshly initialized first-layer columns; ``S`` is reset.
 
 :meth:`RelChaNet.selected` returns the ``num_selected`` active features with
-the best scores (the kept set). Choices the sources we could consult leave open and that we fixed
+the best scores (the kept set); it refuses to answer before a round has ended.
+
+A feature that never varied in the rows seen by training-mode forwards is ranked below
+every feature that did, both when pruning and when selecting: a constant column acts as
+a second bias, so its gradient (and its relative change) can be large although it
+carries no information. Choices the sources we could consult leave open and that we fixed
 here: the per-round change is the L1 norm of the summed gradient column (step
 1), scores are averaged over rounds (step 3), a round is ``interval`` mini-batches,
 and a regrown column is drawn like PyTorch's default Linear init. The paper's
@@ -61,8 +66,9 @@ class RelChaNet(nn.Module):
         seed: seeds the initial active set, the regrowth draws and the weights.
 
     Use :meth:`fit` to train, or call :meth:`observe` after each ``backward()``
-    of your own loop. Buffers ``mask`` (current active set), ``score_sum`` and
-    ``rounds`` are in the state dict, so a saved selector reloads exactly.
+    of your own loop. Buffers ``mask`` (current active set), ``score_sum``,
+    ``rounds``, ``varies`` (features seen to vary), ``reference`` (the first row
+    seen) and ``seen`` are in the state dict, so a saved selector reloads exactly.
     """
 
     def __init__(self, num_features: int, num_selected: int, num_outputs: int = 2, *,
@@ -103,12 +109,29 @@ class RelChaNet(nn.Module):
         self.register_buffer("mask", mask)
         self.register_buffer("score_sum", torch.zeros(d, dtype=torch.float64))
         self.register_buffer("rounds", torch.zeros(d, dtype=torch.long))
+        self.register_buffer("varies", torch.zeros(d, dtype=torch.bool))
+        self.register_buffer("reference", torch.zeros(d, dtype=torch.float64))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
         self._grad_sum = torch.zeros_like(self.first.weight)
         self._batches = 0
 
     # -- the network ------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            self._note_variation(x)
         return self.body(self.first(x * self.mask.to(x.dtype)))
+
+    @torch.no_grad()
+    def _note_variation(self, x: Tensor) -> None:
+        """Mark the columns of ``x`` that differ from the first row ever seen (with
+        no host sync, so a GPU step does not wait for it)."""
+        if x.dim() != 2 or x.shape[0] == 0:
+            return
+        rows = x.detach().to(self.reference.dtype)
+        ref = torch.where(self.seen, self.reference, rows[0])
+        self.varies |= (rows != ref).any(0)
+        self.reference.copy_(ref)
+        self.seen.fill_(True)
 
     # -- scores and selection ---------------------------------------------------------
     @property
@@ -119,12 +142,21 @@ class RelChaNet(nn.Module):
 
     def selected(self) -> Tensor:
         """Indices (ascending) of the ``num_selected`` kept features: the active
-        features with the best scores (ties to the lower index). A feature that
-        was pruned is not selected even if an early round scored it well: it
-        lost to the features that stayed."""
+        features with the best scores (ties to the lower index), features seen to
+        vary before constant ones. A feature that was pruned is not selected even if
+        an early round scored it well: it lost to the features that stayed.
+
+        Raises ``RuntimeError`` before the first round has ended (the active set is
+        then a random draw), unless every feature is selected."""
+        if self.num_selected < self.num_features and int(self.rounds.max()) == 0:
+            raise RuntimeError(
+                "RelChaNet.selected(): no scoring round has ended yet (a round ends every "
+                f"interval={self.interval} mini-batches), so the active features are "
+                "still a random draw; train with fit() or call observe() after each "
+                "backward() first")
         active = self.mask.nonzero().flatten().tolist()
-        s = self.scores.tolist()
-        order = sorted(active, key=lambda i: (-s[i], i))
+        s, varies = self.scores.tolist(), self.varies.tolist()
+        order = sorted(active, key=lambda i: (not varies[i], -s[i], i))
         return torch.tensor(sorted(order[: self.num_selected]), dtype=torch.long)
 
     def transform(self, x: Tensor) -> Tensor:
@@ -167,8 +199,9 @@ class RelChaNet(nn.Module):
         swap = min(self.num_candidates, len(pool))  # 0 when every feature is active
         if swap == 0:
             return []
-        s = self.scores[idx]
-        order = sorted(range(len(idx)), key=lambda j: (float(s[j]), -int(idx[j])))
+        s, varies = self.scores[idx].tolist(), self.varies[idx.to(self.varies.device)].tolist()
+        # constant features go first, then the lowest scores (ties: the higher index)
+        order = sorted(range(len(idx)), key=lambda j: (varies[j], s[j], -int(idx[j])))
         drop = idx[order[:swap]]
         grow = pool[torch.randperm(len(pool), generator=self._gen)[:swap]]
         self.mask[drop.to(self.mask.device)] = False
@@ -204,6 +237,14 @@ class RelChaNet(nn.Module):
                                  f"[{int(y.min())}, {int(y.max())}]")
         epochs = check_int("epochs", epochs, minimum=1)
         batch_size = check_int("batch_size", batch_size, minimum=1)
+        if len(x) == 0:
+            raise ValueError("x has no rows: there is nothing to select features from")
+        batches = epochs * math.ceil(len(x) / batch_size)
+        if int(self.rounds.max()) == 0 and self._batches + batches < self.interval:
+            raise ValueError(
+                f"fit would end no scoring round: {epochs} epoch(s) of "
+                f"{math.ceil(len(x) / batch_size)} mini-batch(es) is fewer than "
+                f"interval={self.interval}; raise epochs or lower batch_size or interval")
         lr = check_float("lr", lr, minimum=0.0, min_inclusive=False)
         weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
