@@ -4,9 +4,11 @@ zero-channel guard, and bad arguments."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from compactnn import LowRankLinear
+from compactnn import LowRankConv2d, LowRankLinear
 from compactnn.init import InputMoments, asvd_, asvd_factors, asvd_scales, input_moments
 from compactnn.init.asvd import ASVD_FLOOR
 
@@ -141,3 +143,32 @@ def test_bad_arguments_raise_and_leave_the_layer_untouched():
         asvd_factors(w[0], 1, torch.ones(6))
     with pytest.raises(TypeError, match="floating"):
         asvd_scales(torch.ones(3, dtype=torch.long), 0.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 7), n=st.integers(1, 7), frac=st.floats(0.0, 1.0),
+       alpha=st.floats(0.0, 2.0), zeros=st.integers(0, 7), seed=st.integers(0, 10_000))
+def test_factors_match_the_reference_for_any_shape(m, n, frac, alpha, zeros, seed):
+    g = gen(seed)
+    w = torch.randn(m, n, generator=g, dtype=D)
+    stat = torch.rand(n, generator=g, dtype=D) + 0.05
+    stat[: min(zeros, n - 1)] = 0.0  # dead channels, never all of them
+    rank = 1 + round(frac * (min(m, n) - 1))
+    s = asvd_scales(stat, alpha)
+    u, v = asvd_factors(w, rank, s)
+    assert u.shape == (m, rank) and v.shape == (rank, n)
+    au, sig, bh = torch.linalg.svd(w * s, full_matrices=False)
+    ref = (au[:, :rank] * sig[:rank]) @ (bh[:rank] / s)
+    assert torch.allclose(u @ v, ref, rtol=1e-9, atol=1e-9 * float(w.abs().max()))
+    assert torch.isfinite(u).all() and torch.isfinite(v).all()
+
+
+def test_channel_scheme_convolution_scales_its_patch_columns():
+    img = torch.randn(4, 3, 6, 6, generator=gen(20), dtype=D) * torch.tensor(
+        [0.1, 1.0, 3.0], dtype=D).reshape(1, 3, 1, 1)
+    dense = nn.Conv2d(3, 5, 3, padding=1).double()
+    layer = LowRankConv2d.from_dense(dense, 2, init="asvd", inputs=img, scheme="channel")
+    patches = layer.input_rows(img)
+    ref = _reference(dense.weight.detach().reshape(5, -1), 2, patches, 0.5)
+    u, v = (t.detach()[0] for t in layer.factor_matrices())
+    assert torch.allclose(u @ v, ref, rtol=1e-9, atol=1e-11)

@@ -6,11 +6,14 @@ precomputed moments, and every option checked."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from compactnn import LowRankLinear
 from compactnn.init import (
     InputMoments,
+    cross_moment,
     input_moments,
     lstsq_,
     refit_u,
@@ -201,3 +204,33 @@ def test_whitened_options_are_checked():
         assert all(torch.equal(a, b) for a, b in zip(_snap(layer), snap, strict=True)), kw
     with pytest.raises(ValueError, match="refit"):
         whitened_factors(w, 2, input_moments([x]), refit="U")
+
+
+def test_cross_moment_streams_paired_rows():
+    x, xc = _data(seed=13), _data(seed=14)
+    c = cross_moment(list(x.split(7)), list(xc.split(7)))
+    assert torch.allclose(c, x.T @ xc / x.shape[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="same"):
+        cross_moment([x[:5]], [xc[:6]])
+    with pytest.raises(ValueError):
+        cross_moment([x[:5], x[5:]], [xc])
+    with pytest.raises(ValueError, match="empty"):
+        cross_moment([], [])
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 7), n=st.integers(1, 7), rows=st.integers(1, 12),
+       frac=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_whitened_is_optimal_for_any_shape_including_fewer_rows_than_features(
+        m, n, rows, frac, seed):
+    g = gen(seed)
+    x = torch.randn(rows, n, generator=g, dtype=D)
+    w = torch.randn(m, n, generator=g, dtype=D)
+    rank = 1 + round(frac * (min(m, n) - 1))
+    u, v = whitened_factors(w, rank, input_moments([x]))
+    assert torch.isfinite(u).all() and torch.isfinite(v).all()
+    tail = float(torch.linalg.svdvals(x @ w.T)[rank:].square().sum()) / rows
+    power = float((x @ w.T).square().sum()) / rows
+    assert out_err(w, u, v, x) <= tail + 1e-6 * power + 1e-12
+    ur, vr = whitened_factors(w, rank, input_moments([x]), refit="u")
+    assert out_err(w, ur, vr, x) <= out_err(w, u, v, x) + 1e-9 * power + 1e-12

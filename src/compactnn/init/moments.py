@@ -26,8 +26,8 @@ from compactnn._checks import check_tensor
 from compactnn.init.spectral import balanced_factors
 
 __all__ = ["InputMoments", "check_moments", "input_moments", "least_squares_factors",
-           "whitened_factors", "shifted_cholesky", "refit_u", "WHITENED_REFITS", "lstsq_factors",
-           "linear_error"]
+           "whitened_factors", "shifted_cholesky", "refit_u", "cross_moment", "WHITENED_REFITS",
+           "lstsq_factors", "linear_error"]
 
 
 @dataclass
@@ -91,6 +91,25 @@ def input_moments(rows: Iterable[Tensor]) -> InputMoments:
     if count == 0 or total is None or second is None:
         raise ValueError("calibration inputs are empty: no rows reached the layer")
     return InputMoments(count, total / count, second / count, abs_total / count, abs_max)
+
+
+def cross_moment(target_rows: Iterable[Tensor], rows: Iterable[Tensor]) -> Tensor:
+    """``C = E[x' x^T]`` (n, n), float64, over paired rows: ``x'`` the inputs the
+    dense layer is matched on (e.g. from the dense model) and ``x`` the inputs the
+    factorized layer sees (from the already-compressed prefix), the i-th row of
+    each batch of one paired with the i-th row of the other. The ``cross`` of
+    :func:`refit_u`. Raises on mismatched batches or empty data."""
+    count, total = 0, None
+    for i, (xt, x) in enumerate(zip(target_rows, rows, strict=True)):
+        if xt.dim() != 2 or xt.shape != x.shape:
+            raise ValueError(f"batch {i}: paired rows must have the same (rows, features) "
+                             f"shape, got {tuple(xt.shape)} and {tuple(x.shape)}")
+        part = xt.detach().double().T @ x.detach().double().to(xt.device)
+        total = part if total is None else total + part
+        count += x.shape[0]
+    if count == 0 or total is None:
+        raise ValueError("calibration inputs are empty: no rows reached the layer")
+    return total / count
 
 
 def _sym_roots(mat: Tensor, damping: float) -> tuple[Tensor, Tensor]:
