@@ -196,6 +196,7 @@ def test_whitened_options_are_checked():
         ({"refit": "u", "cross": torch.eye(5)}, ValueError, "cross"),
         ({"refit": "u", "cross": torch.full((6, 6), float("inf"))}, ValueError, "non-finite"),
         ({"refit": "u", "cross": [[1.0]]}, TypeError, "cross"),
+        ({"refit": "optimal", "cross": torch.eye(7)}, ValueError, "cross"),
         ({"damping": -1.0}, ValueError, "damping"),
     ]
     for kw, exc, match in bad:
@@ -234,3 +235,30 @@ def test_whitened_is_optimal_for_any_shape_including_fewer_rows_than_features(
     assert out_err(w, u, v, x) <= tail + 1e-6 * power + 1e-12
     ur, vr = whitened_factors(w, rank, input_moments([x]), refit="u")
     assert out_err(w, ur, vr, x) <= out_err(w, u, v, x) + 1e-9 * power + 1e-12
+
+
+def _moved_inputs(seed):
+    x = _data(seed=seed)
+    return x, x + 0.4 * torch.randn(x.shape, generator=gen(seed + 50), dtype=D)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_optimal_refit_is_the_reduced_rank_regression_optimum(rank):
+    x, xc = _moved_inputs(rank)
+    w = torch.randn(6, 8, generator=gen(21), dtype=D)
+    mom_c, cross = input_moments([xc]), cross_moment([x], [xc])
+    u, v = whitened_factors(w, rank, mom_c, refit="optimal", cross=cross)
+    # reference: project the targets Y = W x' onto the column space of the inputs,
+    # then the best rank-r fit of the projection (written out with lstsq and SVD)
+    y = x @ w.T
+    y_hat = xc @ torch.linalg.lstsq(xc, y).solution
+    tail = torch.linalg.svdvals(y_hat)[rank:].square().sum()
+    best = float((y - y_hat).square().sum() + tail) / x.shape[0]
+    err = out_err(w, u, v, xc, target=x)
+    assert err == pytest.approx(best, rel=1e-9)
+    ur, vr = whitened_factors(w, rank, mom_c, refit="u", cross=cross)
+    u0, v0 = whitened_factors(w, rank, mom_c)
+    assert err <= out_err(w, ur, vr, xc, target=x) <= out_err(w, u0, v0, xc, target=x)
+    # without moved inputs it is the plain whitening
+    assert all(torch.equal(a, b) for a, b in
+               zip(whitened_factors(w, rank, mom_c, refit="optimal"), (u0, v0), strict=True))

@@ -112,37 +112,27 @@ def cross_moment(target_rows: Iterable[Tensor], rows: Iterable[Tensor]) -> Tenso
     return total / count
 
 
-def _sym_roots(mat: Tensor, damping: float) -> tuple[Tensor, Tensor]:
-    """``(C^{1/2}, C^{+1/2})`` of a symmetric PSD matrix (plus ``damping`` times its
-    mean diagonal), the pseudo-inverse root dropping eigenvalues below
-    ``1e-12`` of the largest."""
-    n = mat.shape[-1]
-    mat = 0.5 * (mat + mat.T)
-    if damping > 0:
-        mat = mat + damping * float(mat.diagonal().mean()) * torch.eye(n, dtype=mat.dtype,
-                                                                        device=mat.device)
-    lam, q = torch.linalg.eigh(mat)
-    lam = lam.clamp_min(0.0)
-    keep = lam > 1e-12 * float(lam.max().clamp_min(1e-300))
-    root = lam.sqrt()
-    inv = torch.where(keep, 1.0 / root.clamp_min(1e-300), torch.zeros_like(root))
-    return (q * root) @ q.T, (q * inv) @ q.T
-
-
 def least_squares_factors(weight: Tensor, rank: int, moments: InputMoments,
                           bias: Tensor | None = None, fit_bias: bool = True,
                           damping: float = 0.0) -> tuple[Tensor, Tensor, Tensor | None]:
     """Exact minimizer of the identity-activation objective
     ``E |W x + b - (U V x + c)|^2`` over rank-r ``U V`` (and ``c``): with
-    ``C`` the input covariance (second moment when ``c = b`` is kept),
-    ``U V = [W C^{1/2}]_r C^{+1/2}`` (reduced-rank regression; Eckart-Young in the
-    ``C``-weighted norm) and ``c = b + (W - U V) E[x]``. Returns float64 factors."""
+    ``C`` the input covariance (second moment when ``c = b`` is kept) and any
+    factor ``C = L L^T``, the objective is ``|(W - U V) L|_F^2`` (+ the bias
+    term), so ``U V = [W L]_r L^{-1}`` (reduced-rank regression; Eckart-Young in
+    the ``C``-weighted norm) and ``c = b + (W - U V) E[x]``. ``L`` is the
+    Cholesky factor of :func:`shifted_cholesky` (a singular ``C`` is shifted,
+    ``damping`` is the first shift tried): a third of the work of one
+    eigendecomposition of ``C``, the cost that dominates wide layers. Returns
+    float64 factors."""
     w = weight.detach().double()
     cmat = moments.covariance() if fit_bias else moments.second
-    root, inv_root = _sym_roots(cmat, damping)
-    a, s, bh = torch.linalg.svd(w @ root, full_matrices=False)
+    chol, _ = shifted_cholesky(cmat, damping)
+    a, s, bh = torch.linalg.svd(w @ chol, full_matrices=False)
     u = a[:, :rank] * s[:rank].sqrt()
-    v = s[:rank].sqrt().unsqueeze(-1) * (bh[:rank] @ inv_root)
+    # V = s^{1/2} B^T L^{-1}  <=>  V L = s^{1/2} B^T
+    v = torch.linalg.solve_triangular(chol, s[:rank].sqrt().unsqueeze(-1) * bh[:rank],
+                                      upper=False, left=False)
     c = None
     if bias is not None or fit_bias:
         b = torch.zeros(w.shape[0], dtype=w.dtype) if bias is None else bias.detach().double()
@@ -150,7 +140,7 @@ def least_squares_factors(weight: Tensor, rank: int, moments: InputMoments,
     return u, v, c
 
 
-WHITENED_REFITS = (None, "u")
+WHITENED_REFITS = (None, "u", "optimal")
 
 
 def shifted_cholesky(gram: Tensor, damping: float = 0.0) -> tuple[Tensor, float]:
@@ -216,14 +206,27 @@ def whitened_factors(weight: Tensor, rank: int, moments: InputMoments,
     ``cross``, the cross moment with the dense layer's own inputs in sequential
     calibration). On the same moments and without a shift this returns the same
     ``U`` (the truncation is already optimal); it gains when the whitening needed
-    a shift or when ``cross`` differs from the second moment."""
+    a shift or when ``cross`` differs from the second moment.
+
+    ``refit="optimal"`` returns the exact minimizer of ``E |W x' - U V x|^2`` for
+    inputs that moved: with ``W_e = W C S^{-1}`` (the regression of ``W x'`` on
+    ``x``), the residual ``W x' - W_e x`` is uncorrelated with ``x``, so the
+    objective is ``E |W x' - W_e x|^2 + E |(W_e - U V) x|^2`` and the whitened
+    truncation of ``W_e`` is optimal; ``W_e L = W C L^{-T}`` (a triangular solve)
+    is what gets truncated. Without ``cross`` it is the plain whitening."""
     if refit not in WHITENED_REFITS:
         raise ValueError(f"refit must be one of {WHITENED_REFITS}, got refit={refit!r}")
     w = weight.detach().double()
     if cross is not None:
         check_tensor("cross", cross, shape=(w.shape[1], w.shape[1]), floating=True)
     chol, _ = shifted_cholesky(moments.second, damping)
-    a, s, bh = torch.linalg.svd(w @ chol, full_matrices=False)
+    if refit == "optimal" and cross is not None:
+        # W C L^{-T}: solve Z L^T = W C
+        target = torch.linalg.solve_triangular(chol.T, w @ cross.detach().double(),
+                                               upper=True, left=False)
+    else:
+        target = w @ chol
+    a, s, bh = torch.linalg.svd(target, full_matrices=False)
     u = a[:, :rank] * s[:rank].sqrt()
     # V = s^{1/2} B^T L^{-1}  <=>  V L = s^{1/2} B^T
     v = torch.linalg.solve_triangular(chol, s[:rank].sqrt().unsqueeze(-1) * bh[:rank],
@@ -231,6 +234,9 @@ def whitened_factors(weight: Tensor, rank: int, moments: InputMoments,
     if refit == "u":
         u = refit_u(w, v, moments, cross)
     return u, v
+
+
+_SPAN_SHIFT = 1e-12  # lstsq_factors: relative variance below which a direction is off the data
 
 
 def lstsq_factors(weight: Tensor, rank: int, moments: InputMoments, bias: Tensor | None = None,
@@ -242,13 +248,17 @@ def lstsq_factors(weight: Tensor, rank: int, moments: InputMoments, bias: Tensor
     full-rank solution), then the bias refitted to the mean residual,
     ``c = b + (W - U V) E[x]``."""
     w = weight.detach().double()
-    smat = moments.second
-    lam, q = torch.linalg.eigh(0.5 * (smat + smat.T))
-    keep = lam > 1e-12 * float(lam.max().clamp_min(1e-300))
-    w_ls = w @ (q[:, keep] @ q[:, keep].T)
+    smat = 0.5 * (moments.second + moments.second.T)
+    ws = w @ smat  # shared by the restriction and every U step
+    # W_ls = W P, P the projector on the data's span, as W S (S + t I)^{-1}: a Cholesky
+    # solve (t the smallest shift that factors, relative to the mean diagonal, from
+    # 1e-12) instead of an eigendecomposition; a direction of variance well above t
+    # is kept whole, one far below it dropped
+    chol, _ = shifted_cholesky(smat, _SPAN_SHIFT)
+    w_ls = torch.cholesky_solve(ws.T, chol).T
     u, v = balanced_factors(w, rank, "exact")
     for _ in range(iters):
-        u = (w @ smat @ v.T) @ torch.linalg.pinv(v @ smat @ v.T, hermitian=True)
+        u = (ws @ v.T) @ torch.linalg.pinv(v @ smat @ v.T, hermitian=True)
         v = torch.linalg.pinv(u.T @ u, hermitian=True) @ (u.T @ w_ls)
     b = torch.zeros(w.shape[0], dtype=w.dtype) if bias is None else bias.detach().double()
     c = b + (w - u @ v) @ moments.mean

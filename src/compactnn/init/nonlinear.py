@@ -166,13 +166,16 @@ def whitened_(
     ``refit="u"`` refits ``U`` by least squares with ``V`` fixed
     (:func:`~compactnn.init.moments.refit_u`), against the dense layer on inputs
     whose cross moment ``E[x_dense x^T]`` with the layer's inputs is ``cross``
-    (sequential calibration; default: the same inputs). A linear-output method,
-    as published: it takes no activation."""
+    (sequential calibration; default: the same inputs); ``refit="optimal"`` is
+    the exact rank-r minimizer of that objective (the whitened truncation of the
+    regression of the dense outputs on the layer's inputs). A linear-output
+    method, as published: it takes no activation."""
     FitOptions(damping=damping, batch_size=batch_size, max_patches=max_patches, seed=seed)
     if refit not in WHITENED_REFITS:
         raise ValueError(f"refit must be one of {WHITENED_REFITS}, got refit={refit!r}")
     if cross is not None and refit is None:
-        raise ValueError("cross= is used only by refit='u'; pass refit='u' with it")
+        raise ValueError("cross= is used only by refit='u' or refit='optimal'; pass one "
+                         "of them with it")
     w, _ = dense_target(layer, weight, bias)
     mom = layer_moments("whitened", layer, inputs, moments, batch_size=batch_size,
                         max_patches=max_patches, seed=seed)
