@@ -178,6 +178,14 @@ def test_plain_blocks_interpolate_and_prune_to_identity():
 
 def test_plain_block_shape_change_is_refused():
     model = nn.Sequential(nn.Linear(5, 3), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="block '0' cannot be scaled .* maps width 5 to 3"):
+        LayerScales(model, include=["0"])
+
+    class Halve(nn.Module):  # a shape change no static rule can see: refused at forward
+        def forward(self, x):
+            return x[:, : x.shape[1] // 2]
+
+    model = nn.Sequential(Halve(), nn.Linear(2, 2))
     LayerScales(model, include=["0"])
     with pytest.raises(ValueError, match="keep its input's shape"):
         model(torch.randn(2, 5))

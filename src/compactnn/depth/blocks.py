@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from compactnn.models.resnet import BasicBlock
 
-__all__ = ["RemovedBlock", "block_kind", "removal_path", "removed_block", "select_blocks"]
+__all__ = ["RemovedBlock", "block_kind", "removal_path", "removed_block", "select_blocks",
+           "shape_change"]
 
 KINDS = ("branch", "plain")
 Patterns = str | Sequence[str] | None
@@ -72,6 +73,81 @@ def removed_block(module: nn.Module) -> RemovedBlock:
         shortcut = None if isinstance(module.shortcut, nn.Identity) else module.shortcut
         return RemovedBlock(shortcut, module.relu2)
     return RemovedBlock()
+
+
+def _pairs(value, n: int) -> tuple:
+    return tuple(value) if isinstance(value, tuple | list) else (value,) * n
+
+
+def _keeps_size(m: nn.Module) -> bool:
+    """Whether a convolution or pooling layer maps every spatial size to itself:
+    stride 1 and ``2 padding = dilation (kernel - 1)`` (``+ output_padding`` for a
+    transposed convolution) in every dimension."""
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+    n = len(m.kernel_size) if isinstance(m.kernel_size, tuple) else 1
+    if isinstance(m, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
+        n = m.__class__.__name__[-2]
+        n = int(n) if n.isdigit() else 1
+    kernel = _pairs(m.kernel_size, n)
+    stride = _pairs(m.stride if m.stride is not None else m.kernel_size, n)
+    if any(int(s) != 1 for s in stride):
+        return False
+    if getattr(m, "padding", 0) == "same":
+        return True
+    padding = (0,) * n if m.padding == "valid" else _pairs(m.padding, n)
+    dilation = _pairs(getattr(m, "dilation", 1), n)
+    extra = _pairs(getattr(m, "output_padding", 0), n) if transposed else (0,) * n
+    return all(2 * p == d * (k - 1) + e
+               for p, d, k, e in zip(padding, dilation, kernel, extra, strict=True))
+
+
+def _widths(module: nn.Module) -> tuple[int, int, bool] | None:
+    """``(input width, output width, keeps the spatial size)`` of a module whose data
+    flow is known (linear, convolution, width-keeping layers, and ``nn.Sequential`` of
+    them), or None when it cannot be told without running it."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, True
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.in_channels, module.out_channels, _keeps_size(module)
+    if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
+        return -1, -1, _keeps_size(module)  # any width
+    if isinstance(module, nn.Sequential):
+        first = last = -1
+        keeps = True
+        for child in module:
+            w = _widths(child)
+            if w is None:
+                return None
+            if w[0] != -1 and first == -1 and last == -1:
+                first = w[0]
+            if w[1] != -1:
+                last = w[1]
+            keeps = keeps and w[2]
+        return first, last, keeps
+    elementwise = (nn.Identity, nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase,
+                   nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+    activation = (type(module).__module__ == "torch.nn.modules.activation"
+                  and not any(True for _ in module.parameters()))
+    if isinstance(module, elementwise) or activation:
+        return -1, -1, True  # any width, same shape
+    return None
+
+
+def shape_change(module: nn.Module) -> str | None:
+    """Why the plain block ``module`` cannot be replaced by the identity (its output
+    shape differs from its input's), when that can be told without running it; None
+    when it keeps the shape or the shape cannot be known statically."""
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return "an embedding maps indices to vectors"
+    widths = _widths(module)
+    if widths is None:
+        return None
+    first, last, keeps = widths
+    if first != -1 and last != -1 and first != last:
+        return f"it maps width {first} to {last}"
+    if not keeps:
+        return "its stride, padding or pooling changes the spatial size"
+    return None
 
 
 def _matcher(patterns: Patterns, arg: str):

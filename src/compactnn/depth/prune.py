@@ -36,6 +36,7 @@ from compactnn.depth.blocks import (
     removal_path,
     removed_block,
     select_blocks,
+    shape_change,
 )
 from compactnn.depth.scales import LayerScales, attached_scales, count_to_remove
 
@@ -168,6 +169,10 @@ def prune_layers(model: nn.Module, num_layers: int | None = None, *, ratio: floa
         for b in chosen:
             if a != b and b.startswith(a + "."):
                 raise ValueError(f"blocks {a!r} and {b!r} are nested; remove one level only")
+        reason = None if block_kind(modules[a]) == "branch" else shape_change(modules[a])
+        if reason:
+            raise ValueError(f"block {a!r} cannot be removed: {reason}, and a removed plain "
+                             "block is the identity (it must keep its input's shape)")
 
     target = inner if inplace else copy.deepcopy(inner)
     report = LayerPruneReport(params_before=_params(target),

@@ -38,7 +38,13 @@ from torch import Tensor, nn
 
 from compactnn._checks import check_bool, check_float, check_int, check_module
 from compactnn._modules import unwrap
-from compactnn.depth.blocks import Patterns, block_kind, removal_path, select_blocks
+from compactnn.depth.blocks import (
+    Patterns,
+    block_kind,
+    removal_path,
+    select_blocks,
+    shape_change,
+)
 
 __all__ = ["LayerScales", "attached_scales"]
 
@@ -87,6 +93,11 @@ class LayerScales(nn.Module):
         self.weight = nn.Parameter(torch.ones(len(names), **kw))
         self._model = [inner]  # a list: not registered as a submodule (no parameter sharing)
         self._kinds = {n: block_kind(inner.get_submodule(n)) for n in names}
+        for n in names:
+            reason = None if self._kinds[n] == "branch" else shape_change(inner.get_submodule(n))
+            if reason:
+                raise ValueError(f"block {n!r} cannot be scaled toward the identity: {reason} "
+                                 "(a plain block must keep its input's shape)")
         self._handles: list = []
         self._tracked: list[str] = []
         self._captured: dict[str, tuple[Tensor, Tensor]] = {}
@@ -158,9 +169,13 @@ class LayerScales(nn.Module):
                  ) -> list[str]:
         """Names of the ``num_layers`` blocks (or the fraction ``ratio`` of them,
         rounded, at least one) with the smallest ``|scale|``, smallest first; ties
-        go to the earlier block."""
+        go to the earlier block. Non-finite scales are refused, as by
+        :func:`~compactnn.depth.prune_layers` (a NaN sorts nowhere in particular)."""
         k = count_to_remove(len(self.names), num_layers, ratio)
         mags = self.weight.detach().abs().cpu().tolist()
+        bad = {n: v for n, v in zip(self.names, mags, strict=True) if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"scales hold non-finite values {bad}; no block can be ranked")
         order = sorted(range(len(self.names)), key=lambda i: (mags[i], i))
         return [self.names[i] for i in order[:k]]
 
