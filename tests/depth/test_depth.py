@@ -11,7 +11,6 @@ from torch import nn
 from compactnn.depth import (
     LayerScales,
     RemovedBlock,
-    io_similarity_scores,
     prune_layers,
     removed_from_metadata,
 )
@@ -281,18 +280,6 @@ def test_removed_from_metadata_rejects_garbage():
         removed_from_metadata({"compactnn.depth.removed_blocks": "[oops"})
     with pytest.raises(ValueError, match="list of names"):
         removed_from_metadata({"compactnn.depth.removed_blocks": "{\"a\": 1}"})
-
-
-def test_io_similarity_scores_zero_for_zeroed_branch():
-    model = resnet()
-    scales = LayerScales(model)
-    with torch.no_grad():
-        scales.weight[2] = 0.0
-    scales.remove(fold=True)
-    sc = io_similarity_scores(model, [X, (X, None)])
-    assert sc["layer2.0"] == pytest.approx(0.0, abs=1e-6)
-    assert min(v for k, v in sc.items() if k != "layer2.0") > 1e-4
-    assert not model.training
 
 
 @settings(max_examples=15, deadline=None)
