@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,20 @@ __all__ = ["MetricLogger"]
 class MetricLogger:
     """Append one row of metrics per call to ``metrics.csv`` in ``out_dir`` (and to
     TensorBoard when ``torch.utils.tensorboard`` works). Rows written before a
-    resume are kept; columns are fixed by the first row."""
+    resume are kept; columns are fixed by the first row.
+
+    On resume the header found in the file is checked against the first row logged:
+    a header that neither holds every column of the row nor is a part of them (it was
+    replaced or edited) is rewritten with the row's columns, the kept rows remapped
+    by column name, with a warning; the rows are never written under a foreign
+    header (they would come out empty)."""
 
     def __init__(self, out_dir: str | Path, enabled: bool = True,
                  tensorboard: bool = True) -> None:
         self.path = Path(out_dir) / "metrics.csv"
         self.enabled = enabled
         self._fields: list[str] | None = None
+        self._check_header = False  # the header came from the file: check it once
         self._tb = None
         if not enabled:
             return
@@ -26,6 +34,7 @@ class MetricLogger:
             with open(self.path, newline="") as f:
                 header = next(csv.reader(f), None)
             self._fields = header or None
+            self._check_header = self._fields is not None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -50,6 +59,7 @@ class MetricLogger:
             return
         rows = list(csv.reader(lines))
         self._fields = rows[0]
+        self._check_header = True
         keep = []
         for row in rows[1:]:
             rec = dict(zip(self._fields, row, strict=False))
@@ -70,6 +80,9 @@ class MetricLogger:
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self._check_header and self._fields is not None and self.path.exists():
+            self._fix_header(list(row))
+        self._check_header = False
         new = not self.path.exists() or self._fields is None
         if self._fields is None:
             self._fields = list(row)
@@ -84,6 +97,26 @@ class MetricLogger:
                 if isinstance(v, int | float) and k not in ("step", "epoch"):
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
+
+    def _fix_header(self, columns: list[str]) -> None:
+        header = self._fields or []
+        ours = set(header) <= set(columns) or set(columns) <= set(header)
+        if ours and len(set(header)) == len(header) and header:
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        kept = [dict(zip(header, r, strict=False)) for r in rows]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            w.writerows([[rec.get(c, "") for c in columns] for rec in kept])
+        tmp.replace(self.path)
+        self._fields = columns
+        shown = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
+        warnings.warn(f"{self.path}: its header ({shown}) is not this run's columns; "
+                      f"rewrote it with the run's {len(columns)} columns ({len(kept)} "
+                      "earlier rows kept, remapped by column name)", stacklevel=2)
 
     def close(self) -> None:
         if self._tb is not None:
