@@ -56,6 +56,7 @@ _MODULES = [
     "compactnn.experiments.relchanet",
     "compactnn.experiments.depth_aware",
     "compactnn.experiments.shortcut",
+    "compactnn.experiments.two_layer_dynamics",
 ]
 
 

@@ -4,6 +4,7 @@ through ``compactnn.factorize``."""
 from compactnn.models.mlp import MLP, MLPConfig
 from compactnn.models.resnet import RESNET_DENSE_EXCLUDE, ResNet, ResNetConfig
 from compactnn.models.shortcut import ShortcutConvNet
+from compactnn.models.two_layer import TwoLayerNets
 
 __all__ = ["MLP", "MLPConfig", "RESNET_DENSE_EXCLUDE", "ResNet", "ResNetConfig",
-           "ShortcutConvNet"]
+           "ShortcutConvNet", "TwoLayerNets"]
