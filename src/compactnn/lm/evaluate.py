@@ -16,10 +16,11 @@ def perplexity_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[i
     """The windows :func:`perplexity` runs, as ``(begin, end, first_scored)``: the model
     sees ``ids[begin:end]`` and is scored on predicting tokens ``first_scored .. end-1``.
 
-    Every token but the first is scored exactly once; windows start every ``stride``
-    tokens, so with ``stride == seq_len`` they do not overlap (the first token of each
-    window is context only), and with a smaller stride each scored token has at least
-    ``seq_len - stride`` tokens of context (except in the first window).
+    Windows start every ``stride`` tokens and no token is scored twice. With
+    ``stride == seq_len`` they do not overlap and the first token of each window is
+    context only (not scored); with a smaller stride every token but the first of the
+    stream is scored, each with at least ``seq_len - stride`` tokens of context (except
+    in the first window).
     """
     n_tokens = check_int("n_tokens", n_tokens, minimum=2)
     seq_len = check_int("seq_len", seq_len, minimum=2)
@@ -45,6 +46,12 @@ def _logits(out) -> Tensor:
         raise TypeError("model must return logits: a tensor, an output with .logits, or a "
                         f"tuple whose first item is one; got {type(out).__name__}")
     return logits
+
+
+def _input_vocab(model: nn.Module) -> int | None:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return emb.num_embeddings if isinstance(emb, nn.Embedding) else None
 
 
 def perplexity(model: nn.Module, ids: Tensor, seq_len: int = 256, stride: int | None = None,
@@ -83,6 +90,10 @@ def perplexity(model: nn.Module, ids: Tensor, seq_len: int = 256, stride: int | 
         raise ValueError(f"ids must hold at least 2 tokens, got {ids.numel()}")
     if bool((ids < 0).any()):
         raise ValueError("ids must be non-negative token ids")
+    vocab = _input_vocab(model)
+    if vocab is not None and int(ids.max()) >= vocab:
+        raise ValueError(f"ids holds token id {int(ids.max())}, outside the model's "
+                         f"vocabulary of {vocab}")
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     ids = ids.long().to(device)

@@ -9,6 +9,7 @@ produces exactly the requested number of tokens.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from collections.abc import Mapping
@@ -49,16 +50,27 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _cache_of(out):
+    # transformers >= 5.2x names the key/value cache `cache`; earlier `past_key_values`
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _cache_arg(model: nn.Module) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _prefill(model: nn.Module, x: Tensor):
     out = model(input_ids=x, use_cache=True)
-    return out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    return _cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
 
 
 def _decode(model: nn.Module, past, token: Tensor, steps: int) -> list[Tensor]:
-    tokens = []
+    tokens, arg = [], _cache_arg(model)
     for _ in range(steps):
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=token, use_cache=True, **{arg: past})
+        past = _cache_of(out)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(token)
     return tokens
