@@ -119,7 +119,11 @@ def test_include_list_peft_style_suffix():
     model, _ = build("nested")
     out, report = factorize(model, rank=8, include=["fc1"])
     assert set(lowrank_names(out)) == {"blocks.0.fc1", "blocks.1.fc1"}
-    assert [r.name for r in report.layers] == ["blocks.0.fc1", "blocks.1.fc1"]
+    assert [r.name for r in report.layers if r.selected] == ["blocks.0.fc1", "blocks.1.fc1"]
+    # every other layer is listed with its fate
+    left = {r.name: r.note for r in report.layers if not r.selected}
+    assert left and all(n not in ("blocks.0.fc1", "blocks.1.fc1") for n in left)
+    assert all(note == "not matched by include: kept dense" for note in left.values())
     # a name is a suffix on a dot boundary: "c1" does not match "fc1"
     with pytest.raises(ValueError, match="'c1'"):
         factorize(model, rank=8, include=["c1"])

@@ -89,7 +89,7 @@ def test_tied_layers_on_the_calibration_path_stay_tied():
     assert out.d.U is out.e.U and out.d.V is out.e.V
 
 
-def test_a_tie_to_something_not_factorized_is_refused():
+def test_a_tie_to_an_embedding_is_kept_dense_with_a_note_and_other_ties_are_refused():
     class LM(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -102,9 +102,12 @@ def test_a_tie_to_something_not_factorized_is_refused():
 
     model = LM()
     snap = snapshot(model)
-    with pytest.raises(ValueError, match=r"'head' is tied to embed\.weight"):
-        factorize(model, rank=2, inplace=True)
+    out, report = factorize(model, rank=2)  # the tied output head of a language model
     assert_untouched(model, snap)
+    assert type(out.head) is nn.Linear and out.head.weight is out.embed.weight
+    (row,) = report.layers
+    assert row.name == "head" and row.rank is None and not row.selected
+    assert "weight tied to embed.weight (Embedding)" in row.note
     tied = Tied()
     snap = snapshot(tied)
     with pytest.raises(ValueError, match=r"tied to e\.weight"):
@@ -117,7 +120,9 @@ def test_nothing_selected_warns_and_changes_nothing():
     model = Tied()
     with pytest.warns(UserWarning, match="include/exclude leave no"):
         out, report = factorize(model, rank=2, exclude=r".*")
-    assert report.layers == [] and report.param_ratio == 1.0
+    assert not [r for r in report.layers if r.selected] and report.param_ratio == 1.0
+    assert {r.name: r.note for r in report.layers} == dict.fromkeys(
+        ["d", "e", "head"], "excluded by pattern '.*'")
     assert all(type(m) is nn.Linear for m in (out.d, out.e, out.head))
 
 

@@ -7,6 +7,9 @@ from compactnn.lowrank.dense import (
     dense_matrix,
     dense_matrix_shape,
     is_factorizable,
+    is_linear_like,
+    is_transposed_linear,
+    linear_view,
     to_lowrank,
 )
 from compactnn.lowrank.linear import LowRankLinear
@@ -33,6 +36,9 @@ __all__ = [
     "get_initializer",
     "is_data_aware",
     "is_factorizable",
+    "is_linear_like",
+    "is_transposed_linear",
+    "linear_view",
     "lookup_initializer",
     "register_initializer",
     "resolve_rank",

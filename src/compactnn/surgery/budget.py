@@ -19,12 +19,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compactnn.lowrank import LowRankLayer, LowRankLinear, dense_matrix, resolve_rank
+from compactnn.lowrank import (
+    LowRankLayer,
+    LowRankLinear,
+    dense_matrix,
+    is_linear_like,
+    resolve_rank,
+)
 
 __all__ = ["ALLOCATIONS", "BUDGET_TOLERANCE", "Candidate", "allocate_ranks", "count_macs",
            "layer_macs", "spectral_energies", "trace_shapes"]
 
-ALLOCATIONS = ("uniform", "energy")
+ALLOCATIONS = ("uniform", "energy", "layerwise")
 BUDGET_TOLERANCE = 0.02
 
 Shapes = dict[nn.Module, list[tuple[tuple[int, ...], tuple[int, ...]]]]
@@ -44,7 +50,7 @@ class Call:
 def module_call(module: nn.Module, shapes: Shapes | None) -> Call:
     """The :class:`Call` of ``module`` from traced shapes (one row per forward for
     a Linear when nothing was traced; unknown for a convolution)."""
-    linear = isinstance(module, nn.Linear | LowRankLinear)
+    linear = is_linear_like(module) or isinstance(module, LowRankLinear)
     if shapes is None:
         return Call(1.0 if linear else None)
     calls = shapes.get(module)
@@ -123,7 +129,7 @@ def trace_shapes(model: nn.Module, example_inputs: Any) -> Shapes:
         shapes.setdefault(mod, []).append((tuple(args[0].shape), tuple(out.shape)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer)]
+               if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer) or is_linear_like(m)]
     flags = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -191,6 +197,8 @@ def allocate_ranks(
         # keep dense where the factors would cost as much as the dense layer
         return None if r is None or cost(c, r) >= cost(c, None) else r
 
+    if allocation == "layerwise":
+        return _layerwise(cands, cost, fixed, target, clip)
     if allocation == "uniform":
         lo, hi = 0.0, 1.0
         best = [clip(c, c.groups) for c in cands]
@@ -246,3 +254,34 @@ def allocate_ranks(
             if new is not None and spent + delta <= target:
                 ranks[i], spent, changed = new, spent + delta, True
     return ranks
+
+
+def _layerwise(cands: list[Candidate], cost: Callable[[Candidate, int | None], float],
+               fixed: float, target: float,
+               clip: Callable[[Candidate, int | None], int | None]) -> list[int | None]:
+    """Every candidate keeps the same fraction ``q`` of its own cost (the convention of
+    SVD-LLM and ASVD: rank ``floor(q m n / (m + n))`` per layer), with ``q`` the
+    largest that meets the target. No rank is topped up afterwards: the layers stay
+    at one common kept fraction."""
+    def ranks_at(q: float) -> list[int | None]:
+        out: list[int | None] = []
+        for c in cands:
+            per_step = cost(c, c.groups)  # cost is linear in the rank
+            steps = math.floor(q * cost(c, None) / per_step + 1e-9) if per_step > 0 else 0
+            r = min(max(steps, 1) * c.groups, c.full_rank)
+            out.append(clip(c, r))
+        return out
+
+    def total(ranks: list[int | None]) -> float:
+        return fixed + sum(cost(c, r) for c, r in zip(cands, ranks, strict=True))
+
+    lo, hi = 0.0, 1.0
+    best = ranks_at(0.0)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        ranks = ranks_at(mid)
+        if total(ranks) <= target:
+            lo, best = mid, ranks
+        else:
+            hi = mid
+    return best

@@ -24,6 +24,8 @@ from compactnn.lowrank import (
     Initializer,
     LowRankLayer,
     dense_matrix_shape,
+    is_factorizable,
+    is_linear_like,
     lookup_initializer,
     resolve_rank,
     to_lowrank,
@@ -39,7 +41,9 @@ from compactnn.surgery.budget import (
     trace_shapes,
 )
 from compactnn.surgery.report import FactorizeReport, LayerReport
-from compactnn.surgery.select import Patterns, select_layers
+from compactnn.surgery.blockwise import compress_blockwise, find_blocks
+from compactnn.surgery.gated import gated_ffn_refit
+from compactnn.surgery.select import Patterns, layer_fates, select_layers
 from compactnn.surgery.sequential import compress_sequential
 
 __all__ = ["factorize", "merge", "unique_params"]
@@ -50,9 +54,13 @@ def unique_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _candidates(model: nn.Module, names: list[str], scheme: str) -> list[Candidate]:
-    """Group the selected modules by the weight they use. A weight tied to a
-    parameter outside the selection cannot stay tied after surgery: refused."""
+def _candidates(model: nn.Module, names: list[str], scheme: str
+                ) -> tuple[list[Candidate], dict[str, str]]:
+    """Group the selected modules by the weight they use, and the modules left dense
+    because their weight is tied to a parameter of a module that has no low-rank form
+    (an embedding: the tied output head of a language model), with that note. A
+    weight tied to another factorizable module outside the selection cannot stay
+    tied after surgery: refused."""
     modules = dict(model.named_modules())
     owners: dict[int, list[str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
@@ -83,19 +91,26 @@ def _candidates(model: nn.Module, names: list[str], scheme: str) -> list[Candida
                          scheme == "spatial")
         by_weight[id(w)] = cand
         out.append(cand)
+    kept, tied = [], {}
     for cand in out:
         outside = []
         for pname in owners[id(cand.modules[0].weight)]:
             prefix, _, attr = pname.rpartition(".")
             owner = model.get_submodule(prefix)
             if attr != "weight" or all(owner is not m for m in cand.modules):
-                outside.append(pname)
+                outside.append((pname, owner))
+        if outside and all(not is_factorizable(o) for _, o in outside):
+            for n in cand.names:
+                tied[n] = (f"weight tied to {', '.join(p for p, _ in outside)} "
+                           f"({type(outside[0][1]).__name__}): kept dense, the tie kept")
+            continue
         if outside:
-            raise ValueError(f"the weight of {cand.name!r} is tied to {', '.join(outside)}, "
-                             "which is not factorized with it; factorizing would break the "
-                             "tie. Include every module that uses it or exclude "
-                             f"{cand.name!r}")
-    return out
+            raise ValueError(f"the weight of {cand.name!r} is tied to "
+                             f"{', '.join(p for p, _ in outside)}, which is not factorized "
+                             "with it; factorizing would break the tie. Include every module "
+                             f"that uses it or exclude {cand.name!r}")
+        kept.append(cand)
+    return kept, tied
 
 
 def _builder(rank: int, entry: Initializer, scheme: str, init_kwargs: dict[str, Any],
@@ -138,8 +153,9 @@ def _check_budget(rank: Any, param_ratio: Any, flop_ratio: Any) -> None:
 
 def _plan(cands: list[Candidate], rank: int | float | None, param_ratio: float | None,
           flop_ratio: float | None, allocation: str, scheme: str, params_before: int,
-          macs_before: float | None) -> list[int | None]:
-    """The rank of each candidate (None: kept dense)."""
+          macs_before: float | None, budget_over: str = "model") -> list[int | None]:
+    """The rank of each candidate (None: kept dense). With ``budget_over="selected"``
+    the ratio is of the candidates' own cost, else of the whole model's."""
     macs = flop_ratio is not None
     if macs and macs_before is None:
         raise ValueError("flop_ratio needs example_inputs for models with Conv2d layers "
@@ -161,19 +177,27 @@ def _plan(cands: list[Candidate], rank: int | float | None, param_ratio: float |
         return ranks
     ratio = flop_ratio if macs else param_ratio
     whole = macs_before if macs else params_before
+    if budget_over == "selected":
+        whole = sum(cost(c, None) for c in cands)
+        if not whole:
+            return [None] * len(cands)
     fixed = whole - sum(cost(c, None) for c in cands)
     target = ratio * whole
     floor = fixed + sum(min(cost(c, c.groups), cost(c, None)) for c in cands)
     what = "flop_ratio" if macs else "param_ratio"
     if floor > target * (1 + 1e-9):
+        hint = ("" if budget_over == "selected" else "; or pass budget_over='selected' to "
+                "count the selected layers only (embeddings and other layers excluded)")
         raise ValueError(f"{what}={ratio} cannot be met: the selected layers at rank 1 "
-                         f"still give a ratio of {floor / whole:.4f}; factorize more "
-                         "layers (include/exclude) or raise the budget")
+                         f"still give a ratio of {floor / whole:.4f} of the "
+                         f"{'selected layers' if budget_over == 'selected' else 'model'}; "
+                         f"factorize more layers (include/exclude) or raise the budget{hint}")
     energies = spectral_energies(cands, scheme) if allocation == "energy" else None
     ranks = allocate_ranks(cands, cost, fixed, target, allocation, energies)
     achieved = fixed + sum(cost(c, r) for c, r in zip(cands, ranks, strict=True))
-    if abs(achieved - target) > BUDGET_TOLERANCE * target:
-        warnings.warn(f"budget met only to {achieved / whole:.4f} of the model for a "
+    if abs(achieved - target) > BUDGET_TOLERANCE * target and allocation != "layerwise":
+        warnings.warn(f"budget met only to {achieved / whole:.4f} of the "
+                      f"{'selected layers' if budget_over == 'selected' else 'model'} for a "
                       f"target of {ratio}: the rank granularity of the selected layers "
                       "is too coarse", stacklevel=3)
     return ranks
@@ -194,6 +218,8 @@ def factorize(
     calibration: Tensor | Iterable[Any] | None = None,
     activations: dict[str, str] | None = None,
     progress: bool = False,
+    budget_over: str = "model",
+    sequential: bool = True,
     **init_kwargs: Any,
 ) -> tuple[nn.Module, FactorizeReport]:
     """Replace Linear/Conv2d layers of ``model`` by low-rank ones.
@@ -206,9 +232,13 @@ def factorize(
         in (0, 1] (needs ``example_inputs`` when the model has convolutions).
 
     Budgets are met from below, within 2% where the rank granularity allows, by
-    ``allocation="uniform"`` (the same fraction of every layer's full rank) or
+    ``allocation="uniform"`` (the same fraction of every layer's full rank),
     ``"energy"`` (greedy on the spectral energy each rank step captures per unit
-    of cost; for trained weights). A layer whose factors would cost as much as
+    of cost; for trained weights) or ``"layerwise"`` (every layer keeps the same
+    fraction of its own parameters, rank ``floor(q m n / (m + n))``: the convention
+    of SVD-LLM and ASVD). ``budget_over="model"`` (default) takes the ratio of the
+    whole model, embeddings included; ``"selected"`` of the selected layers only,
+    as the LLM compression papers count it (the report gives both). A layer whose factors would cost as much as
     the dense layer (rank at or above break-even) is kept dense. Parameters are
     counted once however often they are shared.
 
@@ -224,7 +254,13 @@ def factorize(
             compressed in forward order, each on the activations of the
             already-compressed model before it. With an init that is not
             data-aware the data cannot be used: ``calibration`` is ignored with a
-            ``UserWarning``.
+            ``UserWarning``. Models made of a stack of repeated blocks (the layers
+            of a transformer) are calibrated block by block
+            (:mod:`compactnn.surgery.blockwise`); token rows of 3-D activations are
+            the calibration rows.
+        sequential: with calibration, fit each layer on the activations of the
+            already-compressed model before it (default), or all layers on the
+            dense model's activations (``False``, one pass).
         activations: the activation following each layer, by name, for the
             activation-aware inits (detected when omitted; ignored with a
             warning by the others).
@@ -240,6 +276,8 @@ def factorize(
         error ``model`` is left as it was.
     """
     _check_budget(rank, param_ratio, flop_ratio)
+    check_choice("budget_over", budget_over, ("model", "selected"))
+    check_bool("sequential", sequential)
     check_choice("conv_scheme", conv_scheme, CONV_SCHEMES)
     check_choice("allocation", allocation, ALLOCATIONS)
     check_bool("inplace", inplace)
@@ -263,8 +301,11 @@ def factorize(
                          else "uses them only with calibration data"),
                       UserWarning, stacklevel=2)
 
-    names = select_layers(model, include, exclude)
-    cands = _candidates(model, names, conv_scheme)
+    names, fates = layer_fates(model, include, exclude)
+    if not names:
+        select_layers(model, include, exclude)  # the "nothing selected" warning
+    cands, tied = _candidates(model, names, conv_scheme)
+    fates.update(tied)
     shapes = trace_shapes(model, example_inputs) if example_inputs is not None else None
     for c in cands:
         c.calls = [module_call(mod, shapes) for mod in c.modules]
@@ -275,10 +316,10 @@ def factorize(
     params_before = unique_params(model)
     # every Linear/Conv2d counts, low-rank layers already in the model included
     macs_all = [layer_macs(m, shapes) for m in model.modules()
-                if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer)]
+                if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer) or is_linear_like(m)]
     macs_before = None if any(v is None for v in macs_all) else sum(macs_all)
     ranks = _plan(cands, rank, param_ratio, flop_ratio, allocation, conv_scheme,
-                  params_before, macs_before)
+                  params_before, macs_before, budget_over)
     if cands and all(r is None for r in ranks) and (rank is not None or
                                                      (param_ratio or flop_ratio) < 1):
         warnings.warn("nothing to factorize: every selected layer is at or above its "
@@ -291,21 +332,35 @@ def factorize(
         for c in cands:
             c.modules = [memo[id(m)] for m in c.modules]
     _replace(model, cands, ranks, entry, conv_scheme, calibration, activations, progress,
-             init_kwargs)
-    return model, _report(cands, ranks, params_before, unique_params(model), macs_before)
+             sequential, init_kwargs)
+    report = _report(cands, ranks, params_before, unique_params(model), macs_before)
+    _add_fates(report, model, fates)
+    return model, report
 
 
 def _replace(model: nn.Module, cands: list[Candidate], ranks: list[int | None],
              entry: Initializer, scheme: str, calibration: Any,
-             activations: dict[str, str] | None, progress: bool,
+             activations: dict[str, str] | None, progress: bool, sequential: bool,
              init_kwargs: dict[str, Any]) -> None:
+    init_kwargs = dict(init_kwargs)
+    after = gated_ffn_refit(entry.name, init_kwargs)
     targets = [(c, _builder(r, entry, scheme, init_kwargs, entry.activation_aware))
                for c, r in zip(cands, ranks, strict=True) if r is not None]
     if calibration is not None:
         names = {id(m): n for n, m in model.named_modules()}
-        compress_sequential(model, [(names[id(m)], build) for c, build in targets
-                                    for m in c.modules],
-                            calibration, activations=activations, progress=progress)
+        pairs = [(names[id(m)], build) for c, build in targets for m in c.modules]
+        stack = find_blocks(model)
+        inside = [p for p in pairs if stack is not None and stack.block_of(p[0]) is not None]
+        outside = [p for p in pairs if p not in inside]
+        if inside and not (activations and any(n in activations for n, _ in inside)):
+            assert stack is not None
+            compress_blockwise(model, stack, inside, calibration, sequential=sequential,
+                               after_group=after if sequential else None, progress=progress)
+        else:
+            outside = pairs
+        if outside:
+            compress_sequential(model, outside, calibration, activations=activations,
+                                progress=progress, sequential=sequential)
         return
     pairs = [(m, build) for c, build in targets for m in c.modules]
     done: list[tuple[nn.Module, nn.Module]] = []
@@ -352,6 +407,19 @@ def _report(cands: list[Candidate], ranks: list[int | None], params_before: int,
     if macs_before is not None:
         report.macs_before, report.macs_after = int(round(macs_before)), int(round(macs_after))
     return report
+
+
+def _add_fates(report: FactorizeReport, model: nn.Module, fates: dict[str, str]) -> None:
+    """Rows for the layers left out (excluded, tied, unsupported), in module order."""
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    for name, note in fates.items():
+        mod = model.get_submodule(name)
+        w = getattr(mod, "weight", None)
+        shape = "x".join(map(str, w.shape)) if isinstance(w, Tensor) else "-"
+        params = sum(p.numel() for p in mod.parameters(recurse=False))
+        report.layers.append(LayerReport(name, type(mod).__name__, shape, 0, None, params,
+                                         params, None, None, note, selected=False))
+    report.layers.sort(key=lambda lr: order.get(lr.name, len(order)))
 
 
 def merge(model: nn.Module, inplace: bool = False) -> nn.Module:

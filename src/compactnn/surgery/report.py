@@ -22,6 +22,7 @@ class LayerReport:
     macs_before: int | None
     macs_after: int | None
     note: str = ""
+    selected: bool = True  # False: a layer the selection (or a tie) left out, see note
 
 
 def _ratio(after: int, before: int) -> float:
@@ -53,6 +54,13 @@ class FactorizeReport:
         return _ratio(self.params_after, self.params_before)
 
     @property
+    def selected_param_ratio(self) -> float:
+        """Parameters after / before over the selected layers only (the convention of
+        the LLM compression papers, which count the linear layers, not embeddings)."""
+        rows = [lr for lr in self.layers if lr.selected]
+        return _ratio(sum(lr.params_after for lr in rows), sum(lr.params_before for lr in rows))
+
+    @property
     def flop_ratio(self) -> float | None:
         if self.macs_before is None or self.macs_after is None:
             return None
@@ -70,7 +78,8 @@ class FactorizeReport:
         ratio = f"{self.flop_ratio:.3f}" if self.flop_ratio is not None else "-"
         out.append(["total", "", "", "", fmt(self.params_before), fmt(self.params_after),
                     fmt(self.macs_before), fmt(self.macs_after),
-                    f"params x{self.param_ratio:.3f}, MACs x{ratio}"])
+                    f"params x{self.param_ratio:.3f} (selected layers "
+                    f"x{self.selected_param_ratio:.3f}), MACs x{ratio}"])
         return out
 
     def __str__(self) -> str:

@@ -16,7 +16,12 @@ from torch import nn
 from compactnn._checks import check_module
 from compactnn.lowrank import is_factorizable
 
-__all__ = ["Patterns", "dense_first_last_exclude", "select_layers"]
+__all__ = ["Patterns", "dense_first_last_exclude", "layer_fates", "select_layers"]
+
+#: Layer types that look like candidates but have no low-rank form here; the
+#: factorize report names them so a user sees why they were left alone.
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                nn.ConvTranspose3d, nn.Bilinear)
 
 Patterns = str | Sequence[str] | None
 
@@ -36,14 +41,54 @@ def _matcher(name: str, patterns: Patterns) -> list[tuple[str, Callable[[str], b
     return [(p, lambda n, p=p: n == p or n.endswith("." + p)) for p in patterns]
 
 
+def warn_depthsing(pat: str, hits: list[str], what: str) -> None:
+    depths = sorted({n.count(".") for n in hits})
+    if len(depths) > 1:
+        warnings.warn(f"{what} pattern {pat!r} matched modules at {len(depths)} depths ("
+                      f"{', '.join(hits[:4])}{', ...' if len(hits) > 4 else ''}); a bare name "
+                      "matches every module whose name ends with it. Use a dotted name or a "
+                      "regex to pick one", UserWarning, stacklevel=4)
+
+
+def layer_fates(model: nn.Module, include: Patterns = None, exclude: Patterns = None
+                ) -> tuple[list[str], dict[str, str]]:
+    """``(chosen, fates)``: the names :func:`select_layers` chooses, and for every other
+    layer that a user might expect to be compressed (every Linear/Conv layer, Hugging
+    Face Conv1D included) why it was not: excluded by which pattern, not matched by
+    ``include``, inside ``nn.MultiheadAttention``, or an unsupported type."""
+    chosen = select_layers(model, include, exclude, warn=False, warn_depths=True)
+    fates: dict[str, str] = {}
+    inc = _matcher("include", include)
+    exc = _matcher("exclude", exclude)
+    mha = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+           for c, _ in m.named_children()}
+    for name, mod in model.named_modules():
+        if not name or name in chosen:
+            continue
+        if isinstance(mod, _UNSUPPORTED):
+            fates[name] = f"unsupported type {type(mod).__name__}: kept dense"
+        elif not is_factorizable(mod):
+            continue
+        elif name in mha:
+            fates[name] = "inside nn.MultiheadAttention (its forward reads .weight): kept dense"
+        elif inc and not any(match(name) for _, match in inc):
+            fates[name] = "not matched by include: kept dense"
+        else:
+            pats = [pat for pat, match in exc if match(name)]
+            fates[name] = (f"excluded by pattern {pats[0]!r}" if pats
+                           else "not selected: kept dense")
+    return chosen, fates
+
+
 def select_layers(model: nn.Module, include: Patterns = None, exclude: Patterns = None,
-                  *, warn: bool = True) -> list[str]:
+                  *, warn: bool = True, warn_depths: bool = False) -> list[str]:
     """Qualified names of the ``nn.Linear``/``nn.Conv2d`` modules of ``model`` chosen
     by ``include`` (default: all of them) minus ``exclude``, in registration order.
 
     A pattern that matches no module is a ``ValueError`` (a typo would otherwise
     select silently nothing or everything); an ``include`` pattern that matches
-    only modules that cannot be factorized is a ``TypeError``. Linear layers
+    only modules that cannot be factorized is a ``TypeError``. With ``warn_depths``, a
+    pattern that matches modules at more than one depth warns. Linear layers
     inside ``nn.MultiheadAttention`` are never chosen: its functional forward
     reads their ``.weight`` directly. With ``warn``, an empty selection warns.
     """
@@ -59,16 +104,21 @@ def select_layers(model: nn.Module, include: Patterns = None, exclude: Patterns 
             hits = [n for n in names if match(n)]
             if not hits:
                 raise ValueError(f"include pattern {pat!r} matched no module")
+            if warn_depths:
+                warn_depthsing(pat, hits, "include")
             good = [n for n in hits if is_factorizable(names[n])]
             if not good:
                 kinds = sorted({type(names[n]).__name__ for n in hits})
                 raise TypeError(f"include pattern {pat!r} matched only modules that cannot "
-                                f"be factorized ({', '.join(kinds)}); only nn.Linear and "
-                                "nn.Conv2d can")
+                                f"be factorized ({', '.join(kinds)}); only nn.Linear, "
+                                "nn.Conv2d and Hugging Face Conv1D can")
             chosen += [n for n in good if n not in chosen]
     for pat, match in _matcher("exclude", exclude):
-        if not any(match(n) for n in names):
+        hits = [n for n in names if match(n)]
+        if not hits:
             raise ValueError(f"exclude pattern {pat!r} matched no module")
+        if warn_depths:
+            warn_depthsing(pat, hits, "exclude")
         chosen = [n for n in chosen if not match(n)]
     chosen = [n for n in chosen if n not in protected]
     if warn and not chosen:

@@ -21,10 +21,10 @@ from compactnn._modules import replace_module
 from compactnn.init.inputs import FirstPassCache, check_activation, first_tensor
 from compactnn.surgery.detect import call_model, detect_activations, detect_norms
 
-__all__ = ["compress_sequential"]
+__all__ = ["CalibrationData", "StopForward", "compress_sequential"]
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised inside a hook to end a forward pass early."""
 
 
@@ -40,7 +40,7 @@ def _tensors(batch: Any) -> list[Tensor]:
     return []
 
 
-class _Calibration:
+class CalibrationData:
     """Calibration data as a re-iterable of model-call batches, checked on first use."""
 
     def __init__(self, calibration: Any, batch_size: int = 512) -> None:
@@ -88,7 +88,7 @@ class _CapturedInputs(FirstPassCache):
     stopping each forward once the module has seen its last call. The first full
     pass is cached when it fits in ``cache_bytes``; otherwise every pass streams."""
 
-    def __init__(self, model: nn.Module, module: nn.Module, calls: int, data: _Calibration,
+    def __init__(self, model: nn.Module, module: nn.Module, calls: int, data: CalibrationData,
                  cache_bytes: int) -> None:
         self.model, self.module, self.calls, self.data = model, module, calls, data
         self.cache_bytes = cache_bytes
@@ -99,7 +99,7 @@ class _CapturedInputs(FirstPassCache):
         def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
             got.append(first_tensor(args, "captured layer input").detach().clone())
             if len(got) >= self.calls:
-                raise _Stop
+                raise StopForward
 
         handle = self.module.register_forward_pre_hook(hook)
         try:
@@ -108,12 +108,31 @@ class _CapturedInputs(FirstPassCache):
                 try:
                     with torch.no_grad():
                         call_model(self.model, batch)
-                except _Stop:
+                except StopForward:
                     pass
                 yield from list(got)
         finally:
             handle.remove()
 
+
+
+def _dense_inputs(model: nn.Module, names: list[str], data: CalibrationData
+                  ) -> dict[str, list[Tensor]]:
+    """Every input batch of every named module in the (still dense) model, one pass."""
+    got: dict[str, list[Tensor]] = {n: [] for n in names}
+    handles = []
+    for name in names:
+        def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            got[name].append(first_tensor(args, "captured layer input").detach().clone())
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for batch in data:
+                call_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
 
 
 def _execution_order(model: nn.Module, names: list[str], batch: Any) -> tuple[list[str],
@@ -153,6 +172,7 @@ def compress_sequential(
     progress: bool = False,
     cache_bytes: int = 1 << 30,
     fold_norms: bool = True,
+    sequential: bool = True,
 ) -> None:
     """Replace each target module of ``model`` in place by ``build(dense, inputs=...,
     activation=...)``, layer by layer in forward execution order, each fitted to
@@ -175,6 +195,9 @@ def compress_sequential(
             ``act(BN(layer(x)))`` rather than ``act(layer(x))``.
         cache_bytes: a layer's captured inputs are kept in memory up to this size;
             beyond it they are recomputed on every pass (memory stays bounded).
+        sequential: ``False`` fits every target to the inputs it gets in the dense
+            model instead (captured in one pass before anything is replaced; they
+            are all held in memory).
 
     Everything is checked before the model changes (target names, activation
     names, finite and non-empty calibration data, that the model runs on it); if
@@ -185,6 +208,7 @@ def compress_sequential(
     check_bool("progress", progress)
     check_bool("fold_norms", fold_norms)
     check_int("cache_bytes", cache_bytes, 0)
+    check_bool("sequential", sequential)
     modules = dict(model.named_modules())
     names: list[str] = []
     builds: dict[str, Callable[..., nn.Module]] = {}
@@ -208,7 +232,7 @@ def compress_sequential(
         check_activation(act)
     if not names:
         return
-    data = _Calibration(calibration)
+    data = CalibrationData(calibration)
     data.check()
 
     was_training = model.training
@@ -225,9 +249,11 @@ def compress_sequential(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(order), desc="compress", unit="layer")
+        dense_inputs = None if sequential else _dense_inputs(model, order, data)
         for name in order:
             dense = model.get_submodule(name)
-            inputs = _CapturedInputs(model, dense, calls[name], data, cache_bytes)
+            inputs: Any = (_CapturedInputs(model, dense, calls[name], data, cache_bytes)
+                           if dense_inputs is None else dense_inputs[name])
             extra = {"post_norm": norms[name]} if name in norms else {}
             new = builds[name](dense, inputs=inputs, activation=acts[name], **extra)
             if not isinstance(new, nn.Module):
