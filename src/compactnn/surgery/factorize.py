@@ -30,6 +30,7 @@ from compactnn.lowrank import (
     resolve_rank,
     to_lowrank,
 )
+from compactnn.surgery.blockwise import compress_blockwise, find_blocks
 from compactnn.surgery.budget import (
     ALLOCATIONS,
     BUDGET_TOLERANCE,
@@ -40,9 +41,8 @@ from compactnn.surgery.budget import (
     spectral_energies,
     trace_shapes,
 )
-from compactnn.surgery.report import FactorizeReport, LayerReport
-from compactnn.surgery.blockwise import compress_blockwise, find_blocks
 from compactnn.surgery.gated import gated_ffn_refit
+from compactnn.surgery.report import FactorizeReport, LayerReport
 from compactnn.surgery.select import Patterns, layer_fates, select_layers
 from compactnn.surgery.sequential import compress_sequential
 
@@ -238,9 +238,9 @@ def factorize(
     fraction of its own parameters, rank ``floor(q m n / (m + n))``: the convention
     of SVD-LLM and ASVD). ``budget_over="model"`` (default) takes the ratio of the
     whole model, embeddings included; ``"selected"`` of the selected layers only,
-    as the LLM compression papers count it (the report gives both). A layer whose factors would cost as much as
-    the dense layer (rank at or above break-even) is kept dense. Parameters are
-    counted once however often they are shared.
+    as the LLM compression papers count it (the report gives both). A layer whose
+    factors would cost as much as the dense layer (rank at or above break-even) is
+    kept dense. Parameters are counted once however often they are shared.
 
     Args:
         include, exclude: a regex (full match on qualified module names) or a list
