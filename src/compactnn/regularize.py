@@ -34,8 +34,13 @@ def lowrank_layers(model: nn.Module) -> Iterator[tuple[str, LowRankLayer]]:
 
 def frobenius_norm_sq(layer: LowRankLayer) -> Tensor:
     """``|U V|_F^2`` summed over the layer's groups, as
-    ``trace((U^T U)(V V^T))`` from two ``r x r`` Gram matrices [FNL, Eq. 4]."""
+    ``trace((U^T U)(V V^T))`` from two ``r x r`` Gram matrices [FNL, Eq. 4].
+
+    Half-precision factors are computed, and the result returned, in float32: the
+    squared norm of an ordinary layer easily exceeds float16's largest value (65504)."""
     u, v = layer.factor_matrices()
+    if u.dtype in (torch.float16, torch.bfloat16):
+        u, v = u.float(), v.float()
     gram_u = u.transpose(-2, -1) @ u  # (G, r, r)
     gram_v = v @ v.transpose(-2, -1)  # (G, r, r)
     return (gram_u * gram_v).sum()  # trace(A B) = sum(A * B^T), both symmetric
@@ -48,7 +53,8 @@ def frobenius_decay(model: nn.Module, coef: float) -> Tensor:
     ``coef U^T U V``. A plain function of the parameters, so it works under DDP
     (call it on the wrapped or unwrapped model) and ``torch.compile``. Use it
     with zero weight decay on the factors (see :func:`param_groups`); [FNL]
-    sets ``coef`` to the weight decay the dense model would use.
+    sets ``coef`` to the weight decay the dense model would use. The term is float32
+    when the factors are float16/bfloat16 (see :func:`frobenius_norm_sq`).
     """
     check_module("model", model)
     # NaN or infinity would silently poison the loss (inf * 0 is NaN)
