@@ -12,7 +12,14 @@
 
 Everything is resumable: the searches live in ``<out>/tune.sqlite3`` (one Optuna study
 per method) and each finished re-training in ``<out>/final/<method>__s<seed>.json``;
-running :func:`tune` again with the same arguments skips what is done.
+running :func:`tune` again with the same arguments skips what is done. What is read back
+is checked first: a study resumed with other settings or changed outside compactnn is
+refused (:func:`compactnn.tune.search.run_search`), a ``tune.sqlite3`` that is not a
+study file of this package is never written to (:mod:`compactnn.tune.storage`), and a
+final run is used only when its file is valid JSON for that method and seed and has the
+SHA-256 its study recorded when it was written (an edited file is refused naming it; a
+file the study never wrote, or one for other parameters, is re-run). One :func:`tune`
+at a time holds ``<out>/.lock``.
 
 The protocol knows nothing of training. It calls ``run(method, params, seed)``, which
 must return a mapping with a float ``"val"`` (the validation score) and whatever else
@@ -21,8 +28,10 @@ the caller wants kept for the final runs (e.g. ``"test"``, per-task metrics).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +41,7 @@ from typing import Any
 from compactnn._checks import check_choice, check_int
 from compactnn.tune.search import RunFn, SearchResult, run_search, storage_url
 from compactnn.tune.space import Param, check_config, check_space, describe, space_to_dict
+from compactnn.tune.storage import FolderLock, TuneStorageError, claim_sqlite
 
 __all__ = ["Method", "TuneReport", "markdown_table", "tune"]
 
@@ -111,10 +121,54 @@ def _fmt(v: Any, fmt: str) -> str:
     return fmt.format(v) if isinstance(v, float) else str(v)
 
 
+FINAL_ATTR = "compactnn_final_sha256"  # study user attribute: {seed: SHA-256 of its file}
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
+    _atomic_text(path, json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_final(path: Path, name: str, seed: int, params: dict[str, Any],
+                digest: str | None, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The finished final run in ``path``, or None when it must be (re-)run; a file that
+    is unreadable, for another method or seed, or edited after it was written is
+    refused naming it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    fix = f"delete it to re-run seed {seed} of {name}"
+    if not stat.S_ISREG(st.st_mode):
+        raise TuneStorageError(f"the final run {path} is not a regular file; {fix}")
+    text = path.read_text(errors="replace")
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TuneStorageError(f"the final run {path} is not valid JSON ({e}); "
+                               f"{fix}") from None
+    if (not isinstance(rec, dict) or rec.get("method") != name or rec.get("seed") != seed
+            or not isinstance(rec.get("params"), dict) or "val" not in rec):
+        raise TuneStorageError(f"{path} does not hold the final run of {name} seed {seed} "
+                               f"(method, seed, params and val); {fix}")
+    if rec["params"] != json.loads(json.dumps(params, default=_jsonable)):
+        return None  # the search chose other parameters since: re-train
+    if digest is None:
+        say(f"{path} was not written by this study's search; re-running it")
+        return None
+    if _sha256(text) != digest:
+        raise TuneStorageError(f"{path} was changed after it was written (its SHA-256 "
+                               f"differs from the one its study recorded); {fix}")
+    return rec
 
 
 def _jsonable(o: Any) -> Any:
@@ -176,10 +230,19 @@ def tune(methods: Mapping[str, Method], run: RunFn, out_dir: str | Path, *,
         raise TypeError(f"run must be callable, got {type(run).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "final").mkdir(exist_ok=True)
-    say = log or (lambda _msg: None)
-    storage = storage_url(out / "tune.sqlite3")
+    with FolderLock(out):
+        claim_sqlite(out / "tune.sqlite3")
+        (out / "final").mkdir(exist_ok=True)
+        return _protocol(methods, run, out, n_trials, seeds, direction, sampler_seed,
+                         tune_seed, n_startup_trials, log or (lambda _msg: None))
 
+
+def _protocol(methods: dict[str, Method], run: RunFn, out: Path, n_trials: int,
+              seeds: list[int], direction: str, sampler_seed: int, tune_seed: int,
+              n_startup_trials: int, say: Callable[[str], None]) -> TuneReport:
+    import optuna
+
+    storage = storage_url(out / "tune.sqlite3")
     searched: dict[str, SearchResult] = {}
     for name, m in methods.items():
         t0 = time.perf_counter()
@@ -195,16 +258,23 @@ def tune(methods: Mapping[str, Method], run: RunFn, out_dir: str | Path, *,
     final: dict[str, list[dict[str, Any]]] = {}
     for name, m in methods.items():
         params = {**m.fixed, **searched[name].best_params}
+        study = optuna.load_study(study_name=name, storage=storage)
+        digests = dict(study.user_attrs.get(FINAL_ATTR) or {})
         final[name] = []
         for s in seeds:
             path = out / "final" / f"{name}__s{s}.json"
-            rec = json.loads(path.read_text()) if path.exists() else None
-            if rec is None or rec.get("params") != params:
+            rec = _load_final(path, name, s, params, digests.get(str(s)), say)
+            if rec is None:
                 t0 = time.perf_counter()
                 res = dict(run(name, dict(params), s))
                 rec = {"method": name, "seed": s, "params": params,
                        "seconds": time.perf_counter() - t0, **res}
-                _atomic_json(path, rec)
+                text = json.dumps(rec, indent=2, default=_jsonable)
+                # recorded before the file appears: a file the study vouches for is whole
+                digests[str(s)] = _sha256(text)
+                study.set_user_attr(FINAL_ATTR, digests)
+                _atomic_text(path, text)
+                rec = json.loads(text)
                 say(f"{name} seed {s}: val={float(res['val']):.5g}"
                     + (f" test={float(res['test']):.5g}" if isinstance(
                         res.get("test"), int | float) else ""))

@@ -14,6 +14,14 @@ recorded with its error: a diverged configuration is an outcome of the search, a
 uses its slot). A trial left ``RUNNING`` by a killed process is marked failed *without*
 counting, and its slot is drawn again on resume.
 
+A study records the settings it is searched with (the space, the fixed values, the
+tuning seed, the sampler seed and its number of random start-up trials): resuming it
+with other settings is refused, since its trials would not be draws of this search.
+Every stored trial is checked against the space before anything runs, so a study
+changed outside compactnn is refused too, naming the trial. An SQLite file is claimed
+first (:func:`compactnn.tune.storage.claim_sqlite`): a database that is not a tuning
+study of this package is never written to.
+
 Only the validation score drives the search. The run's other numbers are stored with
 the trial as user attributes, except keys starting with ``test`` (dropped, so nothing
 downstream can select on test numbers).
@@ -21,6 +29,7 @@ downstream can select on test numbers).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import zlib
@@ -30,11 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from compactnn._checks import check_choice, check_int
-from compactnn.tune.space import Param, check_config, check_space, suggest
+from compactnn.tune.space import Param, check_config, check_space, space_to_dict, suggest
+from compactnn.tune.storage import claim_sqlite, sqlite_path
 
 __all__ = ["SearchResult", "run_search", "slot_seed", "storage_url"]
 
 RunFn = Callable[[str, dict[str, Any], int], Mapping[str, Any]]
+SETTINGS_ATTR = "compactnn_settings"  # the study's user attribute recording its settings
 
 
 def storage_url(path: str | Path) -> str:
@@ -74,15 +85,21 @@ def _counted(t: Any) -> bool:
         t.state == TrialState.FAIL and bool(t.user_attrs.get("counted")))
 
 
-def _load(method: str, storage: str, direction: str, seed: int | None,
+def _load(method: str, storage: Any, direction: str, seed: int | None,
           n_startup_trials: int):
+    """``(storage, study)``: the study ``method`` with a sampler seeded by ``seed``;
+    ``storage`` is a URL or the Optuna storage returned before (reused, so that each slot
+    does not reconnect and re-check the schema)."""
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
     for attempt in range(5):
         try:
-            return optuna.create_study(study_name=method, storage=storage, sampler=sampler,
-                                       direction=direction, load_if_exists=True)
+            if isinstance(storage, str):
+                storage = optuna.storages.get_storage(storage)
+            return storage, optuna.create_study(
+                study_name=method, storage=storage, sampler=sampler, direction=direction,
+                load_if_exists=True)
         except Exception as e:  # several processes creating one new SQLite file race
             if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e):
                 raise
@@ -128,11 +145,19 @@ def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str
     if len(starts) > n_trials:
         raise ValueError(f"{method}: {len(starts)} start configurations do not fit in "
                          f"n_trials={n_trials}")
+    file = sqlite_path(storage)
+    if file is not None:
+        claim_sqlite(file)
+    where = str(file) if file is not None else storage
     _quiet()
-    study = _load(method, storage, direction, None, n_startup_trials)
+    db, study = _load(method, storage, direction, None, n_startup_trials)
     if study.direction.name.lower() != direction:
-        raise ValueError(f"study {method!r} in {storage} was created with direction "
+        raise ValueError(f"study {method!r} in {where} was created with direction "
                          f"{study.direction.name.lower()}, not {direction}")
+    _check_settings(study, method, where, {
+        "space": space_to_dict(space), "fixed": fixed, "tune_seed": tune_seed,
+        "sampler_seed": sampler_seed, "n_startup_trials": n_startup_trials})
+    _check_trials(study, method, where, space)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
                                                       TrialState.WAITING)):
         # left behind by a killed process: close it without using a slot
@@ -142,7 +167,7 @@ def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str
         done = len(tried)
         if done >= n_trials:
             break
-        study = _load(method, storage, direction, slot_seed(sampler_seed, method, done),
+        db, study = _load(method, db, direction, slot_seed(sampler_seed, method, done),
                       n_startup_trials)
         pending = [c for c in starts if c not in tried]
         if pending:
@@ -172,6 +197,70 @@ def run_search(method: str, space: Mapping[str, Param], run: RunFn, storage: str
         if on_trial is not None:
             on_trial(method, done, {"params": params, "val": value, "error": error})
     return _result(method, study, n_trials)
+
+
+def _check_settings(study: Any, method: str, where: str, settings: dict[str, Any]) -> None:
+    """Record ``settings`` in a new study; refuse a study recorded with others."""
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=repr))
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise ValueError(
+                f"study {method!r} in {where} has trials but no record of the settings "
+                "they were searched with (made by an older compactnn or another "
+                "program), so resuming it cannot be checked: delete it, or choose another "
+                "out_dir, to search afresh")
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        return
+    if stored == settings:
+        return
+    if not isinstance(stored, dict):
+        stored = {}
+    diffs = []
+    for key, now in settings.items():
+        was = stored.get(key)
+        if was == now:
+            continue
+        if isinstance(now, dict) and isinstance(was, dict):
+            added = sorted(set(now) - set(was))
+            removed = sorted(set(was) - set(now))
+            changed = sorted(k for k in set(now) & set(was) if now[k] != was[k])
+            parts = [f"{label} {names}" for label, names in
+                     (("added", added), ("removed", removed), ("changed", changed)) if names]
+            diffs.append(f"{key}: {', '.join(parts)}")
+        else:
+            diffs.append(f"{key}: {was!r} then, {now!r} now")
+    raise ValueError(f"study {method!r} in {where} was searched with other settings "
+                     f"({'; '.join(diffs)}), so its trials are not draws of this search: "
+                     "restore the settings to resume it, or choose another out_dir "
+                     "(or delete the study file) to search afresh")
+
+
+def _check_trials(study: Any, method: str, where: str, space: Mapping[str, Param]) -> None:
+    """Every trial that uses a slot sets exactly the space's parameters, inside it, has a
+    distinct slot and (when complete) a finite score; otherwise the study was changed
+    outside compactnn and is refused."""
+    from optuna.trial import TrialState
+
+    slots: set[int] = set()
+    for t in study.get_trials(deepcopy=False):
+        if not _counted(t):
+            continue
+        what = f"study {method!r} in {where}, trial {t.number}"
+        try:
+            check_config(what, space, t.params)
+            slot = t.user_attrs.get("slot")
+            if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
+                raise ValueError(f"{what} has no valid slot ({slot!r})")
+            if slot in slots:
+                raise ValueError(f"{what} repeats slot {slot}")
+            slots.add(slot)
+            if t.state == TrialState.COMPLETE and not (
+                    isinstance(t.value, float) and math.isfinite(t.value)):
+                raise ValueError(f"{what} is complete with a non-finite score {t.value!r}")
+        except ValueError as e:
+            raise ValueError(f"{e}: the study was changed outside compactnn; delete it, "
+                             "or choose another out_dir, to search afresh") from None
 
 
 def _result(method: str, study: Any, n_trials: int) -> SearchResult:
