@@ -21,8 +21,10 @@ from compactnn.tune.space import (
     space_to_dict,
     suggest,
 )
+from compactnn.tune.storage import TuneFolderBusy, TuneStorageError
 
 __all__ = ["Categorical", "IntRange", "LogUniform", "Method", "Param", "SearchResult",
-           "TuneReport", "Uniform", "check_space", "describe", "markdown_table",
+           "TuneFolderBusy", "TuneReport", "TuneStorageError", "Uniform", "check_space",
+           "describe", "markdown_table",
            "run_search", "slot_seed", "space_from_dict", "space_to_dict", "storage_url",
            "suggest", "tune"]
