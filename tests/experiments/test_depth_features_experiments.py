@@ -53,9 +53,15 @@ def test_depth_aware_models_and_profiles(kind):
     s = da.Setting("digits", ((kind, 4),), 16, 4, 1, 0, 1)
     model = da.plain_net(kind, 4, s, 8)
     assert sum(isinstance(m, torch.nn.Linear | torch.nn.Conv2d) for m in model) == 4
+    # r=1 is Kaiming normal (fan-in, ReLU gain) with zero biases: the same draws give the
+    # same weights up to the rounding of the std
+    kaiming = da.plain_net(kind, 4, s, 8)
+    torch.manual_seed(5)
     da.init_model(model, "depth-aware r=1")
-    a = [m.weight.detach() for m in model if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
-    assert all(float(w.std()) > 0 for w in a)
+    torch.manual_seed(5)
+    da.init_model(kaiming, "kaiming")
+    for a, b in zip(model.parameters(), kaiming.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0.0)
     prof = da.preactivation_profile(model, torch.rand(32, 1, 8, 8))
     assert len(prof) == 4 and all(p > 0 for p in prof)
     rows, profiles = da.seed_rows(s, 0)

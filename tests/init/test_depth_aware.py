@@ -106,10 +106,23 @@ def test_lowrank_product_has_scheduled_variance():
 
 
 def test_mixed_dense_and_lowrank_model_and_registry():
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), LowRankConv2d(8, 8, 3, rank=4),
-                          nn.ReLU(), nn.Flatten(), LowRankLinear(8 * 24 * 24, 10, rank=5))
-    var = depth_aware_(model, ratio=2.0)
-    assert list(var) == ["0", "2", "5"]
+    model = nn.Sequential(nn.Conv2d(2, 8, (3, 5)), nn.ReLU(), LowRankConv2d(8, 8, 3, rank=4),
+                          nn.ReLU(), nn.Conv2d(8, 6, 3, groups=2), nn.ReLU(), nn.Flatten(),
+                          LowRankLinear(6 * 20 * 18, 10, rank=5))
+    var = depth_aware_(model, ratio=2.0, generator=torch.Generator().manual_seed(4))
+    assert list(var) == ["0", "2", "4", "7"]
+    v = depth_aware_schedule(4, 2.0)
+    fans = [2 * 3 * 5, 8 * 3 * 3, 4 * 3 * 3, 6 * 20 * 18]  # grouped: in / groups * kh * kw
+    want = [2.0 * v[0] / fans[0]] + [2.0 * v[i] / v[i - 1] / fans[i] for i in range(1, 4)]
+    assert list(var.values()) == pytest.approx(want, rel=1e-12)
+    # a dense layer's weights are the generator's normal draws times the scheduled std
+    g = torch.Generator().manual_seed(4)
+    w0 = torch.randn(8, 2, 3, 5, generator=g) * math.sqrt(want[0])
+    assert torch.equal(model[0].weight, w0)
+    torch.randn(1, 8, 4, generator=g), torch.randn(1, 4, 72, generator=g)  # the factors
+    w4 = torch.randn(6, 4, 3, 3, generator=g) * math.sqrt(want[2])
+    assert torch.equal(model[4].weight, w4)
+    assert all(torch.count_nonzero(model[i].bias) == 0 for i in (0, 4))
     assert get_initializer("depth_aware") is depth_aware_layer_
 
 
