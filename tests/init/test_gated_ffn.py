@@ -149,6 +149,26 @@ def test_three_d_token_inputs_equal_their_rows():
     assert out[0] == out[1]
 
 
+def test_held_out_rows_choose_the_iterate():
+    x, wg, wu, wd = swiglu(rows=440, seed=11)
+    cal, val = x[:40], x[40:]  # few calibration rows: the fit overfits them
+    runs = {}
+    for name, kw in (("plain", {}), ("early", {"x_val": val})):
+        gate, up = whitened_pair(cal, wg, wu, 3)
+        runs[name] = fit_gated_ffn(gate, up, cal, w_gate=wg, w_up=wu, w_down=wd, steps=200,
+                                   lr=0.05, batch_size=16, eval_every=5, **kw)
+        runs[name + "_val"] = reference_j(gate, up, val, wg, wu, wd)
+        runs[name + "_cal"] = reference_j(gate, up, cal, wg, wu, wd)
+    early = runs["early"]
+    assert early["val_after"] == pytest.approx(runs["early_val"], rel=1e-12)
+    assert early["after"] == pytest.approx(runs["early_cal"], rel=1e-12)
+    assert early["val_after"] <= early["val_before"]
+    # the same trajectory (held-out rows do not steer it), the best of it on them
+    assert runs["early_val"] < runs["plain_val"]
+    assert runs["plain"]["after"] <= early["after"]
+    assert "val_after" not in runs["plain"]
+
+
 def test_bad_arguments_raise_and_leave_the_layers_untouched():
     x, wg, wu, wd = swiglu(seed=10)
     gate, up = whitened_pair(x, wg, wu, 3)
@@ -177,6 +197,9 @@ def test_bad_arguments_raise_and_leave_the_layers_untouched():
         ((gate, up, x), {"seed": -1}, ValueError, "seed"),
         ((gate, up, x), {"eval_every": 0}, ValueError, "eval_every"),
         ((gate, up, x), {"activation": "softplus"}, ValueError, "activation"),
+        ((gate, up, x), {"x_val": x[:, :3]}, ValueError, "x_val"),
+        ((gate, up, x), {"x_val": x[:0]}, ValueError, "x_val holds no rows"),
+        ((gate, up, x), {"x_val": x.numpy()}, TypeError, "x_val"),
     ]
     for args, kw, exc, match in bad:
         with pytest.raises(exc, match=match):

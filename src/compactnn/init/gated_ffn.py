@@ -16,7 +16,9 @@ difference; the down projection is compressed afterwards, on the new
 intermediate activations). Adam on mini-batches, each tensor's learning rate
 relative to its own scale, cosine decay; the objective is evaluated on all rows
 at the start and regularly during the fit, and the best iterate is kept, so the
-result is never worse than the start on ``J``.
+result is never worse than the start on ``J``. With held-out rows ``x_val``
+the iterate is chosen on their ``J`` instead (early stopping): a few thousand
+calibration tokens are easily overfitted by the factors of a wide FFN.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def _check_dense(name: str, value: Any, shape: tuple[int, ...] | None) -> Tensor
     return check_tensor(name, value, shape=shape, floating=True).detach()
 
 
+def _token_rows(name: str, x: Any, d: int) -> Tensor:
+    check_tensor(name, x, floating=True)
+    if x.dim() == 0 or x.shape[-1] != d:
+        raise ValueError(f"{name} must have {d} features in its last dimension, got shape "
+                         f"{tuple(x.shape)}")
+    rows = x.detach().reshape(-1, d)
+    if rows.shape[0] == 0:
+        raise ValueError(f"{name} holds no rows")
+    return rows
+
+
 def fit_gated_ffn(
     gate: LowRankLinear,
     up: LowRankLinear,
@@ -58,6 +71,7 @@ def fit_gated_ffn(
     seed: int = 0,
     activation: str = "silu",
     eval_every: int | None = None,
+    x_val: Tensor | None = None,
 ) -> dict[str, float | int]:
     """Fit the factors (and biases, where the layers have them) of the low-rank
     ``gate`` and ``up`` projections of a gated FFN to the dense block's output on
@@ -80,9 +94,12 @@ def fit_gated_ffn(
             GeGLU, any of :data:`compactnn.init.ACTIVATIONS`).
         eval_every: steps between evaluations of ``J`` on all rows (default
             ``steps // 10``, at least 1); the last step is always evaluated.
+        x_val: held-out rows (like ``x``); when given, the kept iterate is the
+            best on them (never worse than the start there) instead of on ``x``.
 
     Returns:
-        ``{"before", "after"}``: ``J`` at the start and of the returned factors;
+        ``{"before", "after"}``: ``J`` on ``x`` at the start and of the returned
+        factors; with ``x_val`` also ``"val_before"``, ``"val_after"``;
         ``"target"``: ``mean |y - b_down|^2``, the dense output's power (to read
         ``J`` relatively); ``"best_step"``: the step whose iterate was kept
         (0 = the start); ``"steps"``, ``"evaluations"``.
@@ -110,25 +127,27 @@ def fit_gated_ffn(
     check_int("seed", seed, 0)
     act = activation_fn(check_activation(activation))
     every = max(1, steps // 10) if eval_every is None else check_int("eval_every", eval_every, 1)
-    check_tensor("x", x, floating=True)
-    if x.dim() == 0 or x.shape[-1] != d:
-        raise ValueError(f"x must have {d} features in its last dimension, got shape "
-                         f"{tuple(x.shape)}")
-    rows = x.detach().reshape(-1, d)
-    if rows.shape[0] == 0:
-        raise ValueError("x holds no rows")
+    rows = _token_rows("x", x, d)
+    val = None if x_val is None else _token_rows("x_val", x_val, d)
 
     dev, dt = gate.U.device, gate.U.dtype
     rows = rows.to(dev, dt)
     wg, wu, wd = (t.to(dev, dt) for t in (wg, wu, wd))
     bg, bu = (None if t is None else t.to(dev, dt) for t in (bg, bu))
-    chunks = rows.split(batch_size)
+
+    def dense_out(r: Tensor) -> Tensor:
+        with torch.no_grad():
+            return torch.cat([(act(F.linear(c, wg, bg)) * F.linear(c, wu, bu)) @ wd.T
+                              for c in r.split(batch_size)])
+
+    target = dense_out(rows)
     with torch.no_grad():
-        targets = [(act(F.linear(c, wg, bg)) * F.linear(c, wu, bu)) @ wd.T for c in chunks]
-        target = torch.cat(targets)
         pre_scale = max(rms(F.linear(rows[:batch_size], wg, bg)),
                         rms(F.linear(rows[:batch_size], wu, bu)), 1e-12)
-    del targets
+    held = None
+    if val is not None:
+        val = val.to(dev, dt)
+        held = (val, dense_out(val))
 
     layers = (gate, up)
     params = [t.detach().clone().requires_grad_()
@@ -144,15 +163,19 @@ def fit_gated_ffn(
         (gu, gv, gb), (uu, uv, ub) = unpack(ps)
         return (act(F.linear(F.linear(xb, gv), gu, gb)) * F.linear(F.linear(xb, uv), uu, ub)) @ wd.T
 
-    def objective(ps: list[Tensor]) -> float:
+    def objective(ps: list[Tensor], on: tuple[Tensor, Tensor] = (rows, target)) -> float:
+        r, t = on
         total = 0.0
         with torch.no_grad():
-            for c, t in zip(chunks, target.split(batch_size), strict=True):
-                total += float((t - block(ps, c)).double().square().sum())
-        return total / rows.shape[0]
+            for c, tc in zip(r.split(batch_size), t.split(batch_size), strict=True):
+                total += float((tc - block(ps, c)).double().square().sum())
+        return total / r.shape[0]
 
+    select = (rows, target) if held is None else held
     before = objective(params)
-    best_err, best_step = before, 0
+    val_before = None if held is None else objective(params, held)
+    best_err = before if held is None else val_before
+    best_step = 0
     best = [p.detach().clone() for p in params]
     evaluations = 1
     if steps > 0:
@@ -169,7 +192,7 @@ def fit_gated_ffn(
                 sched.step()
                 taken += 1
                 if taken % every == 0 or taken == steps:
-                    err = objective(params)
+                    err = objective(params, select)
                     evaluations += 1
                     if err < best_err:  # NaN never compares lower
                         best_err, best_step = err, taken
@@ -186,5 +209,9 @@ def fit_gated_ffn(
                 if b is not None:
                     lay.bias.copy_(b)
     power = float(target.double().square().sum(-1).mean())
-    return {"before": before, "after": best_err, "target": power, "best_step": best_step,
-            "steps": steps, "evaluations": evaluations}
+    stats: dict[str, float | int] = {
+        "before": before, "after": best_err if held is None else objective(best),
+        "target": power, "best_step": best_step, "steps": steps, "evaluations": evaluations}
+    if held is not None:
+        stats.update(val_before=val_before, val_after=best_err)
+    return stats
