@@ -12,8 +12,8 @@ from typing import Any, Literal
 from compactnn.config import finite, require
 from compactnn.engine.settings import RunConfig
 
-__all__ = ["DataConfig", "ExpertConfig", "GateConfig", "LossConfig", "MTLConfig",
-           "OptimConfig", "TowerConfig"]
+__all__ = ["DATA_OPTIONS", "EXPERT_OPTIONS", "GATE_OPTIONS", "DataConfig", "ExpertConfig",
+           "GateConfig", "LossConfig", "MTLConfig", "OptimConfig", "TowerConfig", "inapplicable"]
 
 # The smooth-step widths DSelect-k can compute in float32: its cubic's
 # coefficient 2/gamma^3 and the cube of its input overflow outside this range.
