@@ -96,3 +96,21 @@ def test_a_file_that_is_not_the_pinned_one_is_never_unpickled(pinned_table, monk
     with pytest.raises(DataIntegrityError, match="SHA-256 differs"):
         load_movielens()
     assert calls == []
+
+
+def test_ids_only_drops_every_numeric_feature_and_keeps_rows_targets_codes():
+    full = load_movielens(table=table(), seed=3)
+    ids = load_movielens(table=table(), seed=3, ids_only=True)
+    for a, b in ((full.train, ids.train), (full.val, ids.val), (full.test, ids.test)):
+        assert b.x.shape == (len(a), 0)
+        assert torch.equal(a.x_cat, b.x_cat)
+        for ya, yb in zip(a.targets, b.targets, strict=True):
+            assert torch.equal(ya.isnan(), yb.isnan())
+            assert torch.equal(ya.nan_to_num(-9), yb.nan_to_num(-9))
+    assert ids.feature_names == ("user", "movie")
+    assert ids.cat_cardinalities == full.cat_cardinalities
+
+
+def test_ids_only_must_be_a_bool():
+    with pytest.raises(TypeError, match="ids_only"):
+        load_movielens(table=table(), ids_only=1)

@@ -131,3 +131,24 @@ def test_routing_matrix():
         routing_matrix("oracle", 4, np.array([0, 1, 2, 3]), 4, 2)
     with pytest.raises(ValueError):
         routing_matrix("learned", 4, np.zeros(4, int), 4, 2)
+
+
+def test_with_spare_experts_keeps_the_planted_ones_and_adds_same_shaped_draws():
+    from compactnn.data.planted import with_spare_experts
+
+    d = make_planted_experts(8, 2, 2, input_dim=5, expert_hidden=3, expert_out=2,
+                             n_train=10, n_val=2, n_test=2, seed=1)
+    e = d.meta["experts"]
+    out = with_spare_experts(e, 3, seed=4)
+    assert out["w1"].shape == (7, 3, 5) and out["b1"].shape == (7, 3)
+    assert out["w2"].shape == (7, 2, 3)
+    for key in ("w1", "b1", "w2"):
+        np.testing.assert_array_equal(out[key][:4], e[key])
+    # seeded: the same spares again, other ones for another seed
+    np.testing.assert_array_equal(with_spare_experts(e, 3, seed=4)["w1"], out["w1"])
+    assert not np.allclose(with_spare_experts(e, 3, seed=5)["w1"][4:], out["w1"][4:])
+    assert with_spare_experts(e, 0)["w1"].shape == e["w1"].shape
+    with pytest.raises(ValueError, match="spare"):
+        with_spare_experts(e, -1)
+    with pytest.raises(ValueError, match="w1"):
+        with_spare_experts({"w1": e["w1"]}, 2)

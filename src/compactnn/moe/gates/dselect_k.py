@@ -28,6 +28,14 @@ from .base import (
     reduce_batch,
     zero_like,
 )
+from .dselect_k_schedule import (
+    check_schedule_options,
+    non_default,
+    project_logits_,
+    saturation_fraction,
+    scheduled_values,
+    uses_steps,
+)
 
 __all__ = [
     "ENTROPY_EPS",
@@ -171,11 +179,16 @@ class DSelectKGate(Gate):
         entropy_reg: weight ``>= 0`` of the entropy regularizer (0 disables it).
         reduction: ``"sum"`` (official) or ``"mean"`` over the batch, per-example gate only.
         penalty_eps: floor of the reachable mass in the unreachable-code penalty.
+        entropy_reg_start, gamma_start, schedule_steps, warmup_steps, warmup_margin:
+            schedules and warm-up that keep the routing from freezing early (see
+            :mod:`compactnn.moe.gates.dselect_k_schedule`; all off by default). With any of
+            them on, the gate counts its training steps in the buffer ``steps_done``.
     """
 
     def __init__(self, num_experts: int, *, k: int, gamma: float = 1.0,
                  input_dim: int | None = None, entropy_reg: float = 0.0,
-                 reduction: Reduction = "sum", penalty_eps: float = 1e-6) -> None:
+                 reduction: Reduction = "sum", penalty_eps: float = 1e-6,
+                 **schedule: Any) -> None:
         super().__init__()
         self.num_experts = check_num_experts(num_experts)
         self.k = check_k(k, self.num_experts)
@@ -186,6 +199,12 @@ class DSelectKGate(Gate):
         self.reduction: Reduction = check_choice("reduction", reduction, ("sum", "mean"))
         self.penalty_eps = check_float("penalty_eps", penalty_eps, minimum=0.0,
                                        min_inclusive=False, maximum=1.0)
+        self.schedule = check_schedule_options(schedule, static=self.input_dim is None,
+                                               check_gamma=check_gamma)
+        if uses_steps(self.schedule):
+            self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        else:
+            self.steps_done = None
         self.num_binary = num_bits(self.num_experts)
         self.power_of_2 = self.num_experts == 2**self.num_binary
         km = self.k * self.num_binary
@@ -204,11 +223,24 @@ class DSelectKGate(Gate):
     def config(self) -> dict[str, Any]:
         return {"num_experts": self.num_experts, "k": self.k, "gamma": self.gamma,
                 "input_dim": self.input_dim, "entropy_reg": self.entropy_reg,
-                "reduction": self.reduction, "penalty_eps": self.penalty_eps}
+                "reduction": self.reduction, "penalty_eps": self.penalty_eps,
+                **non_default(self.schedule)}
 
     def reset_parameters(self) -> None:
         """Official initialization: ``U(-gamma/100, gamma/100)`` for z, ``U(-0.05, 0.05)`` for w."""
         init_dselect_k_(self, self.gamma)
+
+    def current(self) -> tuple[float, float, bool]:
+        """``(gamma, entropy_reg, warming_up)`` at the gate's current training step."""
+        step = 0 if self.steps_done is None else int(self.steps_done)
+        return scheduled_values(self.schedule, self.gamma, self.entropy_reg, step)
+
+    def saturation(self, x: Tensor | None = None) -> float:
+        """The fraction of selector logits on the smooth-step's flat part (zero
+        gradient) at the current width; ``x`` the routing batch of a per-example gate."""
+        with torch.no_grad():
+            z, _ = self.logits(x)
+        return saturation_fraction(z, self.current()[0])
 
     # -- pieces of the forward pass, public for inspection and tests
 
@@ -227,7 +259,7 @@ class DSelectKGate(Gate):
         summing to 1 over the last axis.
         """
         z, _ = self.logits(x)
-        r = all_code_outputs(smooth_step(z, self.gamma))
+        r = all_code_outputs(smooth_step(z, self.current()[0]))
         return r if all_codes else r[..., : self.num_experts]
 
     def regularization(self, selector_outputs: Tensor) -> Tensor:
@@ -240,10 +272,21 @@ class DSelectKGate(Gate):
 
     def forward(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Expert weights ``q`` ([DSK] eq. 4) and the auxiliary loss."""
+        gamma, entropy_reg, warming_up = self.current()
+        if self.training and warming_up:
+            project_logits_(self.z_logits, gamma, self.schedule["warmup_margin"])
         z, w = self.logits(x)
-        r = all_code_outputs(smooth_step(z, self.gamma))[..., : self.num_experts]
+        r = all_code_outputs(smooth_step(z, gamma))[..., : self.num_experts]
         weights = mix_selectors(r, w)
-        aux = self.regularization(r) if self.training else zero_like(weights)
+        if self.training:
+            aux = dselect_k_regularization(
+                r, num_experts=self.num_experts, entropy_reg=entropy_reg,
+                penalty_eps=self.penalty_eps, per_example=r.dim() == 3,
+                reduction=self.reduction)
+            if self.steps_done is not None:
+                self.steps_done += 1
+        else:
+            aux = zero_like(weights)
         return weights, aux
 
 

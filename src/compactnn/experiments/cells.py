@@ -1,0 +1,122 @@
+"""Resumable experiment cells: one finished run, one JSON file.
+
+A long study is a sequence of *cells* (one configuration at one seed). Each finished
+cell is written atomically to ``root/<part>/<name>.json`` (a temporary file in the same
+folder, then ``os.replace``), so an interrupted study leaves only whole files behind, and
+a restarted driver skips every cell whose file is already there. Files are read back
+with their structure checked (nothing read from a file is trusted before it is checked).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CellStore"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+
+
+def _check_name(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME.match(value) or len(value) > 200:
+        raise ValueError(f"{kind} must be 1-200 characters of letters, digits and _.=+- "
+                         f"(not starting with a symbol), got {value!r}")
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (JSON has no NaN) and tuples as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalar
+        return _jsonable(value.item())
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return value
+
+
+def _restore(value: Any) -> Any:
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+class CellStore:
+    """Finished cells under ``root`` (see the module doc)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path(self, part: str, name: str) -> Path:
+        return self.root / _check_name("part", part) / f"{_check_name('name', name)}.json"
+
+    def load(self, part: str, name: str) -> dict[str, Any] | None:
+        """The finished cell's record, or None when it has not run. A file that is not a
+        record of this cell raises ValueError naming the file."""
+        path = self.path(part, name)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable cell record ({e})") from e
+        if not isinstance(record, dict) or not isinstance(record.get("result"), dict) \
+                or record.get("part") != part or record.get("name") != name:
+            raise ValueError(f"{path}: not a record of cell {part}/{name} (needs part, name "
+                             "and a result object)")
+        return _restore(record)
+
+    def write(self, part: str, name: str, params: Mapping[str, Any],
+              result: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the cell atomically; returns the record as stored."""
+        path = self.path(part, name)
+        record = {"part": part, "name": name, "params": _jsonable(dict(params)),
+                  "result": _jsonable(dict(result))}
+        text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return _restore(json.loads(text))
+
+    def run(self, part: str, name: str, params: Mapping[str, Any],
+            fn: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The cell's record: read back when finished, else ``fn(params)`` run and written."""
+        done = self.load(part, name)
+        if done is not None:
+            return done
+        if log:
+            log(f"running {part}/{name}")
+        return self.write(part, name, params, fn(params))
+
+    def finished(self, part: str) -> dict[str, dict[str, Any]]:
+        """Every finished cell of ``part`` by name."""
+        folder = self.root / _check_name("part", part)
+        if not folder.is_dir():
+            return {}
+        out = {}
+        for path in sorted(folder.glob("*.json")):
+            record = self.load(part, path.stem)
+            if record is not None:
+                out[path.stem] = record
+        return out

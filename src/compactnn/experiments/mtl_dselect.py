@@ -1,0 +1,462 @@
+"""DSelect-k at the authors' settings (issue 22): a resumable study, one cell at a time.
+
+Every cell (one configuration at one seed) is written to its own JSON under the results
+folder (:class:`~compactnn.experiments.cells.CellStore`); a restarted driver skips the
+finished cells, and stages that choose a configuration read it from the finished
+validation cells of the stage before. The parts run in this order:
+
+1. ``planted_select`` / ``planted_eval``: **matched settings** on planted experts
+   (:mod:`compactnn.experiments.planted_moe`). Every arm is trained on one grid of the
+   shared hyper-parameters (learning rate; batch, epoch cap and patience fixed) with
+   early stopping on the validation MSE (the validation loss) and long patience; each
+   gate's own parameters come from the authors' categorical grids (DSelect-k: gamma at a
+   fixed entropy weight, then the entropy weight at the best gamma, per learning rate;
+   Top-k: its balancing weight). Selection is on validation MSE at a selection seed whose
+   data is not used for evaluation; the chosen configuration of each arm is re-trained
+   at the evaluation seeds.
+2. ``planted_remedies``: the saturation study. DSelect-k at its chosen configuration
+   with each remedy (none, entropy-weight ramp, gamma ramp, warm-up box, routing
+   learning-rate warm-up), with learned or frozen ground-truth experts, without or with
+   spare experts; the other arms at their chosen configurations in the same expert
+   settings. Every DSelect-k cell logs the fraction of saturated selector logits after
+   each epoch.
+3. ``fashion_*`` and ``movielens_*``: the same matched-settings protocol through
+   ``compactnn mtl`` (stage A: the learning-rate grid at each gate's default parameters;
+   stage B: the gate's own grid at its best learning rate; then the evaluation seeds).
+4. ``planted_tuned``: the tuned comparison (15 trials per gate, gamma and the entropy
+   weight categorical), last.
+
+``python -m compactnn.experiments.mtl_dselect run [--root DIR] [--only PART ...]`` runs
+(or resumes) the study; ``... status`` prints how many cells are done per part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compactnn.experiments.cells import CellStore
+
+__all__ = ["DSK_ENTROPIES", "DSK_GAMMAS", "PARTS", "PLANTED", "REAL", "REMEDIES", "Study",
+           "best_by_val", "cell_name", "main", "remedy_params"]
+
+#: The authors' categorical grids (their follow-up code's random search draws from these).
+DSK_GAMMAS = (1e-3, 1e-2, 0.1, 1.0, 5.0, 10.0)
+DSK_ENTROPIES = (0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+TOPK_IMPORTANCE = (0.01, 0.1, 1.0)
+DSK_DEFAULT = {"gamma": 1.0, "entropy_reg": 0.1}
+TOPK_DEFAULT = {"importance_reg": 0.1}
+
+PLANTED: dict[str, Any] = {
+    "tasks": 128, "clusters": 8, "k": 2, "input_dim": 16, "n_train": 3000, "n_val": 500,
+    "n_test": 1000, "hidden": 16, "out": 8, "batch_size": 128, "lrs": (1e-3, 3e-3, 1e-2),
+    "epochs": 300, "patience": 50, "select_seed": 100, "seeds": tuple(range(10)),
+    "remedy_seeds": tuple(range(5)), "spare": 8, "remedy_epochs": 30}
+
+#: Remedies of DSelect-k's early saturation (gate options; lengths in epochs).
+REMEDIES = ("none", "entropy_ramp", "gamma_ramp", "warmup_box", "gate_lr_warmup")
+
+REAL: dict[str, dict[str, Any]] = {
+    # Multi-Fashion-MNIST: LeNet experts, lr 1e-4..1e-3 (the authors' range)
+    "fashion": {"lrs": (1e-4, 3e-4, 1e-3), "batch_size": 256, "select_epochs": 15,
+                "epochs": 30, "patience": 8, "seeds": tuple(range(5)), "max_train": 10_000,
+                "max_eval": 5000, "metric": "val_mean_loss", "test": "test_mean_accuracy"},
+    # MovieLens, the authors' layout on the installable 100k sample; Adam 5e-5..5e-4
+    "movielens": {"lrs": (5e-5, 1.6e-4, 5e-4), "batch_size": 512, "select_epochs": 12,
+                  "epochs": 40, "patience": 8, "seeds": tuple(range(3)), "max_train": None,
+                  "max_eval": None, "metric": "val_watch_loss", "test": "test_watch_auc"},
+}
+
+PARTS = ("planted_select", "planted_eval", "planted_remedies", "fashion_select",
+         "fashion_eval", "movielens_select", "movielens_eval", "planted_tuned")
+
+
+def cell_name(params: Mapping[str, Any]) -> str:
+    """A file name from the cell's parameters (sorted ``key=value`` joined by ``+``)."""
+    import hashlib
+
+    def show(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    name = "+".join(f"{k}={show(params[k])}" for k in sorted(params))
+    if len(name) > 150:  # file names stay short: a readable head and a hash of the whole
+        name = name[:130] + "+h" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+def best_by_val(records: Mapping[str, Mapping[str, Any]], keep: Callable[[dict], bool],
+                lower: bool = True) -> dict[str, Any] | None:
+    """The params of the finished record with the best finite validation score among
+    those ``keep(params)`` accepts (ties: the first in name order); None when none."""
+    best, best_val = None, math.inf
+    for name in sorted(records):
+        rec = records[name]
+        val = rec["result"].get("val")
+        if not keep(rec["params"]) or not isinstance(val, (int, float)) \
+                or not math.isfinite(val):
+            continue
+        score = val if lower else -val
+        if score < best_val:
+            best, best_val = dict(rec["params"]), score
+    return best
+
+
+def remedy_params(remedy: str, steps_per_epoch: int, epochs: int) -> dict[str, Any]:
+    """The gate options (or trainer options) of a remedy, over the first ``epochs``."""
+    steps = steps_per_epoch * epochs
+    if remedy == "none":
+        return {}
+    if remedy == "entropy_ramp":  # no push to one-hot until the experts have formed
+        return {"entropy_reg_start": 0.0, "schedule_steps": steps}
+    if remedy == "gamma_ramp":  # a 10x wider smooth-step at first, narrowing
+        return {"gamma_start": "10x", "schedule_steps": steps}
+    if remedy == "warmup_box":
+        return {"warmup_steps": steps, "warmup_margin": 0.5}
+    if remedy == "gate_lr_warmup":
+        return {"gate_warmup_epochs": epochs, "gate_warmup_factor": 0.1}
+    raise ValueError(f"unknown remedy {remedy!r}; remedies: {', '.join(REMEDIES)}")
+
+
+class Study:
+    """The cells of every part, in order (see the module doc)."""
+
+    def __init__(self, root: str | Path, log: Callable[[str], None] = print) -> None:
+        self.store = CellStore(root)
+        self.log = log
+        self._planted_data: dict[int, Any] = {}
+        self._real_data: dict[str, Any] = {}
+
+    # -- planted experts
+
+    def planted_data(self, seed: int):
+        from compactnn.data.planted import make_planted_experts
+
+        if seed not in self._planted_data:
+            p = PLANTED
+            self._planted_data = {seed: make_planted_experts(
+                p["tasks"], p["clusters"], p["k"], input_dim=p["input_dim"],
+                n_train=p["n_train"], n_val=p["n_val"], n_test=p["n_test"], seed=seed)}
+        return self._planted_data[seed]
+
+    def planted_cell(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Train one planted-experts cell (see :func:`run_planted_cell`)."""
+        return run_planted_cell(self.planted_data(int(params["seed"])), params)
+
+    def _planted_base(self, arm: str, lr: float, seed: int, **extra: Any) -> dict[str, Any]:
+        p = PLANTED
+        return {"arm": arm, "lr": lr, "seed": seed, "batch_size": p["batch_size"],
+                "epochs": p["epochs"], "patience": p["patience"], "experts": "learned",
+                "spare": 0, **extra}
+
+    def planted_select(self) -> Iterator[dict[str, Any]]:
+        p, s = PLANTED, PLANTED["select_seed"]
+        for lr in p["lrs"]:
+            for arm in ("oracle", "random", "softmax"):
+                yield self._planted_base(arm, lr, s)
+            for imp in TOPK_IMPORTANCE:
+                yield self._planted_base("topk", lr, s, importance_reg=imp)
+            for gamma in DSK_GAMMAS:
+                yield self._planted_base("dselect_k", lr, s, gamma=gamma,
+                                         entropy_reg=DSK_DEFAULT["entropy_reg"])
+        done = self.store.finished("planted_select")
+        for lr in p["lrs"]:
+            best = best_by_val(done, lambda q, lr=lr: q["arm"] == "dselect_k" and q["lr"] == lr)
+            if best is None:
+                continue
+            for ent in DSK_ENTROPIES:
+                if ent != DSK_DEFAULT["entropy_reg"]:
+                    yield {**best, "entropy_reg": ent}
+
+    def planted_choice(self, arm: str) -> dict[str, Any] | None:
+        return best_by_val(self.store.finished("planted_select"), lambda q: q["arm"] == arm)
+
+    def planted_eval(self) -> Iterator[dict[str, Any]]:
+        for seed in PLANTED["seeds"]:
+            for arm in ("oracle", "random", "dselect_k", "topk", "softmax"):
+                chosen = self.planted_choice(arm)
+                if chosen is not None:
+                    yield {**chosen, "seed": seed}
+
+    def planted_remedies(self) -> Iterator[dict[str, Any]]:
+        p = PLANTED
+        spe = p["n_train"] // p["batch_size"]
+        for seed in p["remedy_seeds"]:
+            for experts in ("learned", "frozen"):
+                for spare in (0, p["spare"]):
+                    for arm in ("oracle", "random", "topk", "softmax", "dselect_k"):
+                        chosen = self.planted_choice(arm)
+                        if chosen is None:
+                            continue
+                        remedies = REMEDIES if arm == "dselect_k" else ("none",)
+                        for remedy in remedies:
+                            if experts == "learned" and spare == 0 and remedy == "none":
+                                continue  # the planted_eval cell of this seed
+                            extra = remedy_params(remedy, spe, p["remedy_epochs"])
+                            if extra.get("gamma_start") == "10x":
+                                extra["gamma_start"] = min(10 * chosen["gamma"], 1e4)
+                            yield {**chosen, "seed": seed, "experts": experts, "spare": spare,
+                                   "remedy": remedy, **extra}
+
+    # -- real data through compactnn mtl
+
+    def real_data(self, dataset: str):
+        if dataset not in self._real_data:
+            r = REAL[dataset]
+            if dataset == "fashion":
+                from compactnn.data.multi_fashion_mnist import load_multi_fashion_mnist
+
+                data = load_multi_fashion_mnist(seed=0, max_train=r["max_train"],
+                                                max_val=r["max_eval"], max_test=r["max_eval"])
+            else:
+                from compactnn.data.movielens import load_movielens
+
+                data = load_movielens(seed=0, ids_only=True)
+            self._real_data = {dataset: data}
+        return self._real_data[dataset]
+
+    def real_cell(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return run_real_cell(self.real_data(params["dataset"]), params)
+
+    def _real_base(self, dataset: str, gate: str, lr: float, seed: int, epochs: int,
+                   **extra: Any) -> dict[str, Any]:
+        r = REAL[dataset]
+        return {"dataset": dataset, "gate": gate, "lr": lr, "seed": seed,
+                "batch_size": r["batch_size"], "epochs": epochs, "patience": r["patience"],
+                **extra}
+
+    def real_select(self, dataset: str) -> Iterator[dict[str, Any]]:
+        r = REAL[dataset]
+        defaults = {"dselect_k": DSK_DEFAULT, "topk": TOPK_DEFAULT, "softmax": {}}
+        for lr in r["lrs"]:
+            for gate, extra in defaults.items():
+                yield self._real_base(dataset, gate, lr, 0, r["select_epochs"], **extra)
+        done = self.store.finished(f"{dataset}_select")
+        for gate, grid in (("dselect_k", [{"gamma": g, "entropy_reg": 0.1}
+                                          for g in (0.01, 0.1, 5.0, 10.0)]),
+                           ("topk", [{"importance_reg": v} for v in (0.01, 1.0)])):
+            best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate)
+            if best is not None:
+                for extra in grid:
+                    yield {**best, **extra}
+
+    def real_eval(self, dataset: str) -> Iterator[dict[str, Any]]:
+        r = REAL[dataset]
+        done = self.store.finished(f"{dataset}_select")
+        for seed in r["seeds"]:
+            for gate in ("dselect_k", "topk", "softmax"):
+                best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate)
+                if best is not None:
+                    yield {**best, "seed": seed, "epochs": r["epochs"]}
+
+    # -- the tuned comparison
+
+    def planted_tuned(self) -> None:
+        from compactnn.tune import Categorical, LogUniform, Method, tune
+
+        p = PLANTED
+        common = {"lr": LogUniform(1e-3, 1e-2)}
+        spaces = {"dselect_k": Method({**common, "gamma": Categorical(DSK_GAMMAS),
+                                       "entropy_reg": Categorical(DSK_ENTROPIES)}),
+                  "topk": Method({**common, "importance_reg": Categorical(TOPK_IMPORTANCE)}),
+                  "softmax": Method(dict(common))}
+
+        def run(method: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+            cell = self._planted_base(method, float(params["lr"]), seed,
+                                      **{k: v for k, v in params.items() if k != "lr"})
+            return timed(self.planted_cell)(cell)
+
+        # 15 random trials (no model-based phase), chosen on the selection seed's data
+        tune(spaces, run, self.store.root / "planted_tuned", n_trials=15,
+             seeds=list(p["seeds"]), direction="minimize", sampler_seed=0,
+             tune_seed=p["select_seed"], n_startup_trials=15, log=self.log)
+
+    # -- driving
+
+    def cells(self, part: str) -> Iterator[dict[str, Any]]:
+        if part in ("planted_select", "planted_eval", "planted_remedies"):
+            return getattr(self, part)()
+        dataset, stage = part.rsplit("_", 1)
+        return self.real_select(dataset) if stage == "select" else self.real_eval(dataset)
+
+    def run_part(self, part: str) -> int:
+        """Run every unfinished cell of ``part``; returns how many cells it has."""
+        if part == "planted_tuned":
+            self.planted_tuned()
+            return 1
+        fn = self.real_cell if part.split("_")[0] in REAL else self.planted_cell
+        count, seen = 0, set()
+        # cells of a stage may depend on its own earlier cells: list them again until no
+        # new one appears
+        while True:
+            new = [c for c in self.cells(part) if cell_name(c) not in seen]
+            if not new:
+                return count
+            for params in new:
+                seen.add(cell_name(params))
+                count += 1
+                self.store.run(part, cell_name(params), params, timed(fn), self.log)
+
+    def status(self) -> dict[str, tuple[int, int]]:
+        """``{part: (finished, listed)}`` (dependent cells are listed once their inputs
+        are finished)."""
+        out = {}
+        for part in PARTS[:-1]:
+            names = {cell_name(c) for c in self.cells(part)}
+            done = set(self.store.finished(part))
+            out[part] = (len(names & done), len(names))
+        return out
+
+
+def timed(fn: Callable[[Mapping[str, Any]], dict[str, Any]]
+          ) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    def run(params: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        torch.set_num_threads(1)
+        start = time.process_time()
+        wall = time.perf_counter()
+        out = fn(params)
+        out.update(cpu_seconds=time.process_time() - start,
+                   seconds=time.perf_counter() - wall)
+        return out
+
+    return run
+
+
+def best_epoch_note(best_epoch: int, epochs_run: int, cap: int) -> bool:
+    """True when the best epoch is inside the last 10% of the epoch cap (training may not
+    have converged)."""
+    return epochs_run >= cap and best_epoch > 0.9 * cap
+
+
+def run_planted_cell(data, params: Mapping[str, Any]) -> dict[str, Any]:
+    """One planted-experts run: test / validation MSE, best epoch, per-epoch validation
+    MSE and saturation, support recovery (learned experts matched to planted ones; frozen
+    planted experts are their own match) and the adjusted Rand index of the supports."""
+    import torch
+
+    from compactnn.data.planted import (
+        match_experts,
+        planted_expert_outputs,
+        support_recovery,
+        with_spare_experts,
+    )
+    from compactnn.experiments.planted_moe import SCHEDULE_KEYS, routing_matrix, train_routed
+    from compactnn.tasks.mtl.metrics import expert_selection_ari
+
+    p, arm, seed = PLANTED, params["arm"], int(params["seed"])
+    n_exp = p["clusters"] * p["k"] + int(params.get("spare", 0))
+    frozen = None
+    if params.get("experts", "learned") == "frozen":
+        frozen = with_spare_experts(data.meta["experts"], int(params.get("spare", 0)), seed)
+    kw: dict[str, Any] = {}
+    if arm in ("oracle", "random"):
+        kw["routing"] = routing_matrix(arm, p["tasks"], data.meta["clusters"], n_exp, p["k"],
+                                       seed=seed)
+    else:
+        gate_params = {k: params[k] for k in ("gamma", "entropy_reg", "importance_reg",
+                                              *SCHEDULE_KEYS) if k in params}
+        kw.update(gate=arm, gate_params=gate_params, aux_per_task=True,
+                  gate_warmup_epochs=int(params.get("gate_warmup_epochs", 0)),
+                  gate_warmup_factor=float(params.get("gate_warmup_factor", 0.1)))
+    r = train_routed(data, num_experts=n_exp, k=p["k"], hidden=p["hidden"], out=p["out"],
+                     epochs=int(params["epochs"]), lr=float(params["lr"]),
+                     batch_size=int(params["batch_size"]), patience=int(params["patience"]),
+                     seed=seed, frozen_experts=frozen, **kw)
+    out: dict[str, Any] = {
+        "val": r["val_mse"], "test": r["test_mse"], "best_epoch": r["best_epoch"],
+        "epochs_run": r["epochs_run"], "val_history": [round(v, 6) for v in r["val_history"]],
+        "saturation_history": [round(v, 6) for v in r["saturation_history"]],
+        "best_in_last_10pct": best_epoch_note(r["best_epoch"], r["epochs_run"],
+                                              int(params["epochs"]))}
+    if r["weights"] is not None and np.isfinite(r["test_mse"]):
+        planted = data.meta["experts"]
+        if frozen is None:
+            with torch.no_grad():
+                g = r["model"].expert_outputs(data.test.x).permute(1, 0, 2).numpy()
+            matching, _ = match_experts(g, planted_expert_outputs(planted, data.test.x.numpy()))
+        else:  # the frozen planted experts keep their ids; spare ones match nothing
+            matching = {e: e for e in range(len(planted["w1"]))}
+        rec = support_recovery(r["weights"], data.meta["planted_supports"], matching)
+        out.update(precision=rec["precision"], recall=rec["recall"], exact=rec["exact"],
+                   experts_per_task=rec["support_size"],
+                   ari=expert_selection_ari(r["weights"], data.meta["clusters"], "support"))
+    return out
+
+
+def run_real_cell(data, params: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``compactnn mtl`` run on Multi-Fashion-MNIST or MovieLens (layouts in the
+    module doc of :mod:`compactnn.experiments.mtl_real` and the issue)."""
+    import tempfile
+
+    from compactnn.experiments.tuned import run_arm
+
+    ds, r = params["dataset"], REAL[params["dataset"]]
+    if ds == "fashion":
+        layout = ["data.name=multi_fashion_mnist", "experts.num=4", "experts.arch=lenet",
+                  "experts.channels=[10,20]", "experts.hidden=[50]", "experts.out=50",
+                  "towers.hidden=[50,50]", "execution=auto"]
+    else:
+        layout = ["data.name=movielens", "experts.num=16", "experts.hidden=[]",
+                  "experts.out=256", "experts.dropout=0.5", "experts.embedding_dim=128",
+                  "towers.hidden=[256]", "loss.weights=[0.9,0.1]", "eval_batch_size=8192"]
+    keys = {"gamma": "gate.gamma", "entropy_reg": "gate.entropy_reg",
+            "importance_reg": "gate.importance_reg"}
+    overrides = [*layout, "gate.per_example=true", "gate.k=2", f"gate.name={params['gate']}",
+                 f"optim.lr={params['lr']!r}", f"optim.batch_size={params['batch_size']}",
+                 f"optim.epochs={params['epochs']}", f"early_stop.patience={params['patience']}",
+                 f"early_stop.metric={r['metric']}", f"seed={params['seed']}",
+                 *[f"{keys[k]}={params[k]!r}" for k in keys if k in params]]
+    with tempfile.TemporaryDirectory(prefix="dselect_") as tmp:
+        m = run_arm(Path(tmp) / "run", overrides, data)
+    if m.get("signal"):
+        from compactnn.engine.control import RunInterrupted
+
+        raise RunInterrupted(int(m["signal"]))
+    best, run = int(m.get("best_epoch") or 0), int(m.get("epoch") or 0)
+    out = {"val": float(m[r["metric"]]) if r["metric"] in m else math.nan,
+           "test": float(m[r["test"]]), "best_epoch": best, "epochs_run": run,
+           "best_in_last_10pct": best_epoch_note(best, run, int(params["epochs"])),
+           "experts_per_example": m.get("mean_experts_per_example")}
+    for split in ("val", "test"):
+        for task, metrics in m[split].items():
+            for key, value in metrics.items():
+                out[f"{split}_{task}_{key}"] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m compactnn.experiments.mtl_dselect",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=("run", "status"))
+    ap.add_argument("--root", default="results/mtl_dselect")
+    ap.add_argument("--only", nargs="*", choices=PARTS, default=None)
+    args = ap.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    study = Study(args.root, log)
+    if args.command == "status":
+        for part, (done, listed) in study.status().items():
+            print(f"{part}: {done} of {listed} listed cells done")
+        return 0
+    for part in args.only or PARTS:
+        try:
+            n = study.run_part(part)
+        except FileNotFoundError as e:  # a data set that is not installed
+            log(f"skipping {part}: {e}")
+            continue
+        log(f"finished {part} ({n} cells)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

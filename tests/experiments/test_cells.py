@@ -1,0 +1,71 @@
+"""Resumable cells: atomic JSON records, skipped once finished, checked when read."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from compactnn.experiments.cells import CellStore
+
+
+def test_round_trip_keeps_values_and_non_finite_floats(tmp_path):
+    store = CellStore(tmp_path)
+    rec = store.write("p1", "a=1+b=x", {"a": 1, "b": "x"},
+                      {"val": math.nan, "test": 0.5, "hist": (1.0, math.inf),
+                       "arr": np.array([1, 2]), "t": torch.tensor(3.5), "n": np.float32(2)})
+    back = store.load("p1", "a=1+b=x")
+    assert {k: v for k, v in back["result"].items() if k != "val"} == \
+        {k: v for k, v in rec["result"].items() if k != "val"}
+    assert math.isnan(back["result"]["val"]) and back["result"]["hist"] == [1.0, math.inf]
+    assert back["result"]["arr"] == [1, 2] and back["result"]["t"] == 3.5
+    assert back["params"] == {"a": 1, "b": "x"}
+    assert [p.name for p in (tmp_path / "p1").iterdir()] == ["a=1+b=x.json"]  # no temp left
+
+
+def test_run_skips_a_finished_cell(tmp_path):
+    store = CellStore(tmp_path)
+    calls = []
+
+    def fn(params):
+        calls.append(params)
+        return {"val": 1.0}
+
+    store.run("p", "c1", {"x": 1}, fn)
+    store.run("p", "c1", {"x": 1}, fn)
+    assert len(calls) == 1
+    assert set(store.finished("p")) == {"c1"}
+    assert store.finished("missing") == {}
+
+
+def test_a_failing_cell_writes_nothing(tmp_path):
+    store = CellStore(tmp_path)
+
+    def boom(params):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        store.run("p", "c1", {}, boom)
+    assert store.load("p", "c1") is None
+    assert not list((tmp_path).rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "readable"),
+    ("[1, 2]", "not a record"),
+    (json.dumps({"part": "p", "name": "other", "result": {}}), "not a record"),
+    (json.dumps({"part": "p", "name": "c", "result": 3}), "not a record"),
+])
+def test_hostile_files_are_refused_by_name(tmp_path, text, match):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "c.json").write_text(text)
+    with pytest.raises(ValueError, match=match) as e:
+        CellStore(tmp_path).load("p", "c")
+    assert "c.json" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "x" * 201, 3])
+def test_bad_names_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="name"):
+        CellStore(tmp_path).path("p", name)

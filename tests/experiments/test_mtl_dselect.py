@@ -1,0 +1,166 @@
+"""The DSelect-k study's driver: cell names, choices on validation, remedies, resuming,
+and the planted-experts additions (frozen ground-truth experts, spare experts,
+saturation history)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from compactnn.data.planted import make_planted_experts, planted_expert_outputs
+from compactnn.experiments import mtl_dselect as M
+from compactnn.experiments.planted_moe import PlantedExperts, routing_matrix, train_routed
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(M, "PLANTED", {
+        **M.PLANTED, "tasks": 8, "clusters": 2, "n_train": 128, "n_val": 32, "n_test": 32,
+        "lrs": (3e-3, 1e-2), "epochs": 3, "patience": 2, "seeds": (0,),
+        "remedy_seeds": (0,), "spare": 2, "remedy_epochs": 1, "batch_size": 64})
+    monkeypatch.setattr(M, "DSK_GAMMAS", (0.1, 1.0))
+    monkeypatch.setattr(M, "DSK_ENTROPIES", (0.1, 1.0, 5.0))
+    monkeypatch.setattr(M, "TOPK_IMPORTANCE", (0.1,))
+
+
+def test_cell_name_is_sorted_and_short():
+    assert M.cell_name({"lr": 0.001, "arm": "topk", "seed": 3}) == "arm=topk+lr=0.001+seed=3"
+    long = {f"key{i}": "v" * 10 for i in range(20)}
+    name = M.cell_name(long)
+    assert len(name) <= 150 and name == M.cell_name(dict(reversed(long.items())))
+    assert M.cell_name({**long, "key0": "w" * 10}) != name
+
+
+def test_best_by_val_skips_non_finite_and_filters():
+    recs = {"a": {"params": {"arm": "x", "i": 1}, "result": {"val": 0.5}},
+            "b": {"params": {"arm": "x", "i": 2}, "result": {"val": math.nan}},
+            "c": {"params": {"arm": "x", "i": 3}, "result": {"val": 0.2}},
+            "d": {"params": {"arm": "y", "i": 4}, "result": {"val": 0.1}}}
+    assert M.best_by_val(recs, lambda p: p["arm"] == "x") == {"arm": "x", "i": 3}
+    assert M.best_by_val(recs, lambda p: p["arm"] == "x", lower=False) == {"arm": "x", "i": 1}
+    assert M.best_by_val(recs, lambda p: p["arm"] == "z") is None
+
+
+def test_remedy_params():
+    assert M.remedy_params("none", 10, 3) == {}
+    assert M.remedy_params("entropy_ramp", 10, 3) == {"entropy_reg_start": 0.0,
+                                                      "schedule_steps": 30}
+    assert M.remedy_params("warmup_box", 10, 3)["warmup_steps"] == 30
+    assert M.remedy_params("gate_lr_warmup", 10, 3)["gate_warmup_epochs"] == 3
+    with pytest.raises(ValueError, match="unknown remedy"):
+        M.remedy_params("magic", 10, 3)
+
+
+def test_planted_parts_run_in_order_and_resume(tiny, tmp_path, monkeypatch):
+    study = M.Study(tmp_path, log=lambda _m: None)
+    n = study.run_part("planted_select")
+    # per lr: oracle, random, softmax, 1 top-k, 2 gammas; then 2 more entropies per lr
+    assert n == 2 * (3 + 1 + 2) + 2 * 2
+    sel = study.store.finished("planted_select")
+    assert len(sel) == n
+    dsk = [r for r in sel.values() if r["params"]["arm"] == "dselect_k"]
+    for rec in dsk:
+        assert rec["params"]["gamma"] in (0.1, 1.0)
+        hist = rec["result"]["saturation_history"]
+        assert len(hist) == rec["result"]["epochs_run"]
+        assert all(0.0 <= s <= 1.0 for s in hist)
+    choice = study.planted_choice("dselect_k")
+    assert choice["arm"] == "dselect_k"
+    assert choice["seed"] == M.PLANTED["select_seed"]
+    assert study.run_part("planted_eval") == 5
+    ev = study.store.finished("planted_eval")
+    assert {r["params"]["seed"] for r in ev.values()} == {0}
+    # a restarted driver runs nothing again
+    calls = []
+    monkeypatch.setattr(M, "run_planted_cell", lambda *a: calls.append(a) or {"val": 0.0})
+    study2 = M.Study(tmp_path, log=lambda _m: None)
+    study2.run_part("planted_select")
+    study2.run_part("planted_eval")
+    assert calls == []
+    status = study2.status()
+    assert status["planted_select"] == (n, n) and status["planted_eval"] == (5, 5)
+
+
+def test_remedy_cells_cover_experts_spares_and_remedies(tiny, tmp_path):
+    study = M.Study(tmp_path, log=lambda _m: None)
+    study.run_part("planted_select")
+    cells = list(study.planted_remedies())
+    dsk = [c for c in cells if c["arm"] == "dselect_k"]
+    # 4 expert settings x 5 remedies, less the one planted_eval already has
+    assert len(dsk) == 4 * len(M.REMEDIES) - 1
+    assert len(cells) - len(dsk) == 4 * 3  # the other four arms, less learned / no spare
+    ramp = [c for c in dsk if c["remedy"] == "gamma_ramp"][0]
+    assert ramp["gamma_start"] == min(10 * ramp["gamma"], 1e4)
+    assert ramp["schedule_steps"] == 128 // 64 * 1
+    assert {(c["experts"], c["spare"]) for c in cells} == {
+        ("learned", 0), ("learned", 2), ("frozen", 0), ("frozen", 2)}
+
+
+def test_frozen_planted_experts_compute_the_generator_and_oracle_recovers_exactly(tiny):
+    data = make_planted_experts(8, 2, 2, input_dim=16, n_train=128, n_val=32, n_test=32,
+                                seed=0)
+    bank = PlantedExperts(data.meta["experts"])
+    x = data.test.x
+    np.testing.assert_allclose(bank(x).numpy(), planted_expert_outputs(data.meta["experts"],
+                                                                        x.numpy()),
+                               rtol=1e-4, atol=1e-5)
+    assert not list(bank.parameters())
+    # the planted supports as a frozen routing: exact recovery through the identity match
+    supports = data.meta["planted_supports"]
+    w = np.zeros((8, 4))
+    for t, s in enumerate(supports):
+        w[t, s] = 0.5
+    params = {"arm": "oracle", "seed": 0, "lr": 3e-3, "batch_size": 64, "epochs": 2,
+              "patience": 2, "experts": "frozen", "spare": 0}
+    out = M.run_planted_cell(data, params)
+    # the oracle control reserves experts c k .. c k + k - 1, not the planted ids
+    oracle = routing_matrix("oracle", 8, data.meta["clusters"], 4, 2)
+    expected_exact = np.mean([set(np.flatnonzero(oracle[t])) == set(s)
+                              for t, s in enumerate(supports)])
+    assert out["exact"] == pytest.approx(expected_exact)
+    assert out["saturation_history"] == []
+
+
+def test_frozen_experts_do_not_train_and_spares_are_extra(tiny):
+    from compactnn.data.planted import with_spare_experts
+
+    data = make_planted_experts(8, 2, 2, input_dim=16, n_train=128, n_val=32, n_test=32,
+                                seed=0)
+    frozen = with_spare_experts(data.meta["experts"], 2, seed=0)
+    r = train_routed(data, gate="dselect_k", gate_params={"gamma": 1.0}, num_experts=6,
+                     epochs=2, batch_size=64, frozen_experts=frozen, patience=None)
+    torch.testing.assert_close(r["model"].experts.w1, torch.as_tensor(frozen["w1"]).float())
+    assert r["weights"].shape == (8, 6)
+    assert len(r["saturation_history"]) == 2
+    with pytest.raises(ValueError, match="frozen_experts holds 6"):
+        train_routed(data, gate="softmax", num_experts=4, epochs=1, batch_size=64,
+                     frozen_experts=frozen)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"gate_warmup_epochs": 2}, "needs a learned gate"),
+    ({"gate": "softmax", "gate_warmup_epochs": 5}, "gate_warmup_epochs"),
+    ({"gate": "softmax", "gate_warmup_factor": 0.0}, "gate_warmup_factor"),
+    ({"gate": "softmax", "aux_per_task": 1}, "aux_per_task"),
+])
+def test_train_routed_refuses_bad_options(kwargs, match):
+    data = make_planted_experts(4, 2, 2, input_dim=4, n_train=16, n_val=4, n_test=4, seed=0)
+    if "gate" not in kwargs:
+        kwargs["routing"] = np.full((4, 4), 0.25)
+    with pytest.raises((ValueError, TypeError), match=match):
+        train_routed(data, num_experts=4, epochs=2, batch_size=8, **kwargs)
+
+
+def test_aux_per_task_divides_the_regularizer_by_the_number_of_tasks():
+    data = make_planted_experts(4, 2, 2, input_dim=4, n_train=16, n_val=4, n_test=4, seed=0)
+
+    def run(weight, flag):
+        return train_routed(data, gate="dselect_k", gate_params={"entropy_reg": weight},
+                            num_experts=4, epochs=3, batch_size=8, lr=0.05, patience=None,
+                            aux_per_task=flag)
+
+    per_task, summed = run(5.0, True), run(5.0 / 4, False)
+    torch.testing.assert_close(per_task["model"].gates.z_logits,
+                               summed["model"].gates.z_logits)
+    assert per_task["val_history"] == pytest.approx(summed["val_history"])
