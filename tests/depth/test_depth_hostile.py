@@ -60,6 +60,14 @@ def test_shape_keeping_plain_blocks_still_prune_to_the_identity():
     torch.testing.assert_close(pruned(x), model[3](model[0](x)))
 
 
+def test_lazy_layers_are_not_judged_before_their_first_forward():
+    assert shape_change(nn.LazyLinear(4)) is None
+    assert shape_change(nn.Sequential(nn.LazyConv2d(3, 3, padding=1), nn.ReLU())) is None
+    lazy = nn.LazyLinear(4)
+    lazy(torch.randn(2, 6))
+    assert shape_change(lazy) == "it maps width 6 to 4"
+
+
 @settings(max_examples=80, deadline=None)
 @given(kind=st.sampled_from(["conv", "convT", "maxpool", "avgpool", "linear"]),
        cin=st.integers(1, 3), cout=st.integers(1, 3), k=st.integers(1, 4),

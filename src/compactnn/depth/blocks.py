@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from compactnn.models.resnet import BasicBlock
 
@@ -105,6 +106,8 @@ def _widths(module: nn.Module) -> tuple[int, int, bool] | None:
     """``(input width, output width, keeps the spatial size)`` of a module whose data
     flow is known (linear, convolution, width-keeping layers, and ``nn.Sequential`` of
     them), or None when it cannot be told without running it."""
+    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        return None  # its input width is only known after a first forward
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, True
     if isinstance(module, nn.modules.conv._ConvNd):
