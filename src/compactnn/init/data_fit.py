@@ -116,6 +116,35 @@ def _data_error(rows: Iterable[Tensor], w: Tensor, b: Tensor | None,
     return [s_ / count for s_ in sums]
 
 
+class _Targets:
+    """The dense layer's outputs ``act(W x + b)`` of each calibration batch, for the
+    Adam passes: computed once and reused while the rows are the very tensors of
+    the first pass (the replayed cache of :class:`~compactnn.init.inputs.LayerInputs`
+    or a list), up to ``budget`` bytes; recomputed on every pass otherwise. On few
+    rows, many passes are made and this product of the full weight is most of a
+    step's work."""
+
+    def __init__(self, w: Tensor, b: Tensor | None, act: Any, budget: int = 1 << 28) -> None:
+        self.w, self.b, self.act, self.budget = w, b, act, budget
+        self.kept: list[tuple[Tensor, Tensor]] | None = []
+
+    def get(self, i: int, raw: Tensor, x: Tensor) -> Tensor:
+        kept = self.kept
+        if kept is not None and i < len(kept):
+            if kept[i][0] is raw:
+                return kept[i][1]
+            self.kept = kept = None  # the rows changed between passes: stop caching
+        with torch.no_grad():
+            full = self.act(torch.nn.functional.linear(x, self.w, self.b))
+        if kept is not None:
+            self.budget -= full.numel() * full.element_size()
+            if i == len(kept) and self.budget >= 0:
+                kept.append((raw, full))
+            else:
+                self.kept = None
+        return full
+
+
 def fit_data(
     weight: Tensor,
     rank: int,
@@ -179,16 +208,17 @@ def fit_data(
     elif c0 is not None:
         cc = c0
     opt, sched = relative_adam(params, scales, lr, steps)
+    targets = _Targets(w, b, act)
     taken = 0
     while taken < steps:
         seen = 0
-        for x in rows:
-            x = x.to(w.dtype)
+        for i, raw in enumerate(rows):
+            x = raw.to(w.dtype)
+            full = targets.get(i, raw, x)
             perm = torch.randperm(x.shape[0], generator=gen)
             for idx in perm.split(batch_size):
-                xb = x[idx.to(x.device)]
-                with torch.no_grad():
-                    target = act(torch.nn.functional.linear(xb, w, b))
+                idx = idx.to(x.device)
+                xb, target = x[idx], full[idx]
                 out = act(torch.nn.functional.linear(xb @ vv.T, uu, cc))
                 loss = (out - target).square().sum(-1).mean()
                 opt.zero_grad(set_to_none=True)

@@ -236,7 +236,7 @@ def whitened_factors(weight: Tensor, rank: int, moments: InputMoments,
     return u, v
 
 
-_SPAN_SHIFT = 1e-12  # lstsq_factors: relative variance below which a direction is off the data
+_SPAN_SHIFT = 1e-10  # lstsq_factors: relative variance below which a direction is off the data
 
 
 def lstsq_factors(weight: Tensor, rank: int, moments: InputMoments, bias: Tensor | None = None,
@@ -251,8 +251,8 @@ def lstsq_factors(weight: Tensor, rank: int, moments: InputMoments, bias: Tensor
     smat = 0.5 * (moments.second + moments.second.T)
     ws = w @ smat  # shared by the restriction and every U step
     # W_ls = W P, P the projector on the data's span, as W S (S + t I)^{-1}: a Cholesky
-    # solve (t the smallest shift that factors, relative to the mean diagonal, from
-    # 1e-12) instead of an eigendecomposition; a direction of variance well above t
+    # solve (t relative to the mean diagonal, from 1e-10 up while S + t I does not
+    # factor) instead of an eigendecomposition; a direction of variance well above t
     # is kept whole, one far below it dropped
     chol, _ = shifted_cholesky(smat, _SPAN_SHIFT)
     w_ls = torch.cholesky_solve(ws.T, chol).T
