@@ -357,7 +357,14 @@ def run_planted_cell(data, params: Mapping[str, Any]) -> dict[str, Any]:
     if params.get("experts", "learned") == "frozen":
         frozen = with_spare_experts(data.meta["experts"], int(params.get("spare", 0)), seed)
     kw: dict[str, Any] = {}
-    if arm in ("oracle", "random"):
+    if arm == "oracle" and frozen is not None:
+        # frozen planted experts keep their ids: the oracle routes each task to its own
+        # planted pair (learned experts have no ids, so there it reserves c k .. c k + k - 1)
+        routing = np.zeros((p["tasks"], n_exp))
+        for t, support in enumerate(data.meta["planted_supports"]):
+            routing[t, support] = 1.0 / p["k"]
+        kw["routing"] = routing
+    elif arm in ("oracle", "random"):
         kw["routing"] = routing_matrix(arm, p["tasks"], data.meta["clusters"], n_exp, p["k"],
                                        seed=seed)
     else:
