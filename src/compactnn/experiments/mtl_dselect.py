@@ -57,7 +57,7 @@ TOPK_DEFAULT = {"importance_reg": 0.1}
 PLANTED: dict[str, Any] = {
     "tasks": 128, "clusters": 8, "k": 2, "input_dim": 16, "n_train": 3000, "n_val": 500,
     "n_test": 1000, "hidden": 16, "out": 8, "batch_size": 128, "lrs": (1e-3, 3e-3, 1e-2),
-    "epochs": 200, "patience": 30, "select_seed": 100, "seeds": tuple(range(10)),
+    "epochs": 600, "patience": 60, "select_seed": 100, "seeds": tuple(range(10)),
     "remedy_seeds": tuple(range(5)), "spare": 8, "remedy_epochs": 30}
 
 #: Remedies of DSelect-k's early saturation (gate options; lengths in epochs).
