@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from compactnn import __version__
 from compactnn._checks import check_bool, check_module
 from compactnn._modules import module_names, replace_module, unwrap
-from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear
+from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear, linear_view
 
 __all__ = ["FORMAT", "save_model", "load_model", "load_state", "layer_config",
            "model_structure", "read_metadata", "restore_structure"]
@@ -188,11 +188,12 @@ class _Plan:
 
 def _dense_twin(module: nn.Module) -> nn.Module:
     """The dense layer a slot computes, on the meta device for low-rank layers (so
-    nothing is allocated), the module itself otherwise."""
+    nothing is allocated), the ``nn.Linear`` view of a Hugging Face ``Conv1D``, the
+    module itself otherwise."""
     if isinstance(module, LowRankLayer):
         with torch.device("meta"):
             return _construct(type(module).__name__, layer_config(module)).to_dense()
-    return module
+    return linear_view(module)
 
 
 def _first_tensor(module: nn.Module) -> Tensor:

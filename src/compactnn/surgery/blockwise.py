@@ -37,7 +37,11 @@ __all__ = ["BlockStack", "GroupInputs", "compress_blockwise", "find_blocks"]
 
 # The keyword arguments through which a model hands a block its key/value cache:
 # replaying a block must neither read nor grow a cache.
-_CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past")
+_CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past", "cache")
+
+
+def _is_cache(name: str, value: Any) -> bool:
+    return name in _CACHE_KWARGS or type(value).__name__.endswith("Cache")
 
 
 @dataclass
@@ -96,7 +100,7 @@ def _capture_first_block(model: nn.Module, stack: BlockStack, data: CalibrationD
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        kw = {k: (None if k in _CACHE_KWARGS else v) for k, v in kwargs.items()}
+        kw = {k: (None if _is_cache(k, v) else v) for k, v in kwargs.items()}
         if "use_cache" in kw:
             kw["use_cache"] = False
         calls.append((tuple(a.detach() if isinstance(a, Tensor) else a for a in args), kw))

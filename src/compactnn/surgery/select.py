@@ -41,7 +41,7 @@ def _matcher(name: str, patterns: Patterns) -> list[tuple[str, Callable[[str], b
     return [(p, lambda n, p=p: n == p or n.endswith("." + p)) for p in patterns]
 
 
-def warn_depthsing(pat: str, hits: list[str], what: str) -> None:
+def _depth_warning(pat: str, hits: list[str], what: str) -> None:
     depths = sorted({n.count(".") for n in hits})
     if len(depths) > 1:
         warnings.warn(f"{what} pattern {pat!r} matched modules at {len(depths)} depths ("
@@ -104,8 +104,8 @@ def select_layers(model: nn.Module, include: Patterns = None, exclude: Patterns 
             hits = [n for n in names if match(n)]
             if not hits:
                 raise ValueError(f"include pattern {pat!r} matched no module")
-            if warn_depths:
-                warn_depthsing(pat, hits, "include")
+            if warn_depths and not isinstance(include, str):
+                _depth_warning(pat, hits, "include")
             good = [n for n in hits if is_factorizable(names[n])]
             if not good:
                 kinds = sorted({type(names[n]).__name__ for n in hits})
@@ -117,8 +117,8 @@ def select_layers(model: nn.Module, include: Patterns = None, exclude: Patterns 
         hits = [n for n in names if match(n)]
         if not hits:
             raise ValueError(f"exclude pattern {pat!r} matched no module")
-        if warn_depths:
-            warn_depthsing(pat, hits, "exclude")
+        if warn_depths and not isinstance(exclude, str):
+            _depth_warning(pat, hits, "exclude")
         chosen = [n for n in chosen if not match(n)]
     chosen = [n for n in chosen if n not in protected]
     if warn and not chosen:

@@ -1,0 +1,88 @@
+"""Save and reload a compressed Hugging Face model in a folder, as
+``save_pretrained`` / ``from_pretrained`` do for dense ones.
+
+Hugging Face's own ``from_pretrained`` builds the dense architecture from
+``config.json`` and cannot know that some layers are factorized: given a
+factorized model's weights it would start those layers from random weights. So the
+folder written here holds ``config.json`` (and the generation config and tokenizer
+when there are any) beside ``compactnn.safetensors`` (the weights with the low-rank
+structure in its metadata, :func:`compactnn.save_model`) and *no*
+``model.safetensors``: plain ``from_pretrained`` on it fails loudly instead of
+loading random weights, and :func:`load_pretrained` rebuilds the model exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compactnn._checks import check_module
+from compactnn.io import load_model, save_model
+from compactnn.lm.deps import require
+
+__all__ = ["WEIGHTS_FILE", "load_pretrained", "save_pretrained"]
+
+#: The weights file of a compressed model's folder.
+WEIGHTS_FILE = "compactnn.safetensors"
+
+
+def _folder(path: Any, must_exist: bool) -> Path:
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"folder must be a path, got {type(path).__name__}")
+    folder = Path(path)
+    if must_exist and not folder.is_dir():
+        raise FileNotFoundError(f"folder={str(folder)!r} does not exist or is not a folder")
+    if not must_exist and folder.exists() and not folder.is_dir():
+        raise ValueError(f"folder={str(folder)!r} exists and is not a folder")
+    return folder
+
+
+def save_pretrained(model: nn.Module, folder: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Write ``model`` (a Hugging Face model, factorized or not) to ``folder``:
+    ``config.json``, the generation config, the tokenizer if given, and
+    ``compactnn.safetensors``. An existing ``model.safetensors`` in the folder (a dense
+    model's weights, which would shadow these) is refused. Returns the folder."""
+    check_module("model", model)
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "save_pretrained"):
+        raise TypeError(f"model must be a Hugging Face PreTrainedModel (with a .config), got "
+                        f"{type(model).__name__}; use compactnn.save_model for other models")
+    folder = _folder(folder, must_exist=False)
+    for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"):
+        if (folder / name).exists():
+            raise ValueError(f"{folder / name} exists: Hugging Face would load it instead of "
+                             "the compressed weights; save into an empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and hasattr(gen, "save_pretrained"):
+        gen.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    save_model(model, folder / WEIGHTS_FILE)
+    return folder
+
+
+def load_pretrained(folder: str | os.PathLike, model_class: Any = None) -> nn.Module:
+    """The model saved by :func:`save_pretrained` in ``folder``, rebuilt exactly (low-rank
+    layers, ties) in eval mode. ``model_class`` is a transformers auto class or model
+    class (default ``AutoModelForCausalLM``); its ``from_config`` builds the skeleton."""
+    folder = _folder(folder, must_exist=True)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        hint = (" (it holds model.safetensors: a dense model, load it with "
+                "from_pretrained)" if (folder / "model.safetensors").exists() else "")
+        raise FileNotFoundError(f"{weights} not found: {folder} was not written by "
+                                f"compactnn.lm.save_pretrained{hint}")
+    transformers = require("transformers")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    cls = model_class if model_class is not None else transformers.AutoModelForCausalLM
+    if not hasattr(cls, "from_config") and not hasattr(cls, "_from_config"):
+        raise TypeError(f"model_class must be a transformers model or auto class, got {cls!r}")
+    model = (cls.from_config(config) if hasattr(cls, "from_config")
+             else cls._from_config(config))
+    load_model(model, weights)
+    return model.eval()
