@@ -1,0 +1,287 @@
+"""The report of the DSelect-k study (:mod:`compactnn.experiments.mtl_dselect`) from
+whatever cells have finished: progress and CPU time per part, the configurations chosen
+on validation, paired comparisons over the seeds every arm has finished, best epochs,
+the remedies' table and the saturation plot.
+
+``python -m compactnn.experiments.mtl_dselect_report [--root DIR] [--figure PNG]``
+prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compactnn.experiments.mtl_dselect import PARTS, REMEDIES, Study
+
+__all__ = ["mean_curve", "paired_values", "report", "saturation_figure"]
+
+ARM_LABELS = {"oracle": "oracle routing", "random": "random routing",
+              "dselect_k": "DSelect-k", "topk": "Top-k", "softmax": "softmax"}
+GATE_KEYS = ("gamma", "entropy_reg", "importance_reg")
+
+
+def _fmt(v: Any, spec: str = "{:.4f}") -> str:
+    if isinstance(v, float):
+        return "nan" if not math.isfinite(v) else spec.format(v)
+    return str(v)
+
+
+def paired_values(records: Sequence[Mapping[str, Any]], key_of, metric: str
+                  ) -> dict[str, list[float]]:
+    """``{arm: [metric at each seed]}`` over the seeds that every arm has finished
+    (``key_of(params)`` names the arm; None drops the record), seeds in ascending order."""
+    by_arm: dict[str, dict[int, float]] = defaultdict(dict)
+    for rec in records:
+        arm = key_of(rec["params"])
+        value = rec["result"].get(metric)
+        if arm is not None and isinstance(value, (int, float)):
+            by_arm[arm][int(rec["params"]["seed"])] = float(value)
+    if not by_arm:
+        return {}
+    common = sorted(set.intersection(*(set(v) for v in by_arm.values())))
+    return {arm: [v[s] for s in common] for arm, v in by_arm.items()}
+
+
+def mean_curve(histories: Sequence[Sequence[float]]) -> np.ndarray:
+    """The mean over runs at each epoch; a run that stopped early holds its last value
+    (its routing no longer changes once training has stopped)."""
+    histories = [list(h) for h in histories if len(h)]
+    if not histories:
+        return np.zeros(0)
+    n = max(len(h) for h in histories)
+    padded = np.array([h + [h[-1]] * (n - len(h)) for h in histories], dtype=np.float64)
+    return padded.mean(axis=0)
+
+
+def _best_epochs(records: Sequence[Mapping[str, Any]]) -> str:
+    best = [int(r["result"].get("best_epoch", 0)) for r in records]
+    late = sum(bool(r["result"].get("best_in_last_10pct")) for r in records)
+    if not best:
+        return "-"
+    return f"median {int(np.median(best))}, max {max(best)}" + (
+        f" ({late} in the last 10%)" if late else "")
+
+
+def _cpu_hours(records: Mapping[str, Mapping[str, Any]]) -> float:
+    return sum(float(r["result"].get("cpu_seconds", 0.0)) for r in records.values()) / 3600
+
+
+def _progress(study: Study) -> str:
+    from compactnn.experiments.reporting import markdown_table
+
+    rows = []
+    status = study.status()
+    for part in PARTS[:-1]:
+        done, listed = status[part]
+        recs = study.store.finished(part)
+        wall = sum(float(r["result"].get("seconds", 0)) for r in recs.values()) / 3600
+        rows.append([part, f"{done} of {listed}", f"{_cpu_hours(recs):.2f}", f"{wall:.2f}"])
+    tuned = study.store.root / "planted_tuned" / "tuning.json"
+    rows.append(["planted_tuned", "finished" if tuned.exists() else "pending", "-", "-"])
+    return markdown_table(["part", "cells done (of those listed so far)", "CPU-hours",
+                           "wall hours"], rows)
+
+
+def _choices(study: Study) -> str:
+    from compactnn.experiments.reporting import markdown_table
+
+    done = study.store.finished("planted_select")
+    rows = []
+    for arm in ARM_LABELS:
+        c = study.planted_choice(arm)
+        if c is None:
+            continue
+        val = min(r["result"]["val"] for r in done.values()
+                  if r["params"] == c or dict(r["params"]) == c)
+        own = ", ".join(f"{k} {c[k]:g}" for k in GATE_KEYS if k in c) or "-"
+        rows.append([ARM_LABELS[arm], f"{c['lr']:g}", own, _fmt(val)])
+    return markdown_table(["arm", "lr", "own parameters", "validation MSE"], rows)
+
+
+def _planted_eval(study: Study) -> str:
+    from compactnn.experiments.stats import comparison_markdown
+
+    recs = list(study.store.finished("planted_eval").values())
+    if not recs:
+        return "pending: no evaluation cell finished yet.\n"
+    parts = []
+    for metric, lower, title in (("test", True, "test MSE"),
+                                 ("exact", False, "exact support recovered"),
+                                 ("ari", False, "ARI of the supports vs the clusters")):
+        vals = paired_values(recs, lambda p: p["arm"], metric)
+        gates = {k: v for k, v in vals.items() if k in ("dselect_k", "topk", "softmax",
+                                                         "random", "oracle")}
+        if "dselect_k" not in gates or len(gates["dselect_k"]) < 2:
+            parts.append(f"{title}: pending (fewer than 2 seeds with every arm)\n")
+            continue
+        parts.append(f"**{title}** ({len(gates['dselect_k'])} seeds)\n\n" + comparison_markdown(
+            gates, "dselect_k", lower_is_better=lower, labels=ARM_LABELS))
+    by_arm = defaultdict(list)
+    for r in recs:
+        by_arm[r["params"]["arm"]].append(r)
+    parts.append("Best epochs: " + "; ".join(
+        f"{ARM_LABELS[a]} {_best_epochs(rs)}" for a, rs in by_arm.items()))
+    return "\n\n".join(parts) + "\n"
+
+
+def _setting(p: Mapping[str, Any]) -> str:
+    return f"{p.get('experts', 'learned')} experts, {p.get('spare', 0)} spare"
+
+
+def _remedy_label(p: Mapping[str, Any]) -> str:
+    if p["arm"] != "dselect_k":
+        return ARM_LABELS[p["arm"]]
+    return f"DSelect-k {p.get('remedy', 'none')}"
+
+
+def _remedy_records(study: Study) -> list[dict[str, Any]]:
+    """The remedies' cells, with the evaluation cells of their seeds standing for the
+    learned / no-spare / no-remedy setting."""
+    seeds = set()
+    recs = list(study.store.finished("planted_remedies").values())
+    for r in recs:
+        seeds.add(int(r["params"]["seed"]))
+    for r in study.store.finished("planted_eval").values():
+        if int(r["params"]["seed"]) in seeds:
+            recs.append({"params": {**r["params"], "remedy": "none"}, "result": r["result"]})
+    return recs
+
+
+def _remedies(study: Study) -> str:
+    from compactnn.experiments.reporting import markdown_table
+    from compactnn.experiments.stats import comparison_markdown
+
+    recs = _remedy_records(study)
+    if not recs:
+        return "pending: no remedy cell finished yet.\n"
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in recs:
+        groups[(_setting(r["params"]), _remedy_label(r["params"]))].append(r)
+    rows = []
+    for (setting, label), rs in sorted(groups.items()):
+        res = [r["result"] for r in rs]
+
+        def m(key: str, res=res) -> str:
+            v = [x[key] for x in res if isinstance(x.get(key), (int, float))]
+            return _fmt(float(np.mean(v))) if v else "-"
+
+        sat = [x.get("saturation_history") or [] for x in res]
+        curve = mean_curve(sat)
+
+        def at(e: int, curve=curve) -> str:
+            return _fmt(float(curve[min(e, len(curve)) - 1]), "{:.2f}") if len(curve) else "-"
+
+        rows.append([setting, label, len(rs), m("test"), m("exact"), m("ari"),
+                     at(10), at(20), at(40), _best_epochs(rs)])
+    table = markdown_table(["experts", "arm", "seeds", "test MSE", "exact", "ARI",
+                            "saturated @10", "@20", "@40", "best epochs"], rows)
+    comps = []
+    for setting in sorted({s for s, _ in groups}):
+        sub = [r for r in recs if _setting(r["params"]) == setting]
+        vals = paired_values(sub, _remedy_label, "test")
+        vals = {k: v for k, v in vals.items() if not k.startswith(("oracle", "random"))}
+        if "DSelect-k none" in vals and len(vals["DSelect-k none"]) >= 2:
+            comps.append(f"**{setting}**, test MSE, paired over "
+                         f"{len(vals['DSelect-k none'])} seeds (reference: DSelect-k without "
+                         "remedy)\n\n" + comparison_markdown(vals, "DSelect-k none",
+                                                              lower_is_better=True))
+    return table + "\n\n" + "\n\n".join(comps) + "\n"
+
+
+def saturation_figure(study: Study, path: str | Path) -> Path | None:
+    """Mean saturated fraction of DSelect-k's selector logits per epoch, one line per
+    remedy, one panel per expert setting; None when no DSelect-k cell has a history."""
+    from compactnn.experiments.reporting import new_figure
+
+    recs = [r for r in _remedy_records(study) if r["params"]["arm"] == "dselect_k"]
+    settings = sorted({_setting(r["params"]) for r in recs})
+    if not settings:
+        return None
+    fig, axes = new_figure(ncols=len(settings), figsize=(3.6 * len(settings), 3.2))
+    for ax, setting in zip(np.atleast_1d(axes), settings, strict=True):
+        for i, remedy in enumerate(REMEDIES):
+            hist = [r["result"].get("saturation_history") or [] for r in recs
+                    if _setting(r["params"]) == setting and r["params"].get("remedy") == remedy]
+            curve = mean_curve(hist)
+            if len(curve):
+                ax.plot(np.arange(1, len(curve) + 1), curve, color=f"C{i}",
+                        label=f"{remedy} ({len(hist)})")
+        ax.set_title(setting, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(-0.02, 1.02)
+    np.atleast_1d(axes)[0].set_ylabel("saturated fraction of z")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _real(study: Study, dataset: str, metric: str, lower: bool, title: str) -> str:
+    from compactnn.experiments.stats import comparison_markdown
+
+    recs = list(study.store.finished(f"{dataset}_eval").values())
+    sel = study.store.finished(f"{dataset}_select")
+    if not sel:
+        return f"{title}: pending (no cell finished).\n"
+    lines = []
+    for gate in ("dselect_k", "topk", "softmax"):
+        from compactnn.experiments.mtl_dselect import best_by_val
+
+        best = best_by_val(sel, lambda q, gate=gate: q["gate"] == gate)
+        if best is not None:
+            own = ", ".join(f"{k} {best[k]:g}" for k in GATE_KEYS if k in best)
+            lines.append(f"{ARM_LABELS[gate]}: lr {best['lr']:g}" + (f", {own}" if own else ""))
+    out = f"{title}. Chosen on validation loss: " + "; ".join(lines) + ".\n\n"
+    vals = paired_values(recs, lambda p: p["gate"], metric)
+    if "dselect_k" in vals and len(vals["dselect_k"]) >= 2 and len(vals) == 3:
+        out += comparison_markdown(vals, "dselect_k", lower_is_better=lower,
+                                   labels=ARM_LABELS) + "\n\n"
+        by_gate = defaultdict(list)
+        for r in recs:
+            by_gate[r["params"]["gate"]].append(r)
+        out += "Best epochs: " + "; ".join(
+            f"{ARM_LABELS[g]} {_best_epochs(rs)}" for g, rs in by_gate.items()) + "\n"
+    else:
+        out += "Evaluation seeds: pending.\n"
+    return out
+
+
+def report(root: str | Path, figure: str | Path | None = None) -> str:
+    """The markdown report of the finished cells under ``root``."""
+    study = Study(root, log=lambda _m: None)
+    md = ["#### Progress\n", _progress(study), "\n#### Planted experts: chosen on validation "
+          "(selection seed)\n", _choices(study), "\n#### Planted experts: matched settings, "
+          "evaluation seeds\n", _planted_eval(study),
+          "\n#### Planted experts: saturation and remedies\n", _remedies(study)]
+    if figure is not None:
+        png = saturation_figure(study, figure)
+        if png is not None:
+            md.append(f"\n![saturation]({png.name})\n")
+    md += ["\n#### Multi-Fashion-MNIST\n",
+           _real(study, "fashion", "test", False, "mean test accuracy"),
+           "\n#### MovieLens\n", _real(study, "movielens", "test", False, "test AUC, watch")]
+    return "\n".join(md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m compactnn.experiments.mtl_dselect_report")
+    ap.add_argument("--root", default="results/mtl_dselect")
+    ap.add_argument("--figure", default=None, help="where to save the saturation plot")
+    args = ap.parse_args(argv)
+    print(report(args.root, args.figure))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The DSelect-k study's report: curves, pairing by seed, and a report of a tiny study."""
+
+import numpy as np
+import pytest
+
+from compactnn.experiments import mtl_dselect as M
+from compactnn.experiments.mtl_dselect_report import mean_curve, paired_values, report
+
+
+def test_mean_curve_holds_the_last_value_of_a_stopped_run():
+    np.testing.assert_allclose(mean_curve([[0.0, 0.5, 1.0], [0.2]]), [0.1, 0.35, 0.6])
+    assert len(mean_curve([[], []])) == 0
+
+
+def test_paired_values_keep_only_seeds_every_arm_has():
+    recs = [{"params": {"arm": a, "seed": s}, "result": {"test": 10 * s + i}}
+            for i, a in enumerate(("x", "y")) for s in (0, 1, 2)]
+    recs = [r for r in recs if not (r["params"]["arm"] == "y" and r["params"]["seed"] == 1)]
+    vals = paired_values(recs, lambda p: p["arm"], "test")
+    assert vals == {"x": [0, 20], "y": [1, 21]}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(M, "PLANTED", {
+        **M.PLANTED, "tasks": 8, "clusters": 2, "n_train": 128, "n_val": 32, "n_test": 32,
+        "lrs": (1e-2,), "epochs": 2, "patience": 2, "seeds": (0, 1), "remedy_seeds": (0, 1),
+        "spare": 2, "remedy_epochs": 1, "batch_size": 64})
+    monkeypatch.setattr(M, "DSK_GAMMAS", (1.0,))
+    monkeypatch.setattr(M, "DSK_ENTROPIES", (0.1,))
+    monkeypatch.setattr(M, "TOPK_IMPORTANCE", (0.1,))
+
+
+def test_report_of_a_tiny_study(tiny, tmp_path):
+    root = tmp_path / "cells"
+    md = report(root)
+    assert "pending: no evaluation cell finished yet" in md
+    study = M.Study(root, log=lambda _m: None)
+    for part in ("planted_select", "planted_eval", "planted_remedies"):
+        study.run_part(part)
+    md = report(root, tmp_path / "sat.png")
+    assert (tmp_path / "sat.png").stat().st_size > 0
+    assert "| planted_eval | 10 of 10 |" in md
+    assert "**test MSE** (2 seeds)" in md
+    assert "DSelect-k gamma_ramp" in md and "frozen experts, 2 spare" in md
+    assert "mean test accuracy: pending" in md
