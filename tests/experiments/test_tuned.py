@@ -3,6 +3,8 @@ protocol runs end to end through ``compactnn mtl`` with early stopping."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from compactnn.data.synthetic import make_mmoe_synthetic
@@ -94,5 +96,16 @@ def test_protocol_end_to_end_with_the_engine(tmp_path):
     for m in methods:
         assert [r["seed"] for r in rep.final[m]] == [0, 1]
         assert all(1 <= r["best_epoch"] <= r["epochs_run"] <= 3 for r in rep.final[m])
+        # the search trained with the tuning seed only, each final run with its own seed
+        # (its data, its config), and reports that run's test split as test
+        assert len(list((tmp_path / "runs").glob(f"{m}_s10000_*"))) == 2
+        for rec in rep.final[m]:
+            (folder,) = (tmp_path / "runs").glob(f"{m}_s{rec['seed']}_*")
+            assert json.loads((folder / "config.json").read_text())["seed"] == rec["seed"]
+            result = json.loads((folder / "result.json").read_text())
+            assert (rec["val"], rec["test"]) == (result["val_mean_mse"],
+                                                 result["test_mean_mse"])
+            assert rec["test"] != rec["val"]
+        assert rep.final[m][0]["test"] != rep.final[m][1]["test"]
     md = report_tables(rep, "softmax", [("test", True, "test MSE")], {"topk": "Top-k"})
     assert "| Top-k | 2 |" in md and "p (Holm)" in md
