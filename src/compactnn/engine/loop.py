@@ -22,6 +22,7 @@ loop then just trains (see :func:`compactnn.engine.fit`).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,9 @@ class _Loop:
                              f"{state['batch']}) is outside this run")
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.running, self.saved_step = state["running"], self.step
+        if info.is_main:  # say so: a resumed run otherwise looks like a fresh one
+            print(f"resuming from epoch {self.epoch + 1} (step {self.step}) of "
+                  f"{self.folder.path}", file=sys.stderr, flush=True)
         try:
             task.load_state_dict(extra.get("task", {}))
             if self.early is not None:

@@ -224,6 +224,11 @@ class ClassifyTask(Task):
         if self.report is not None:
             (out / "factorize_report.md").write_text(self.report.to_markdown() + "\n")
 
+    def write_outputs(self, out: Path, metrics: dict[str, Any]) -> None:
+        from compactnn.tasks.classify_report import write_run_report
+
+        write_run_report(out, metrics, self.report)
+
     def state_dict(self) -> dict[str, Any]:
         return {"sparsity": self.sparsifier.state_dict()} if self.sparsifier is not None else {}
 
