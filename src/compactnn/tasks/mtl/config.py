@@ -27,7 +27,8 @@ DATASETS = ("synthetic", "clustered", "multi_fashion_mnist", "census", "movielen
 # option listed nowhere applies to every choice. A new option of one gate goes into
 # GATE_OPTIONS under the gates that read it.
 GATE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "dselect_k": ("k", "gamma", "entropy_reg", "reduction"),
+    "dselect_k": ("k", "gamma", "entropy_reg", "reduction", "entropy_reg_start",
+                  "gamma_start", "schedule_steps", "warmup_steps", "warmup_margin"),
     "topk": ("k", "noisy", "importance_reg", "load_reg"),
     "softmax": (),
 }
@@ -94,6 +95,14 @@ class GateConfig:
     gamma: float = 1.0  # dselect_k smooth-step width
     entropy_reg: float = 0.0  # dselect_k entropy regularization coefficient
     reduction: Literal["sum", "mean"] = "mean"  # dselect_k per-example regularizer
+    # dselect_k remedies of early saturation (compactnn.moe.gates.dselect_k_schedule):
+    # entropy weight / gamma ramped from these starts over schedule_steps training steps;
+    # static selector logits kept within warmup_margin * gamma / 2 for warmup_steps steps
+    entropy_reg_start: float | None = None
+    gamma_start: float | None = None
+    schedule_steps: int = 0
+    warmup_steps: int = 0
+    warmup_margin: float = 0.5
     noisy: bool = True  # topk: noisy gating in training
     importance_reg: float = 0.1  # topk importance (balancing) loss coefficient
     load_reg: float = 0.0  # topk load loss coefficient
@@ -188,6 +197,25 @@ class MTLConfig(RunConfig):
             (d.max_eval is None or d.max_eval >= 1, "data.max_eval must be >= 1"),
             (not self.loss.weights or any(w > 0 for w in self.loss.weights),
              f"loss.weights={self.loss.weights} are all 0: no task would be trained"),
+            (g.schedule_steps >= 0 and g.warmup_steps >= 0,
+             f"gate.schedule_steps and gate.warmup_steps must be >= 0, got "
+             f"{g.schedule_steps} and {g.warmup_steps}"),
+            (finite(g.warmup_margin, 0, 1, low_open=True, high_open=True),
+             f"gate.warmup_margin must be in (0, 1), got {g.warmup_margin}"),
+            (g.entropy_reg_start is None or finite(g.entropy_reg_start, 0),
+             f"gate.entropy_reg_start must be finite and >= 0, got {g.entropy_reg_start}"),
+            (g.gamma_start is None or finite(g.gamma_start, *GAMMA_RANGE),
+             f"gate.gamma_start must be in [{GAMMA_RANGE[0]:g}, {GAMMA_RANGE[1]:g}], got "
+             f"{g.gamma_start}"),
+            (g.name != "dselect_k" or g.schedule_steps >= 1
+             or (g.entropy_reg_start is None and g.gamma_start is None),
+             "gate.entropy_reg_start / gate.gamma_start need gate.schedule_steps >= 1"),
+            (g.name != "dselect_k" or g.schedule_steps == 0
+             or g.entropy_reg_start is not None or g.gamma_start is not None,
+             f"gate.schedule_steps={g.schedule_steps} schedules nothing: set "
+             "gate.entropy_reg_start and/or gate.gamma_start"),
+            (g.name != "dselect_k" or g.warmup_steps == 0 or not g.per_example,
+             "gate.warmup_steps applies to static gates only (gate.per_example=false)"),
             (g.per_example or g.reduction == GateConfig.reduction,
              f"gate.reduction applies to per-example gates only, not gate.per_example=false "
              f"(got gate.reduction={g.reduction})"),

@@ -97,7 +97,10 @@ def build_gate(cfg: GateConfig, num_experts: int, input_dim: int | None) -> Gate
     """The gate template of ``cfg`` (static when ``input_dim`` is None)."""
     if cfg.name == "dselect_k":
         return DSelectKGate(num_experts, k=cfg.k, gamma=cfg.gamma, input_dim=input_dim,
-                            entropy_reg=cfg.entropy_reg, reduction=cfg.reduction)
+                            entropy_reg=cfg.entropy_reg, reduction=cfg.reduction,
+                            entropy_reg_start=cfg.entropy_reg_start,
+                            gamma_start=cfg.gamma_start, schedule_steps=cfg.schedule_steps,
+                            warmup_steps=cfg.warmup_steps, warmup_margin=cfg.warmup_margin)
     if cfg.name == "topk":
         return NoisyTopKGate(num_experts, k=cfg.k, input_dim=input_dim, noisy=cfg.noisy,
                              importance_reg=cfg.importance_reg, load_reg=cfg.load_reg)
