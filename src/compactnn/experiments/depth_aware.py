@@ -160,10 +160,9 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
     for path in partial:
         Path(path).unlink(missing_ok=True)
     if jobs > 1 and len(seeds) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from compactnn.experiments.workers import worker_pool
 
-        with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as p:
+        with worker_pool(min(jobs, len(seeds))) as p:
             parts = list(p.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds), partial))
     else:
         parts = [seed_rows(s, sd, None, pp) for sd, pp in zip(seeds, partial, strict=True)]

@@ -8,6 +8,10 @@ never let one missing data set or one failing experiment stop the others.
   the traceback in ``<run>/<name>/error.txt``) and the next one runs.
 - ``report.md`` is rewritten after every experiment, so an interrupted run keeps what it
   finished; it starts with a status table and lists what was skipped or failed and why.
+- SIGTERM is handled as Ctrl-C is: it is passed on to the worker processes of ``--jobs``
+  (which also die on their own if the driver is killed outright, see
+  :mod:`compactnn.experiments.workers`), the report of what finished is written, and the
+  command exits 143.
 
 Exit codes (:attr:`Summary.exit_code`): 0 all ran, 3 some skipped (none failed), 4 at
 least one failed.
@@ -30,6 +34,7 @@ from compactnn.data.errors import (
 )
 from compactnn.data.registry import get_dataset, locate
 from compactnn.experiments import Experiment
+from compactnn.experiments.workers import forward_sigterm
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_SKIPPED", "Outcome", "Summary", "reproduce"]
 
@@ -105,18 +110,19 @@ def reproduce(chosen: Sequence[Experiment], out: Path, quick: bool, seed: int,
     header = [f"# compactnn reproduce ({'quick' if quick else 'full'} mode)\n",
               f"Command: `{command}`  ", f"Machine: {machine}  ",
               f"Date: {datetime.now():%Y-%m-%d %H:%M}\n"]
-    fetch_failed = _fetch_missing(chosen, echo) if fetch else {}
-    current = ""
-    try:
-        for exp in chosen:
-            current = exp.name
-            echo(f"\n== {exp.name}: {exp.description}")
-            summary.outcomes.append(_run_one(exp, out, quick, seed, jobs, fetch_failed,
-                                             echo, debug))
-            _write_report(summary, header)
-        current = ""
-    finally:  # also on Ctrl-C: the report says what finished
-        _write_report(summary, header, interrupted=current)
+    current = "the --fetch downloads" if fetch else ""
+    with forward_sigterm():
+        try:
+            fetch_failed = _fetch_missing(chosen, echo) if fetch else {}
+            for exp in chosen:
+                current = exp.name
+                echo(f"\n== {exp.name}: {exp.description}")
+                summary.outcomes.append(_run_one(exp, out, quick, seed, jobs, fetch_failed,
+                                                 echo, debug))
+                _write_report(summary, header)
+            current = ""
+        finally:  # also on Ctrl-C and SIGTERM: the report says what finished
+            _write_report(summary, header, interrupted=current)
     return summary
 
 

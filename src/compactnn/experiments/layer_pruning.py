@@ -222,10 +222,9 @@ def _all_seeds(s: Setting, seeds: list[int], jobs: int, out_dir: Path
         Path(path).unlink(missing_ok=True)
     if jobs <= 1 or len(seeds) == 1:
         return [seed_rows(s, sd, None, p) for sd, p in zip(seeds, partial, strict=True)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from compactnn.experiments.workers import worker_pool
 
-    with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(min(jobs, len(seeds))) as pool:
         return list(pool.map(seed_rows, [s] * len(seeds), seeds, [1] * len(seeds), partial))
 
 

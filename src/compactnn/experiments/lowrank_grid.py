@@ -149,12 +149,11 @@ def _worker_init() -> None:
 
 
 def _pool(workers: int):
-    """Worker processes for the grid's runs (spawned: no state forked from the parent)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    """Worker processes for the grid's runs (spawned: no state forked from the parent;
+    they die with it)."""
+    from compactnn.experiments.workers import worker_pool
 
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init)
+    return worker_pool(workers, initializer=_worker_init)
 
 
 def _train_job(cfg: TrainConfig, threads: int | None) -> dict:

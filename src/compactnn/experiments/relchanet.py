@@ -163,10 +163,9 @@ def run(out_dir: Path, quick: bool, seed: int, jobs: int = 1) -> ExperimentResul
     for path in partial:
         Path(path).unlink(missing_ok=True)
     if jobs > 1 and len(tasks) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from compactnn.experiments.workers import worker_pool
 
-        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as p:
+        with worker_pool(min(jobs, len(tasks))) as p:
             parts = list(p.map(dataset_rows, [s] * len(tasks), [t[0] for t in tasks],
                                [t[1] for t in tasks], [1] * len(tasks), partial))
     else:
