@@ -44,3 +44,17 @@ def test_report_of_a_tiny_study(tiny, tmp_path):
     assert "**test MSE** (2 seeds)" in md
     assert "DSelect-k gamma_ramp" in md and "frozen experts, 2 spare" in md
     assert "mean test accuracy: pending" in md
+
+
+def test_update_block_replaces_only_between_the_markers(tmp_path):
+    from compactnn.experiments.mtl_dselect_report import BEGIN, END, update_block
+
+    doc = tmp_path / "r.md"
+    doc.write_text(f"head\n{BEGIN}\nold\n{END}\ntail\n")
+    update_block(doc, "new table\n")
+    assert doc.read_text() == f"head\n{BEGIN}\nnew table\n{END}\ntail\n"
+    for bad in ("no markers\n", f"{END}\n{BEGIN}\n", f"{BEGIN}\n{BEGIN}\n{END}\n"):
+        doc.write_text(bad)
+        with pytest.raises(ValueError, match="needs one"):
+            update_block(doc, "x")
+        assert doc.read_text() == bad

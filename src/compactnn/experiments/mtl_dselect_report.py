@@ -20,7 +20,7 @@ import numpy as np
 
 from compactnn.experiments.mtl_dselect import PARTS, REMEDIES, Study
 
-__all__ = ["mean_curve", "paired_values", "report", "saturation_figure"]
+__all__ = ["mean_curve", "paired_values", "report", "saturation_figure", "update_block"]
 
 ARM_LABELS = {"oracle": "oracle routing", "random": "random routing",
               "dselect_k": "DSelect-k", "topk": "Top-k", "softmax": "softmax"}
@@ -274,12 +274,33 @@ def report(root: str | Path, figure: str | Path | None = None) -> str:
     return "\n".join(md)
 
 
+BEGIN, END = "<!-- mtl_dselect report: begin -->", "<!-- mtl_dselect report: end -->"
+
+
+def update_block(path: str | Path, markdown: str) -> None:
+    """Replace the text between the report markers of ``path`` (each on its own line,
+    once) with ``markdown``; the file is left as it was when the markers are missing."""
+    path = Path(path)
+    text = path.read_text()
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"{path} needs one {BEGIN!r} line followed by one {END!r} line")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{markdown.strip()}\n{END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m compactnn.experiments.mtl_dselect_report")
     ap.add_argument("--root", default="results/mtl_dselect")
     ap.add_argument("--figure", default=None, help="where to save the saturation plot")
+    ap.add_argument("--update", default=None,
+                    help="a markdown file whose report block to replace (else print)")
     args = ap.parse_args(argv)
-    print(report(args.root, args.figure))
+    md = report(args.root, args.figure)
+    if args.update:
+        update_block(args.update, md)
+    else:
+        print(md)
     return 0
 
 
