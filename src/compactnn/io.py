@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -440,7 +442,11 @@ def save_model(model: nn.Module, path: str | os.PathLike,
                metadata: dict[str, str] | None = None) -> None:
     """Write ``model``'s state dict and low-rank structure to a safetensors file,
     atomically (a failed save leaves any existing file as it was). ``metadata``
-    (str -> str) is stored beside it; the library's own keys win."""
+    (str -> str) is stored beside it; the library's own keys win.
+
+    The file is written under a temporary name (``.NAME.XXXXXXXX.tmp``) locked while it
+    is written; such files of ``path`` that no save holds (left by a killed process) are
+    removed."""
     import safetensors.torch as st
 
     check_module("model", model)
@@ -462,13 +468,57 @@ def save_model(model: nn.Module, path: str | os.PathLike,
             "lowrank_layers": json.dumps(model_structure(model))}
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        _hold(fd, block=True)  # marks this temporary file as in use until it is renamed
+        _remove_stale_temps(path)
         st.save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def _hold(fd: int, block: bool) -> bool:
+    """An exclusive lock on open file ``fd``: False when another holds it (with
+    ``block=False``); True, doing nothing, without POSIX locks."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows: no stale-file cleanup)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`save_model` for ``path`` (regular files
+    named ``.NAME.XXXXXXXX.tmp`` beside it) that no running save holds; returns them."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not pattern.fullmatch(name):
+            continue
+        f = path.parent / name
+        try:
+            fd = os.open(f, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # gone, or a link: not ours to remove
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and _hold(fd, block=False):
+                f.unlink(missing_ok=True)
+                removed.append(f)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def load_model(model: nn.Module, path: str | os.PathLike, strict: bool = True,
