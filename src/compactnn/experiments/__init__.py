@@ -52,6 +52,7 @@ _MODULES = [
     "compactnn.experiments.lowrank_grid",
     "compactnn.experiments.function_gap",
     "compactnn.experiments.compress_pretrained",
+    "compactnn.experiments.lm_compress",
     "compactnn.experiments.layer_pruning",
     "compactnn.experiments.relchanet",
     "compactnn.experiments.depth_aware",

@@ -260,8 +260,9 @@ def _layerwise(cands: list[Candidate], cost: Callable[[Candidate, int | None], f
                fixed: float, target: float,
                clip: Callable[[Candidate, int | None], int | None]) -> list[int | None]:
     """Every candidate keeps the same fraction ``q`` of its own cost (the convention of
-    SVD-LLM and ASVD: rank ``floor(q m n / (m + n))`` per layer), with ``q`` the
-    largest that meets the target. No rank is topped up afterwards: the layers stay
+    SVD-LLM and ASVD: rank ``floor(q m n / (m + n))`` per layer, at least one rank
+    step), with ``q = (target - fixed) / (dense cost of the candidates)``, so the
+    total never exceeds the target. No rank is topped up afterwards: the layers stay
     at one common kept fraction."""
     def ranks_at(q: float) -> list[int | None]:
         out: list[int | None] = []
@@ -272,16 +273,5 @@ def _layerwise(cands: list[Candidate], cost: Callable[[Candidate, int | None], f
             out.append(clip(c, r))
         return out
 
-    def total(ranks: list[int | None]) -> float:
-        return fixed + sum(cost(c, r) for c, r in zip(cands, ranks, strict=True))
-
-    lo, hi = 0.0, 1.0
-    best = ranks_at(0.0)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        ranks = ranks_at(mid)
-        if total(ranks) <= target:
-            lo, best = mid, ranks
-        else:
-            hi = mid
-    return best
+    dense = sum(cost(c, None) for c in cands)
+    return ranks_at((target - fixed) / dense if dense else 0.0)

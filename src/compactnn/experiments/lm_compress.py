@@ -1,0 +1,320 @@
+"""Compress a pretrained language model (SmolLM2-135M) by rank: plain SVD, ASVD,
+SVD-LLM (whitening, and with its least-squares refit of U) against compactnn's
+least-squares and function-matching factorizations, at 20 / 40 / 60% of the linear
+layers' parameters removed; perplexity on held-out Shakespeare (in domain) and the
+King James Bible (out of domain), before and after a short fine-tune of the factors;
+prefill and generation speed against the dense model, measured side by side.
+
+Every data-aware method calibrates block by block, sequentially, on the same
+calibration windows (drawn from the calibration plays with the cell's seed), so
+methods are paired by seed. Each cell (method, ratio, seed) is written to its own
+file as it finishes: ``python -m compactnn.experiments.lm_compress OUT [quick]``
+resumes a full run where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compactnn.experiments import ExperimentResult, register
+from compactnn.experiments.cells import CellStore
+from compactnn.experiments.reporting import markdown_table, new_figure, write_csv
+from compactnn.experiments.stats import holm, paired_difference
+
+RATIOS = (0.2, 0.4, 0.6)
+# Published LLaMA-7B WikiText-2 perplexities at 20 / 40 / 60% removed (dense 5.68):
+# SVD-LLM's tables; the comparison is of orderings and ratios to dense, not values.
+PUBLISHED_DENSE = 5.68
+PUBLISHED = {"svd": (20061, 52589, 105474), "fwsvd": (1727, 18156, 32194),
+             "asvd": (11.14, 1407, 57057), "svd_llm": (7.94, 13.11, 53.74)}
+
+SCALES: dict[bool, dict[str, Any]] = {
+    # quick: a 2-layer slice of the model, one ratio and seed, small evaluations
+    True: {"layers": 2, "calib_n": 8, "calib_len": 128, "eval_tokens": 2048, "seq_len": 128,
+           "ratios": (0.4,), "seeds": (0,), "finetune_steps": 3, "finetune_ratio": 0.4,
+           "speed_batches": (1,), "speed_threads": (1,), "prompt": 32, "new_tokens": 8,
+           "repeats": 2},
+    False: {"layers": None, "calib_n": 32, "calib_len": 256, "eval_tokens": 16384,
+            "seq_len": 256, "ratios": RATIOS, "seeds": (0, 1, 2), "finetune_steps": 100,
+            "finetune_ratio": 0.4, "speed_batches": (1, 16), "speed_threads": (1, 2),
+            "prompt": 64, "new_tokens": 16, "repeats": 3},
+}
+
+
+def methods() -> list[str]:
+    from compactnn.lm.compress import METHODS
+
+    return list(METHODS)
+
+
+class Setting:
+    """The dense model, tokenizer and token streams of one run, loaded once."""
+
+    def __init__(self, quick: bool) -> None:
+        from compactnn.lm import load_smollm2, shakespeare_text, token_ids
+        from compactnn.lm.text import kjv_text
+
+        self.scale = SCALES[quick]
+        t0 = time.perf_counter()
+        model, tok = load_smollm2()
+        if self.scale["layers"] is not None:  # a slice of the first blocks
+            keep = self.scale["layers"]
+            model.model.layers = model.model.layers[:keep]
+            model.config.num_hidden_layers = keep
+        self.model = model.eval()
+        self.load_s = time.perf_counter() - t0
+        self.calib_ids = token_ids(tok, shakespeare_text("calibration"))
+        self.test = {"shakespeare": token_ids(tok, shakespeare_text("test")),
+                     "kjv": token_ids(tok, kjv_text())}
+
+    def perplexities(self, model: torch.nn.Module) -> dict[str, float]:
+        from compactnn.lm import perplexity
+
+        return {k: perplexity(model, ids, seq_len=self.scale["seq_len"],
+                              max_tokens=self.scale["eval_tokens"])
+                for k, ids in self.test.items()}
+
+    def calibration(self, seed: int) -> torch.Tensor:
+        from compactnn.lm import calibration_batches
+
+        return calibration_batches(self.calib_ids, self.scale["calib_n"],
+                                   self.scale["calib_len"], seed)
+
+
+def _cell(setting: Setting, method: str, ratio: float, seed: int, finetune: bool
+          ) -> dict[str, Any]:
+    from compactnn.lm.compress import METHODS, compress_lm, finetune_factors
+
+    calib = setting.calibration(seed) if METHODS[method].data_aware else None
+    t0 = time.perf_counter()
+    model, report = compress_lm(setting.model, method, ratio, calib)
+    t_comp = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ppl = setting.perplexities(model)
+    t_eval = time.perf_counter() - t0
+    out: dict[str, Any] = {"ppl": ppl, "compress_s": t_comp, "eval_s": t_eval,
+                           "selected_ratio": report.selected_param_ratio,
+                           "model_ratio": report.param_ratio,
+                           "calib_tokens": 0 if calib is None else calib.numel()}
+    if finetune:
+        s = setting.scale
+        t0 = time.perf_counter()
+        losses = finetune_factors(model, setting.calib_ids, steps=s["finetune_steps"],
+                                  seq_len=s["seq_len"], batch_size=4, lr=1e-4, seed=seed)
+        out["finetune_s"] = time.perf_counter() - t0
+        out["finetune_loss"] = [losses[0], losses[-1]]
+        out["ppl_finetuned"] = setting.perplexities(model)
+    return out
+
+
+def _speed(setting: Setting) -> list[list[Any]]:
+    """Prefill and generation tokens/s of the compressed shapes of each ratio against the
+    dense model, interleaved; the ideal is the inverse ratio of multiply-adds of all
+    linear layers (the output head included; attention scores not counted)."""
+    from compactnn.lm import generation_speed, prefill_speed
+    from compactnn.lm.compress import compress_lm
+    from compactnn.surgery.budget import count_macs
+
+    s = setting.scale
+    prompt = setting.test["shakespeare"][: s["prompt"]]
+    models = {"dense": setting.model}
+    for r in s["ratios"]:
+        models[f"{int(r * 100)}%"] = compress_lm(setting.model, "svd", r)[0]
+    x = prompt.unsqueeze(0)
+    macs = {k: count_macs(m, x) for k, m in models.items()}
+    rows = []
+    for threads in s["speed_threads"]:
+        for batch in s["speed_batches"]:
+            pre = prefill_speed(models, prompt, batch_size=batch, threads=threads,
+                                repeats=s["repeats"])
+            gen = generation_speed(models, prompt, s["new_tokens"], batch_size=batch,
+                                   threads=threads, repeats=s["repeats"])
+            for k in models:
+                rows.append([k, threads, batch, f"{pre[k]:.0f}", f"{pre[k] / pre['dense']:.2f}",
+                             f"{gen[k]:.1f}", f"{gen[k] / gen['dense']:.2f}",
+                             f"{macs['dense'] / macs[k]:.2f}"])
+    return rows
+
+
+def _log_ci(values: list[float]) -> str:
+    """Geometric mean and the 95% t-interval of log perplexity over seeds."""
+    logs = [math.log(v) for v in values]
+    m = statistics.fmean(logs)
+    if len(logs) < 2:
+        return f"{math.exp(m):.2f}"
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return f"{math.exp(m):.2f} [{math.exp(m - half):.2f}, {math.exp(m + half):.2f}]"
+
+
+def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = None
+              ) -> ExperimentResult:
+    """Run (or resume) every cell under ``out_dir`` and build the report. ``setting``
+    replaces the real model and text (the tests pass a tiny one)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = CellStore(out_dir / "cells")
+    setting = Setting(quick) if setting is None else setting
+    s = setting.scale
+    dense = store.run("dense", "dense", {"quick": quick},
+                      lambda _p: {"ppl": setting.perplexities(setting.model),
+                                  "load_s": setting.load_s}, log)["result"]
+    # ratio 0.4 first, then the others; seeds last: a cut run has the middle column
+    order = sorted(s["ratios"], key=lambda r: abs(r - 0.4))
+    cells: dict[tuple[str, float, int], dict[str, Any]] = {}
+    from compactnn.lm.compress import METHODS
+
+    for seed in s["seeds"]:
+        for ratio in order:
+            for method in methods():
+                if seed and not METHODS[method].data_aware:
+                    continue  # plain SVD is deterministic
+                ft = ratio == s["finetune_ratio"] and seed == s["seeds"][0]
+                name = f"{method}_r{int(ratio * 100)}_s{seed}"
+                rec = store.run("cells", name, {"method": method, "ratio": ratio,
+                                                "seed": seed, "quick": quick},
+                                lambda _p, m=method, r=ratio, sd=seed, f=ft:
+                                _cell(setting, m, r, sd, f), log)
+                cells[(method, ratio, seed)] = rec["result"]
+    speed = store.run("speed", "speed", {"quick": quick},
+                      lambda _p: {"rows": _speed(setting)}, log)["result"]["rows"]
+    return _report(out_dir, quick, s, dense, cells, speed)
+
+
+def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any],
+            cells: dict[tuple[str, float, int], dict[str, Any]], speed: list[list[Any]]
+            ) -> ExperimentResult:
+    files = []
+    rows, csv_rows = [], []
+    for method in methods():
+        for ratio in s["ratios"]:
+            got = [(sd, c) for (m, r, sd), c in cells.items() if m == method and r == ratio]
+            if not got:
+                continue
+            sh = [c["ppl"]["shakespeare"] for _, c in got]
+            kj = [c["ppl"]["kjv"] for _, c in got]
+            comp = statistics.fmean(c["compress_s"] for _, c in got)
+            ev = statistics.fmean(c["eval_s"] for _, c in got)
+            rows.append([method, f"{int(ratio * 100)}%", len(got), _log_ci(sh),
+                         f"{statistics.fmean(sh) / dense['ppl']['shakespeare']:.2f}",
+                         _log_ci(kj), f"{statistics.fmean(kj) / dense['ppl']['kjv']:.2f}",
+                         f"{got[0][1]['model_ratio']:.3f}", f"{comp:.0f}", f"{ev:.0f}"])
+            for sd, c in got:
+                csv_rows.append([method, ratio, sd, c["ppl"]["shakespeare"], c["ppl"]["kjv"],
+                                 c["compress_s"], c["eval_s"], c["selected_ratio"],
+                                 c["model_ratio"]])
+    files.append(write_csv(out_dir / "lm_compress.csv",
+                           ["method", "removed", "seed", "ppl_shakespeare", "ppl_kjv",
+                            "compress_s", "eval_s", "selected_ratio", "model_ratio"], csv_rows))
+    md = [f"Dense: perplexity {dense['ppl']['shakespeare']:.2f} on held-out Shakespeare, "
+          f"{dense['ppl']['kjv']:.2f} on the KJV ({s['eval_tokens']} tokens each, windows of "
+          f"{s['seq_len']}); calibration {s['calib_n']} x {s['calib_len']} tokens per seed."
+          + (" Quick mode: a 2-layer slice of the model." if quick else ""), "",
+          markdown_table(["method", "removed", "seeds", "ppl Shakespeare [95% CI]",
+                          "x dense", "ppl KJV [95% CI]", "x dense", "whole-model ratio",
+                          "compress s", "eval s"], rows)]
+    md += ["", _comparisons(s, cells), "", _finetune(s, cells, dense), "",
+           "Speed (tokens/s; ratio to dense, measured interleaved in one run; ideal = "
+           "inverse ratio of linear-layer multiply-adds):", "",
+           markdown_table(["model", "threads", "batch", "prefill tok/s", "x dense",
+                           "generate tok/s", "x dense", "ideal"], speed)]
+    fig = _plot(out_dir, s, cells, dense)
+    if fig is not None:
+        files.append(fig)
+        md += ["", f"![perplexity]({fig.name})"]
+    return ExperimentResult("lm_compress", "\n".join(md), files)
+
+
+def _comparisons(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, Any]]) -> str:
+    """Paired by calibration seed: each data-aware method against SVD-LLM, log
+    perplexity on Shakespeare, Holm-corrected over all comparisons."""
+    tests = []
+    for ratio in s["ratios"]:
+        for method in methods():
+            if method in ("svd", "svd_llm"):
+                continue
+            pairs = [(math.log(cells[(method, ratio, sd)]["ppl"]["shakespeare"]),
+                      math.log(cells[("svd_llm", ratio, sd)]["ppl"]["shakespeare"]))
+                     for sd in s["seeds"] if (method, ratio, sd) in cells
+                     and ("svd_llm", ratio, sd) in cells]
+            if len(pairs) >= 2:
+                d, lo, hi, p = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+                tests.append([method, f"{int(ratio * 100)}%", len(pairs), d, lo, hi, p])
+    if not tests:
+        return "(paired comparisons need at least 2 seeds per method)"
+    adj = holm([t[-1] if not math.isnan(t[-1]) else 1.0 for t in tests])
+    rows = [[m, r, n, f"{d:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", f"{p:.3g}", f"{a:.3g}"]
+            for (m, r, n, d, lo, hi, p), a in zip(tests, adj, strict=True)]
+    return ("Against SVD-LLM (difference of log perplexity on Shakespeare, paired by "
+            "calibration seed; negative is better):\n\n"
+            + markdown_table(["method", "removed", "pairs", "mean diff", "95% CI", "p",
+                              "p (Holm)"], rows))
+
+
+def _finetune(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, Any]],
+              dense: dict[str, Any]) -> str:
+    rows = []
+    for (m, r, sd), c in cells.items():
+        if "ppl_finetuned" in c:
+            rows.append([m, f"{int(r * 100)}%", sd, f"{c['ppl']['shakespeare']:.2f}",
+                         f"{c['ppl_finetuned']['shakespeare']:.2f}", f"{c['ppl']['kjv']:.2f}",
+                         f"{c['ppl_finetuned']['kjv']:.2f}", f"{c['finetune_s']:.0f}"])
+    return (f"Fine-tuning the factors only (AdamW lr 1e-4, {s['finetune_steps']} steps of 4 x "
+            f"{s['seq_len']} calibration-play tokens, no adapters):\n\n"
+            + markdown_table(["method", "removed", "seed", "Shakespeare before", "after",
+                              "KJV before", "after", "seconds"], rows))
+
+
+def _plot(out_dir: Path, s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, Any]],
+          dense: dict[str, Any]) -> Path | None:
+    if len(s["ratios"]) < 2:
+        return None
+    fig, ax = new_figure(figsize=(6, 4))
+    for method in methods():
+        xs, ys = [], []
+        for ratio in s["ratios"]:
+            vals = [c["ppl"]["shakespeare"] for (m, r, _), c in cells.items()
+                    if m == method and r == ratio]
+            if vals:
+                xs.append(ratio * 100)
+                ys.append(statistics.fmean(vals) / dense["ppl"]["shakespeare"])
+        if xs:
+            ax.plot(xs, ys, marker="o", label=method)
+    ax.set_yscale("log")
+    ax.set_xlabel("linear-layer parameters removed (%)")
+    ax.set_ylabel("perplexity / dense (Shakespeare)")
+    ax.legend(fontsize=8)
+    path = out_dir / "lm_compress.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+@register("lm_compress", "Compress SmolLM2-135M by rank: SVD, ASVD, SVD-LLM vs lstsq and "
+          "function matching; perplexity on Shakespeare and the KJV; speed",
+          data=("smollm2", "shakespeare", "kjv"))
+def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
+    torch.manual_seed(seed)
+    return run_study(out_dir, quick, log=lambda _m: None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or len(args) > 2 or (len(args) == 2 and args[1] != "quick"):
+        raise SystemExit("usage: python -m compactnn.experiments.lm_compress OUT [quick]")
+    out = Path(args[0])
+    result = run_study(out, quick=len(args) == 2,
+                       log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+    (out / "report.md").write_text(result.markdown + "\n")
+    print(result.markdown)
+
+
+if __name__ == "__main__":
+    main()

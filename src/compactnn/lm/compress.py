@@ -1,0 +1,142 @@
+"""Compress a causal language model by rank in one call, with any of the published
+methods or compactnn's own, and fine-tune the factors afterwards.
+
+Budgets follow the LLM compression papers: ``removed`` is the fraction of the
+selected linear layers' parameters removed (embeddings and a tied output head are
+left alone and not counted), every layer keeping the same fraction of its own
+parameters (rank ``floor((1 - removed) m n / (m + n))``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from compactnn._checks import check_bool, check_choice, check_float, check_int, check_module
+from compactnn.lowrank import LowRankLayer
+from compactnn.surgery import factorize
+from compactnn.surgery.report import FactorizeReport
+
+__all__ = ["METHODS", "Method", "compress_lm", "finetune_factors"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method: the initializer ``factorize`` uses, its options, and
+    whether it reads calibration data."""
+
+    init: str
+    options: tuple[tuple[str, Any], ...] = ()
+    data_aware: bool = True
+    about: str = ""
+
+
+#: The methods by name. ``svd`` is weight-only; the others fit each layer to the
+#: calibration tokens that reach it.
+METHODS: dict[str, Method] = {
+    "svd": Method("spectral", data_aware=False, about="plain truncated SVD of each weight"),
+    "asvd": Method("asvd", (("alpha", 0.5),),
+                   about="ASVD: SVD of W diag(mean|x|^0.5), alpha 0.5"),
+    "svd_llm": Method("whitened", about="SVD-LLM: truncation of W L, L the Cholesky factor "
+                                        "of the token Gram matrix"),
+    "svd_llm_refit": Method("whitened", (("refit", "u"),),
+                            about="SVD-LLM whitening, then U refitted by least squares"),
+    "lstsq": Method("lstsq", about="least-squares factors of the layer's output (compactnn)"),
+    "nonlinear": Method("nonlinear", about="function matching (compactnn): each layer's "
+                                           "output, and the SwiGLU block's output through "
+                                           "its gate"),
+}
+
+
+def compress_lm(model: nn.Module, method: str, removed: float, calibration: Tensor | None = None,
+                *, sequential: bool = True, include: Any = None, exclude: Any = None,
+                progress: bool = False, **options: Any) -> tuple[nn.Module, FactorizeReport]:
+    """A copy of ``model`` with ``removed`` of its selected linear layers' parameters
+    removed by ``method`` (a name of :data:`METHODS`), and the factorize report.
+
+    Args:
+        model: a Hugging Face causal LM (or any model :func:`compactnn.factorize` takes).
+        removed: the fraction of parameters removed, in (0, 1).
+        calibration: ``(n, seq_len)`` token ids for the data-aware methods (ignored, with
+            an error, by ``svd``).
+        sequential: calibrate each layer on the already-compressed model's activations
+            (default) or on the dense model's.
+        include, exclude: name patterns of the layers to compress (default: every linear
+            layer; a tied output head stays dense).
+        options: passed to the initializer, over the method's own.
+    """
+    check_module("model", model)
+    check_choice("method", method, tuple(METHODS))
+    check_float("removed", removed, 0.0, 1.0, min_inclusive=False, max_inclusive=False)
+    check_bool("sequential", sequential)
+    spec = METHODS[method]
+    if spec.data_aware:
+        if not isinstance(calibration, Tensor) or calibration.dim() != 2 or \
+                calibration.dtype != torch.long or calibration.numel() == 0:
+            got = (f"{tuple(calibration.shape)} {calibration.dtype}"
+                   if isinstance(calibration, Tensor) else type(calibration).__name__)
+            raise ValueError(f"method={method!r} needs calibration token ids of shape "
+                             f"(n, seq_len) and dtype int64, got {got}")
+        batches: Any = list(calibration.split(4))
+    elif calibration is not None:
+        raise ValueError(f"method={method!r} uses no calibration data; pass calibration=None")
+    else:
+        batches = None
+    kwargs = {**dict(spec.options), **options}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="budget met only")
+        return factorize(model, param_ratio=1.0 - removed, budget_over="selected",
+                         allocation="layerwise", init=spec.init, calibration=batches,
+                         sequential=sequential, include=include, exclude=exclude,
+                         progress=progress, **kwargs)
+
+
+def finetune_factors(model: nn.Module, ids: Tensor, *, steps: int, seq_len: int = 256,
+                     batch_size: int = 4, lr: float = 1e-4, seed: int = 0) -> list[float]:
+    """Train only the low-rank factors of ``model`` (every other parameter frozen, no
+    adapters) by AdamW on next-token loss over random windows of ``ids``; returns the
+    loss of each step. The model is left in eval mode with its ``requires_grad`` flags
+    restored."""
+    check_module("model", model)
+    check_int("steps", steps, 1)
+    check_int("seq_len", seq_len, 2)
+    check_int("batch_size", batch_size, 1)
+    check_float("lr", lr, 0.0, math.inf, min_inclusive=False)
+    check_int("seed", seed)
+    if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.numel() <= seq_len:
+        raise ValueError(f"ids must be a 1-D token tensor longer than seq_len={seq_len}")
+    factors = [p for m in model.modules() if isinstance(m, LowRankLayer)
+               for p in (m.U, m.V)]
+    if not factors:
+        raise ValueError(f"{type(model).__name__} has no low-rank layer to fine-tune")
+    flags = {p: p.requires_grad for p in model.parameters()}
+    ids_f = {id(p) for p in factors}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids_f)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(factors, lr=lr, weight_decay=0.0)
+    losses = []
+    model.train()
+    try:
+        for _ in range(steps):
+            starts = torch.randint(0, ids.numel() - seq_len, (batch_size,), generator=gen)
+            x = torch.stack([ids[s:s + seq_len + 1] for s in starts.tolist()])
+            out = model(x[:, :-1])
+            logits = out.logits if hasattr(out, "logits") else out
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                               x[:, 1:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(factors, 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.eval()
+    return losses
