@@ -80,6 +80,8 @@ def test_planted_parts_run_in_order_and_resume(tiny, tmp_path, monkeypatch):
     assert calls == []
     status = study2.status()
     assert status["planted_select"] == (n, n) and status["planted_eval"] == (5, 5)
+    planned = study2.planned()
+    assert planned["planted_select"] == n and planned["planted_eval"] == 5
 
 
 def test_remedy_cells_cover_experts_spares_and_remedies(tiny, tmp_path):
@@ -90,6 +92,7 @@ def test_remedy_cells_cover_experts_spares_and_remedies(tiny, tmp_path):
     # 4 expert settings x 5 remedies, less the one planted_eval already has
     assert len(dsk) == 4 * len(M.REMEDIES) - 1
     assert len(cells) - len(dsk) == 4 * 3  # the other four arms, less learned / no spare
+    assert study.planned()["planted_remedies"] == len(cells)
     ramp = [c for c in dsk if c["remedy"] == "gamma_ramp"][0]
     assert ramp["gamma_start"] == min(10 * ramp["gamma"], 1e4)
     assert ramp["schedule_steps"] == 128 // 64 * 1

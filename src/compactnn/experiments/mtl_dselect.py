@@ -303,6 +303,21 @@ class Study:
                 count += 1
                 self.store.run(part, cell_name(params), params, timed(fn), self.log)
 
+    def planned(self) -> dict[str, int]:
+        """How many cells each part has once every choice is made (what ``status``
+        lists grows to this)."""
+        p, arms = PLANTED, 5
+        n_dsk = len(DSK_GAMMAS) + len(DSK_ENTROPIES) - (DSK_DEFAULT["entropy_reg"]
+                                                       in DSK_ENTROPIES)
+        out = {"planted_select": len(p["lrs"]) * (3 + len(TOPK_IMPORTANCE) + n_dsk),
+               "planted_eval": arms * len(p["seeds"]),
+               "planted_remedies": len(p["remedy_seeds"])
+               * (4 * (arms - 1 + len(REMEDIES)) - arms)}
+        for ds, r in REAL.items():
+            out[f"{ds}_select"] = 3 * len(r["lrs"]) + 4 + 2
+            out[f"{ds}_eval"] = 3 * len(r["seeds"])
+        return out
+
     def status(self) -> dict[str, tuple[int, int]]:
         """``{part: (finished, listed)}`` (dependent cells are listed once their inputs
         are finished)."""

@@ -77,15 +77,16 @@ def _progress(study: Study) -> str:
     from compactnn.experiments.reporting import markdown_table
 
     rows = []
-    status = study.status()
+    status, planned = study.status(), study.planned()
     for part in PARTS[:-1]:
-        done, listed = status[part]
+        done = status[part][0]
         recs = study.store.finished(part)
         wall = sum(float(r["result"].get("seconds", 0)) for r in recs.values()) / 3600
-        rows.append([part, f"{done} of {listed}", f"{_cpu_hours(recs):.2f}", f"{wall:.2f}"])
+        rows.append([part, f"{done} of {planned[part]}", f"{_cpu_hours(recs):.2f}",
+                     f"{wall:.2f}"])
     tuned = study.store.root / "planted_tuned" / "tuning.json"
     rows.append(["planted_tuned", "finished" if tuned.exists() else "pending", "-", "-"])
-    return markdown_table(["part", "cells done (of those listed so far)", "CPU-hours",
+    return markdown_table(["part", "cells done", "CPU-hours",
                            "wall hours"], rows)
 
 
