@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test bench clean
+.PHONY: reproduce test test-slow mutation bench clean
 
 $(STAMP): pyproject.toml scripts/install_data.sh
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,20 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 -q
 
+# Tests too long for the default suite that CI still runs (.ci/run): a real
+# `compactnn reproduce` in a fresh process (about a minute).
+test-slow: $(STAMP)
+	COMPACTNN_RUN_SLOW=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_cli.py::test_reproduce_without_fashion_mnist_end_to_end
+
+# Mutation testing (docs/testing.md): slow (hours on 2 cores), not part of `make test`.
+# MUTMUT_ARGS narrows the run, e.g. MUTMUT_ARGS='"compactnn.engine.early_stop*"'.
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children 1 $(MUTMUT_ARGS)
+	$(BIN)/mutmut results
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants

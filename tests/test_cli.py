@@ -321,10 +321,9 @@ def test_reproduce_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not __import__("os").environ.get("COMPACTNN_RUN_SLOW"),
-                    reason="runs the real function_gap (about a minute); COMPACTNN_RUN_SLOW=1")
-def test_reproduce_without_fashion_mnist_end_to_end(tmp_path):
+def _reproduce_in_a_fresh_process(tmp_path, *names):
+    """``python -m compactnn.cli reproduce --only NAMES`` without Fashion-MNIST (an empty
+    folder for it, an empty cache): the real registry, data discovery and exit code."""
     import os
     import subprocess
     import sys
@@ -334,9 +333,30 @@ def test_reproduce_without_fashion_mnist_end_to_end(tmp_path):
     env = {**os.environ, "COMPACTNN_FASHION_MNIST": str(empty),
            "COMPACTNN_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT / "src")}
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "compactnn.cli", "reproduce", "--only",
-                        "lowrank_grid", "function_gap", "--out", str(out)],
-                       capture_output=True, text=True, env=env, timeout=900)
+    p = subprocess.run([sys.executable, "-m", "compactnn.cli", "reproduce", "--only", *names,
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    return p, out
+
+
+def test_reproduce_skips_in_a_fresh_process(tmp_path):
+    # the fast half of the end-to-end test below, in the default suite: both experiments
+    # need Fashion-MNIST, so nothing trains
+    p, out = _reproduce_in_a_fresh_process(tmp_path, "lowrank_grid", "compress_pretrained")
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    for name in ("lowrank_grid", "compress_pretrained"):
+        assert sum(ln.startswith(f"skipped {name}") for ln in p.stdout.splitlines()) == 1
+        assert f"**{name}** (skipped)" in (out / "report.md").read_text()
+        assert not (out / name).exists()
+
+
+# Runs a real experiment (about a minute on 2 busy cores): kept out of the default suite
+# and run by .ci/run after it.
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("COMPACTNN_RUN_SLOW"),
+                    reason="runs the real function_gap (about a minute); COMPACTNN_RUN_SLOW=1")
+def test_reproduce_without_fashion_mnist_end_to_end(tmp_path):
+    p, out = _reproduce_in_a_fresh_process(tmp_path, "lowrank_grid", "function_gap")
     assert p.returncode == 3, p.stderr
     assert "Traceback" not in p.stdout + p.stderr
     assert sum(ln.startswith("skipped lowrank_grid") for ln in p.stdout.splitlines()) == 1
