@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-slow mutation bench clean
+.PHONY: reproduce test test-slow mutation bench clean smoke-torch
 
 $(STAMP): pyproject.toml scripts/install_data.sh
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy --strict --untyped-calls-exclude=torch tests/typing/readme_usage.py
 	$(BIN)/python -m pytest -n 2 -q
+
+# The core install (no extras) in a fresh venv with another torch release, and a smoke
+# test of layers, factorize, save/load and gates: make smoke-torch TORCH=2.12.1
+TORCH ?= 2.12.1
+smoke-torch:
+	bash scripts/smoke_other_torch.sh $(TORCH)
 
 # Tests too long for the default suite that CI still runs (.ci/run): a real
 # `compactnn reproduce` in a fresh process (about a minute).
@@ -40,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache mutants
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache mutants
