@@ -210,18 +210,23 @@ def test_a_malformed_mirror_is_one_error_line_from_the_command(tiny, monkeypatch
 class DripServer:
     """Announces ``data`` in full, then sends one byte every ``gap`` seconds, at most
     ``limit`` bytes, and closes: a server that never goes silent long enough for a
-    per-read timeout, and that stops by itself."""
+    per-read timeout, and that stops by itself. With ``headers_too`` it drips its
+    status line and headers already (and never finishes them)."""
 
-    def __init__(self, data: bytes, gap: float, limit: int):
+    def __init__(self, data: bytes, gap: float, limit: int, headers_too: bool = False):
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
             def do_GET(self):  # noqa: N802 (the http.server hook name)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                for b in data[:limit]:
+                if headers_too:
+                    drip = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * limit
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    drip = data
+                for b in drip[:limit]:
                     try:
                         self.wfile.write(bytes([b]))
                         self.wfile.flush()
@@ -265,3 +270,20 @@ def test_a_slow_drip_server_is_cut_as_stalled_and_the_part_kept(tmp_path, monkey
     kept = part.read_bytes()
     assert 0 < len(kept) < 200 and kept == data[:len(kept)]  # resumable as it stands
     assert leftovers(folder) == [part.name]
+
+
+def test_a_server_dripping_its_headers_is_cut_as_stalled(tmp_path, monkeypatch):
+    files = idx_files(tmp_path / "src")
+    server = DripServer(b"", gap=0.02, limit=400, headers_too=True)
+    try:
+        ds = use_fashion_mnist(files, server.url, monkeypatch)
+        monkeypatch.setattr(fetch_mod, "STALL_WINDOW_S", 0.3)
+        monkeypatch.setattr(fetch_mod, "ATTEMPTS", 1)
+        folder = cache_dir(ds)
+        folder.mkdir(parents=True)
+        part = folder / f".{FIRST}.part"
+        with pytest.raises(FetchError, match="stalled: no complete response headers"):
+            fetch_mod._download(ds, ds.downloads[0], part, False, quiet)
+    finally:
+        server.close()
+    assert not part.exists()

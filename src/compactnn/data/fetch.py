@@ -12,9 +12,10 @@ Guarantees:
   ``Range`` request, within the same call (a bounded number of attempts) or by running
   the command again; a server that ignores ``Range`` restarts it from the start;
 - no network: one :class:`FetchError` line naming the URL, the reason and what to do;
-- a server that stalls (sends fewer than ``STALL_BYTES`` in ``STALL_WINDOW_S`` seconds,
-  e.g. one byte every few seconds) counts as a cut connection, as silence for
-  ``TIMEOUT_S`` does;
+- a server that stalls (sends fewer than ``STALL_BYTES`` of the file in
+  ``STALL_WINDOW_S`` seconds, e.g. one byte every few seconds, or has not finished its
+  response headers after ``STALL_WINDOW_S``) counts as a cut connection, as silence
+  for ``TIMEOUT_S`` does;
 - nothing is written through a symbolic link: the cache's own files (the downloads, the
   ``.part``, extraction and lock files) must be regular files or absent, and temporary
   files are created exclusively, so a planted link can never redirect a write elsewhere.
@@ -30,9 +31,11 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import socket
 import stat
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -315,13 +318,29 @@ def _get(url: str, part: Path, have: int, dl: Download, progress: bool) -> None:
     if have:
         headers["Range"] = f"bytes={have}-"
     req = urllib.request.Request(url, headers=headers)
+    # the per-read timeout never fires on a server that drips its headers: close the
+    # connection when they are not complete within one stall window
+    watch = _HeaderDeadline()
+    timer = threading.Timer(STALL_WINDOW_S, watch.fire)
+    timer.daemon = True
+    timer.start()
     try:
-        resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+        resp = _opener(watch).open(req, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the part does not fit the file: start over
             part.unlink()
             raise _Cut("range not satisfiable; restarting") from None
         raise
+    except (OSError, http.client.HTTPException):
+        if watch.fired:
+            raise _Cut(f"stalled: no complete response headers within "
+                       f"{STALL_WINDOW_S:g} s") from None
+        raise
+    finally:
+        timer.cancel()
+    if watch.fired:  # headers cut short by the deadline may still parse: never trust them
+        resp.close()
+        raise _Cut(f"stalled: no complete response headers within {STALL_WINDOW_S:g} s")
     with resp:
         start = _resume_offset(resp, have)
         total = _announced_size(resp, start)
@@ -366,6 +385,55 @@ def _get(url: str, part: Path, have: int, dl: Download, progress: bool) -> None:
                 bar.close()
     if got < dl.size:
         raise _Cut(f"connection closed after {got} of {dl.size} bytes")
+
+
+class _HeaderDeadline:
+    """The socket of one request, shut down by :meth:`fire` (from a timer thread)."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.fired = False
+
+    def attach(self, sock: socket.socket) -> None:
+        self.sock = sock
+        if self.fired:  # the deadline passed while connecting
+            self._shut()
+
+    def fire(self) -> None:
+        self.fired = True
+        self._shut()
+
+    def _shut(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+            except OSError:
+                pass
+
+
+def _opener(watch: _HeaderDeadline) -> urllib.request.OpenerDirector:
+    """urllib's opener (proxies from the environment included) whose connections hand
+    their socket to ``watch``."""
+
+    class HTTP(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.attach(self.sock)
+
+    class HTTPS(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.attach(self.sock)
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(HTTP, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(HTTPS, req, context=self._context)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
 
 
 def _open_part(part: Path) -> int:
