@@ -166,6 +166,44 @@ def test_save_pretrained_round_trip_keeps_the_weights(tiny, tmp_path):
         torch.testing.assert_close(back(x).logits, model(x).logits, rtol=0, atol=0)
 
 
+def test_the_float_copy_in_cache_dir_loads_the_same_model(tiny, tmp_path, monkeypatch):
+    path, ref, model, tok = tiny
+    from compactnn.lm import smollm2 as mod
+
+    first, first_tok = load_gguf_llama(path, cache_dir=tmp_path)
+    (copy,) = [p for p in tmp_path.iterdir()]
+    assert copy.name.startswith("tiny-llama-") and copy.name.endswith("-float32")
+    assert (copy / "compactnn-complete").is_file()
+
+    def no_gguf(*a, **k):
+        raise AssertionError("the GGUF file was read again")
+
+    monkeypatch.setattr(mod, "_from_gguf", no_gguf)
+    again, again_tok = load_gguf_llama(path, cache_dir=tmp_path)
+    assert type(again) is LlamaForCausalLM and not again.training
+    x = torch.arange(30).reshape(2, 15)
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, model(x).logits)
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
+    text = "hello there"
+    assert again_tok.encode(text) == tok.encode(text)
+    # another file (or dtype) gets its own copy: never a stale one
+    with pytest.raises(AssertionError, match="read again"):
+        load_gguf_llama(path, dtype=torch.bfloat16, cache_dir=tmp_path)
+
+
+def test_an_interrupted_save_leaves_no_copy(tiny, tmp_path, monkeypatch):
+    path, _, model, tok = tiny
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(tok), "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        load_gguf_llama(path, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_tokenizer_is_byte_level_and_round_trips(tiny):
     _, _, _, tok = tiny
     text = "hello, Wörld!\n  tabs\tand ünïcode"
@@ -185,6 +223,8 @@ def test_dtype_and_argument_checks(tiny, tmp_path):
         load_gguf_llama(tmp_path / "missing.gguf")
     with pytest.raises(TypeError, match="path must be a str or Path"):
         load_gguf_llama(3)
+    with pytest.raises(TypeError, match="cache_dir must be a str, Path or None"):
+        load_gguf_llama(path, cache_dir=1)
 
 
 def test_a_missing_model_file_says_how_to_get_it(monkeypatch, tmp_path):
