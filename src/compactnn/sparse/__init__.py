@@ -21,7 +21,13 @@ The baselines that low-rank models are compared with at equal parameter count:
   Weights outside the support still get gradients, so the support can change
   at every step.
 
-Conventions shared by both:
+* **Fixed sparse connectivity** (:mod:`compactnn.sparse.fixed`): :class:`MaskedLinear`,
+  a linear layer multiplied by a constant mask in every forward pass (so weights off
+  the mask get zero gradient), with random, spatially local (a convolution's
+  connectivity without weight sharing) masks at a given number of nonzeros; the
+  structures compared in the deep-RL sparsity experiment (``minatar_sparse``).
+
+Conventions shared by the two pruning baselines:
 
 * Which weights are pruned: the ``weight`` of the ``nn.Linear``/``nn.Conv2d``
   modules chosen by ``include``/``exclude`` with exactly the name-pattern
@@ -48,6 +54,14 @@ Conventions shared by both:
   rate schedule) for the next round, as the lottery-ticket recipe does.
 """
 
+from compactnn.sparse.fixed import (
+    MaskedLinear,
+    conv_connections,
+    equal_dense_width,
+    fixed_masks,
+    local_mask,
+    random_mask,
+)
 from compactnn.sparse.iht import IterativeHardThresholding
 from compactnn.sparse.imp import SCHEDULES, IterativeMagnitudePruning, pruning_schedule
 from compactnn.sparse.masks import (
@@ -66,7 +80,13 @@ __all__ = [
     "SCOPES",
     "IterativeHardThresholding",
     "IterativeMagnitudePruning",
+    "MaskedLinear",
     "SparsityMasks",
+    "conv_connections",
+    "equal_dense_width",
+    "fixed_masks",
+    "local_mask",
+    "random_mask",
     "dense_params",
     "magnitude_masks",
     "prunable_weights",

@@ -1,0 +1,145 @@
+"""Fixed sparse connectivity: a linear layer whose weight is multiplied by a constant
+boolean mask in every forward pass, and the mask families compared at an equal number
+of nonzero weights.
+
+:class:`MaskedLinear` computes ``x (W * M)^T + b``. The gradient of ``W * M`` with
+respect to ``W`` is ``M`` times the upstream gradient, so weights off the mask get
+exactly zero gradient; they are also zero in storage (set at construction), so any
+optimizer whose update of a zero weight with zero gradient is zero (SGD, momentum,
+RMSprop, Adam, weight decay) leaves them at zero. :func:`fixed_masks` collects the masks
+as :class:`~compactnn.sparse.masks.SparsityMasks`, so a model's unpruned parameter count
+is ``fixed_masks(model).num_params(model)``, the convention of the other baselines.
+
+Masks over a flattened ``(C, H, W)`` image (``C``-major, as ``Tensor.flatten`` lays it):
+
+- :func:`random_mask`: exactly ``nonzeros`` entries, uniformly at random;
+- :func:`local_mask`: ``units`` hidden units per ``kernel x kernel`` patch position
+  (stride 1, no padding), each connected to every channel of its patch and nothing
+  else: the connectivity of a convolution without its weight sharing;
+- :func:`conv_connections`: the nonzeros of an ``nn.Conv2d``'s unrolled matrix on an
+  input shape (equal to :func:`local_mask`'s count for the same kernel and units), the
+  conv's number of connections, against its far smaller number of distinct weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compactnn._checks import check_bool, check_int, check_module, check_tensor
+from compactnn._modules import unwrap
+from compactnn.sparse.masks import SparsityMasks
+
+__all__ = ["MaskedLinear", "conv_connections", "equal_dense_width", "fixed_masks", "local_mask",
+           "random_mask"]
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose weight is multiplied by the fixed boolean ``mask``
+    (``(out_features, in_features)``, ``True`` = connected) in every forward pass.
+
+    Initialization is ``nn.Linear``'s, with each unit's fan-in taken as its number of
+    connections (not ``in_features``), so a sparse unit starts with the pre-activation
+    scale of a dense unit of the same fan-in."""
+
+    def __init__(self, mask: Tensor, bias: bool = True, device=None, dtype=None) -> None:
+        check_tensor("mask", mask, ndim=2)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+        if mask.numel() == 0:
+            raise ValueError(f"mask must not be empty, got shape {tuple(mask.shape)}")
+        check_bool("bias", bias)
+        out_features, in_features = mask.shape
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.register_buffer("mask", mask.detach().clone().to(self.weight.device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        mask = getattr(self, "mask", None)
+        if mask is None:  # called by nn.Linear.__init__ before the mask exists
+            return
+        fan_in = mask.sum(1, keepdim=True).clamp_min(1).to(self.weight.dtype)
+        bound = 1.0 / fan_in.sqrt()
+        with torch.no_grad():
+            self.weight.uniform_(-1.0, 1.0).mul_(bound.to(self.weight.device))
+            self.weight.masked_fill_(~mask.to(self.weight.device), 0.0)
+            if self.bias is not None:
+                self.bias.uniform_(-1.0, 1.0).mul_(bound.squeeze(1).to(self.bias.device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+    def nonzeros(self) -> int:
+        """Connections of the mask (the weights that can be nonzero)."""
+        return int(self.mask.sum())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, nonzeros={self.nonzeros()}"
+
+
+def fixed_masks(model: nn.Module) -> SparsityMasks:
+    """The masks of every :class:`MaskedLinear` in ``model``, by weight name."""
+    check_module("model", model)
+    inner = unwrap(model)
+    return SparsityMasks({f"{n}.weight" if n else "weight": m.mask
+                          for n, m in inner.named_modules() if isinstance(m, MaskedLinear)})
+
+
+def _shape(in_shape) -> tuple[int, int, int]:
+    if not isinstance(in_shape, tuple | list) or len(in_shape) != 3:
+        raise ValueError(f"in_shape must be (channels, height, width), got {in_shape!r}")
+    return tuple(check_int(f"in_shape[{i}]", v, 1) for i, v in enumerate(in_shape))
+
+
+def random_mask(out_features: int, in_features: int, nonzeros: int,
+                generator: torch.Generator | None = None) -> Tensor:
+    """A ``(out_features, in_features)`` mask with exactly ``nonzeros`` connections,
+    chosen uniformly among all such masks."""
+    check_int("out_features", out_features, 1)
+    check_int("in_features", in_features, 1)
+    check_int("nonzeros", nonzeros, 0, out_features * in_features)
+    flat = torch.zeros(out_features * in_features, dtype=torch.bool)
+    flat[torch.randperm(flat.numel(), generator=generator)[:nonzeros]] = True
+    return flat.reshape(out_features, in_features)
+
+
+def local_mask(in_shape: tuple[int, int, int], kernel: int, units: int = 1) -> Tensor:
+    """Units connected to one ``kernel x kernel`` patch each (all channels), ``units``
+    per patch position; rows ordered ``(unit, row, column)`` as a conv's output
+    flattens. Shape ``(units * Ho * Wo, C * H * W)``, ``Ho = H - kernel + 1``."""
+    c, h, w = _shape(in_shape)
+    check_int("kernel", kernel, 1, min(h, w))
+    check_int("units", units, 1)
+    ho, wo = h - kernel + 1, w - kernel + 1
+    grid = torch.zeros(ho, wo, c, h, w, dtype=torch.bool)
+    for i in range(ho):
+        for j in range(wo):
+            grid[i, j, :, i:i + kernel, j:j + kernel] = True
+    per_position = grid.reshape(ho * wo, c * h * w)
+    return per_position.repeat(units, 1)
+
+
+def conv_connections(conv: nn.Conv2d, in_shape: tuple[int, int, int]) -> int:
+    """Nonzeros of ``conv``'s unrolled ``(outputs, inputs)`` matrix on ``in_shape``:
+    output positions times ``out_channels`` times the input pixels each one reads
+    (padding reads no pixel). Groups and dilation are refused."""
+    check_module("conv", conv, nn.Conv2d)
+    c, h, w = _shape(in_shape)
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.in_channels != c:
+        raise ValueError(f"conv must have groups=1, dilation=1 and {c} input channels, got "
+                         f"{conv}")
+    if isinstance(conv.padding, str):
+        raise ValueError(f"conv padding must be numeric, got {conv.padding!r}")
+    ones = torch.ones(1, 1, h, w)
+    k = torch.ones(1, 1, *conv.kernel_size)
+    reads = F.conv2d(ones, k, stride=conv.stride, padding=conv.padding)
+    return int(round(float(reads.sum()))) * c * conv.out_channels
+
+
+def equal_dense_width(nonzeros: int, in_features: int) -> int:
+    """The dense layer width with at most ``nonzeros`` weights (at least 1)."""
+    return max(1, math.floor(check_int("nonzeros", nonzeros, 1) / check_int(
+        "in_features", in_features, 1)))
