@@ -92,8 +92,13 @@ def test_a_file_that_is_not_a_database_is_named(tmp_path, content):
     assert str(e.value).startswith(str(db)) and db.read_bytes() == content
 
 
-def test_a_study_file_of_ours_resumes_and_an_empty_file_is_claimed(tmp_path):
-    (tmp_path / "tune.sqlite3").write_bytes(b"")
+@pytest.mark.parametrize("empty", ["no bytes", "no tables"])
+def test_a_study_file_of_ours_resumes_and_an_empty_file_is_claimed(tmp_path, empty):
+    db = tmp_path / "tune.sqlite3"
+    if empty == "no bytes":
+        db.write_bytes(b"")
+    else:  # e.g. created by a concurrent tuner a moment ago
+        sqlite3.connect(db).execute("VACUUM").connection.close()
     first = go(tmp_path, Runs())
     again = Runs()
     second = go(tmp_path, again)

@@ -46,7 +46,7 @@ def sqlite_path(storage: str) -> Path | None:
 
 
 def _tables(path: Path) -> set[str]:
-    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
     try:
         return {r[0] for r in con.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -73,17 +73,25 @@ def claim_sqlite(path: str | Path) -> Path:
                                    f"study; {_FIX}")
         try:
             tables = _tables(path)
+        except sqlite3.OperationalError:  # e.g. locked by a writer for over a minute
+            raise
         except sqlite3.DatabaseError as e:
             raise TuneStorageError(f"{path} is a damaged SQLite database ({e}); "
                                    f"{_FIX}") from None
         if MARKER_TABLE in tables:
             return path
+        if not tables:  # a database with nothing in it yet (e.g. being created beside us)
+            return _mark(path)
         listed = ", ".join(sorted(tables)) or "none"
         raise TuneStorageError(
             f"{path} is an SQLite database that compactnn's tuner did not create (no "
             f"{MARKER_TABLE} table; tables: {listed}); refusing to add the tuning tables "
             f"to it: {_FIX}")
-    con = sqlite3.connect(path)
+    return _mark(path)
+
+
+def _mark(path: Path) -> Path:
+    con = sqlite3.connect(path, timeout=60)
     try:
         with con:
             con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} "
