@@ -58,3 +58,12 @@ def test_update_block_replaces_only_between_the_markers(tmp_path):
         with pytest.raises(ValueError, match="needs one"):
             update_block(doc, "x")
         assert doc.read_text() == bad
+
+
+def test_saturation_figure_from_selection_cells_alone(tiny, tmp_path):
+    from compactnn.experiments.mtl_dselect_report import saturation_figure
+
+    study = M.Study(tmp_path / "cells", log=lambda _m: None)
+    assert saturation_figure(study, tmp_path / "none.png") is None
+    study.run_part("planted_select")
+    assert saturation_figure(study, tmp_path / "sat.png").stat().st_size > 0

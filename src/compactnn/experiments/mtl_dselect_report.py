@@ -196,29 +196,54 @@ def _remedies(study: Study) -> str:
     return table + "\n\n" + "\n\n".join(comps) + "\n"
 
 
+def _selection_curves(study: Study) -> tuple[str, dict[str, list[list[float]]]]:
+    """DSelect-k's saturation histories on the selection seed at the lr it chose (the
+    first lr with any DSelect-k cell before a choice exists), one entry per gamma at the
+    fixed entropy weight."""
+    recs = [r for r in study.store.finished("planted_select").values()
+            if r["params"]["arm"] == "dselect_k"]
+    if not recs:
+        return "", {}
+    chosen = study.planted_choice("dselect_k")
+    lr = chosen["lr"] if chosen else recs[0]["params"]["lr"]
+    entropy = 0.1
+    curves = {f"gamma {r['params']['gamma']:g}": [r["result"].get("saturation_history") or []]
+              for r in sorted(recs, key=lambda r: r["params"]["gamma"])
+              if r["params"]["lr"] == lr and r["params"]["entropy_reg"] == entropy}
+    return f"selection seed, lr {lr:g}, entropy {entropy:g}", curves
+
+
 def saturation_figure(study: Study, path: str | Path) -> Path | None:
-    """Mean saturated fraction of DSelect-k's selector logits per epoch, one line per
-    remedy, one panel per expert setting; None when no DSelect-k cell has a history."""
+    """Mean saturated fraction of DSelect-k's selector logits per epoch: one panel of the
+    selection runs (one line per gamma), then one panel per expert setting of the
+    remedies (one line per remedy); None when no DSelect-k cell has a history yet."""
     from compactnn.experiments.reporting import new_figure
 
+    panels: list[tuple[str, dict[str, list[list[float]]]]] = []
+    title, curves = _selection_curves(study)
+    if curves:
+        panels.append((title, curves))
     recs = [r for r in _remedy_records(study) if r["params"]["arm"] == "dselect_k"]
-    settings = sorted({_setting(r["params"]) for r in recs})
-    if not settings:
+    for setting in sorted({_setting(r["params"]) for r in recs}):
+        panels.append((setting, {remedy: [
+            r["result"].get("saturation_history") or [] for r in recs
+            if _setting(r["params"]) == setting and r["params"].get("remedy") == remedy]
+            for remedy in REMEDIES}))
+    if not panels:
         return None
-    fig, axes = new_figure(ncols=len(settings), figsize=(3.6 * len(settings), 3.2))
-    for ax, setting in zip(np.atleast_1d(axes), settings, strict=True):
-        for i, remedy in enumerate(REMEDIES):
-            hist = [r["result"].get("saturation_history") or [] for r in recs
-                    if _setting(r["params"]) == setting and r["params"].get("remedy") == remedy]
+    fig, axes = new_figure(ncols=len(panels), figsize=(3.6 * len(panels), 3.2))
+    for ax, (title, lines) in zip(np.atleast_1d(axes), panels, strict=True):
+        for i, (label, hist) in enumerate(lines.items()):
             curve = mean_curve(hist)
             if len(curve):
                 ax.plot(np.arange(1, len(curve) + 1), curve, color=f"C{i}",
-                        label=f"{remedy} ({len(hist)})")
-        ax.set_title(setting, fontsize=9)
+                        label=f"{label} ({len([h for h in hist if len(h)])})")
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("epoch")
+        ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=6)
     np.atleast_1d(axes)[0].set_ylabel("saturated fraction of z")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
