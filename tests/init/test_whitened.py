@@ -197,6 +197,8 @@ def test_whitened_options_are_checked():
         ({"refit": "u", "cross": torch.full((6, 6), float("inf"))}, ValueError, "non-finite"),
         ({"refit": "u", "cross": [[1.0]]}, TypeError, "cross"),
         ({"refit": "optimal", "cross": torch.eye(7)}, ValueError, "cross"),
+        ({"target_inputs": x}, ValueError, "refit='u'"),
+        ({"refit": "u", "target_inputs": x, "cross": torch.eye(6)}, ValueError, "only"),
         ({"damping": -1.0}, ValueError, "damping"),
     ]
     for kw, exc, match in bad:
@@ -240,6 +242,31 @@ def test_whitened_is_optimal_for_any_shape_including_fewer_rows_than_features(
 def _moved_inputs(seed):
     x = _data(seed=seed)
     return x, x + 0.4 * torch.randn(x.shape, generator=gen(seed + 50), dtype=D)
+
+
+def test_target_inputs_give_the_cross_moment_of_paired_rows():
+    x, xc = _moved_inputs(30)
+    dense = nn.Linear(8, 6).double()
+    ref = LowRankLinear.from_dense(dense, 3, init="whitened", inputs=xc, refit="optimal",
+                                   cross=cross_moment([x], [xc]))
+    # 3-D token batches, one-shot iterators: the pairing survives both
+    got = LowRankLinear.from_dense(
+        dense, 3, init="whitened", refit="optimal",
+        inputs=iter(list(xc.reshape(20, 10, 8).split(3))),
+        target_inputs=iter(list(x.reshape(20, 10, 8).split(3))))
+    for p, q in zip(ref.parameters(), got.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match="same"):
+        LowRankLinear.from_dense(dense, 3, init="whitened", refit="u", inputs=xc,
+                                 target_inputs=x[:-1])
+    # rows subsampled per batch (max_patches) stay paired: a layer whose inputs did not
+    # move gets exactly the plain whitening
+    batches = list(xc.reshape(20, 10, 8).split(4))
+    plain = LowRankLinear.from_dense(dense, 3, init="whitened", inputs=batches, max_patches=7)
+    same = LowRankLinear.from_dense(dense, 3, init="whitened", refit="optimal", inputs=batches,
+                                    target_inputs=batches, max_patches=7)
+    for p, q in zip(plain.parameters(), same.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("rank", [1, 3])

@@ -32,6 +32,7 @@ from compactnn.init.layer_factors import apply_factors, dense_target, layer_mome
 from compactnn.init.moments import (
     WHITENED_REFITS,
     InputMoments,
+    cross_moment,
     lstsq_factors,
     whitened_factors,
 )
@@ -157,6 +158,7 @@ def whitened_(
     moments: InputMoments | None = None,
     refit: str | None = None,
     cross: Tensor | None = None,
+    target_inputs: Tensor | Iterable[Any] | None = None,
 ) -> LowRankLayer:
     """SVD-LLM's activation-whitened SVD
     (:func:`compactnn.init.moments.whitened_factors`): the best rank-r ``U V`` for
@@ -168,17 +170,28 @@ def whitened_(
     whose cross moment ``E[x_dense x^T]`` with the layer's inputs is ``cross``
     (sequential calibration; default: the same inputs); ``refit="optimal"`` is
     the exact rank-r minimizer of that objective (the whitened truncation of the
-    regression of the dense outputs on the layer's inputs). A linear-output
-    method, as published: it takes no activation."""
+    regression of the dense outputs on the layer's inputs). Instead of ``cross``,
+    ``target_inputs`` may give the dense model's inputs paired with ``inputs``
+    batch by batch and row by row (same shapes); ``cross`` is then computed from
+    them. A linear-output method, as published: it takes no activation."""
     FitOptions(damping=damping, batch_size=batch_size, max_patches=max_patches, seed=seed)
     if refit not in WHITENED_REFITS:
         raise ValueError(f"refit must be one of {WHITENED_REFITS}, got refit={refit!r}")
-    if cross is not None and refit is None:
-        raise ValueError("cross= is used only by refit='u' or refit='optimal'; pass one "
-                         "of them with it")
+    if (cross is not None or target_inputs is not None) and refit is None:
+        raise ValueError("cross= and target_inputs= are used only by refit='u' or "
+                         "refit='optimal'; pass one of them with it")
+    if target_inputs is not None and (cross is not None or inputs is None):
+        raise ValueError("target_inputs= pairs with inputs= (not moments=) and replaces "
+                         "cross=; give inputs= and target_inputs= only")
     w, _ = dense_target(layer, weight, bias)
+    if target_inputs is not None:  # both streamed twice: one-shot iterators are kept
+        target_inputs, inputs = (layer_inputs(layer, t, batch_size=batch_size,
+                                              max_patches=max_patches, seed=seed)
+                                 for t in (target_inputs, inputs))
     mom = layer_moments("whitened", layer, inputs, moments, batch_size=batch_size,
                         max_patches=max_patches, seed=seed)
+    if target_inputs is not None:
+        cross = cross_moment(target_inputs, inputs)
     u, v = whitened_factors(w[0], layer.rank, mom, damping, refit=refit, cross=cross)
     u, v = rebalance(u.unsqueeze(0), v.unsqueeze(0))
     apply_factors(layer, u, v, None)
