@@ -178,6 +178,7 @@ def test_bad_arguments_raise_and_leave_the_layers_untouched():
         ((nn.Linear(8, 20), up, x), {}, TypeError, "gate"),
         ((gate, gate, x), {}, ValueError, "different"),
         ((gate, LowRankLinear(8, 21, 3, dtype=D), x), {}, ValueError, "same shape"),
+        ((gate, LowRankLinear(8, 20, 3), x), {}, ValueError, "dtype"),
         ((gate, up, x[:, :7]), {}, ValueError, "features"),
         ((gate, up, x[:0]), {}, ValueError, "no rows"),
         ((gate, up, torch.full_like(x, float("nan"))), {}, ValueError, "non-finite"),

@@ -131,6 +131,9 @@ def fit_gated_ffn(
     val = None if x_val is None else _token_rows("x_val", x_val, d)
 
     dev, dt = gate.U.device, gate.U.dtype
+    if (up.U.device, up.U.dtype) != (dev, dt):
+        raise ValueError(f"gate and up must share a device and dtype, got {dev}/{dt} and "
+                         f"{up.U.device}/{up.U.dtype}")
     rows = rows.to(dev, dt)
     wg, wu, wd = (t.to(dev, dt) for t in (wg, wu, wd))
     bg, bu = (None if t is None else t.to(dev, dt) for t in (bg, bu))
