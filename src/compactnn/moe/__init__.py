@@ -21,7 +21,9 @@ from .dispatch import (
     sparse_mix,
 )
 from .experts import BankMember, MLPBank, mlp_experts, mlp_towers
+from .feed_forward import MoEFeedForward, make_token_gate
 from .gates import (
+    BalancedTopKGate,
     DSelectKBank,
     DSelectKGate,
     Gate,
@@ -37,6 +39,8 @@ from .gates import (
 from .layers import MixtureOfExperts, MultiGateMoE
 
 __all__ = [
+    "BalancedTopKGate",
+    "MoEFeedForward",
     "DSelectKBank",
     "DSelectKGate",
     "Gate",
@@ -59,6 +63,7 @@ __all__ = [
     "gate_weights",
     "mix",
     "mlp_experts",
+    "make_token_gate",
     "mlp_towers",
     "nonzeros_per_example",
     "nonzeros_per_task",

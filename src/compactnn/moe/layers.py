@@ -103,6 +103,33 @@ def _routing(gate: Gate | GateBank, x: Tensor, routing_input: Tensor | None) -> 
     return x if routing_input is None else routing_input
 
 
+def _token_axes(moe: MixtureOfExperts, x: Tensor,
+                routing_input: Tensor | None) -> tuple[int, ...] | None:
+    """The leading axes routed position by position, or None for a plain batch.
+
+    A per-example gate routes on vectors, so a routing tensor ``(batch, tokens, ..., d)``
+    means one routing decision per position: its leading axes are flattened into rows
+    (``x`` must share them). An :class:`MLPBank` maps rows of features, so ``x`` with
+    more than two axes is flattened the same way under a static gate too."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+    if routing_input is not None and not isinstance(routing_input, Tensor):
+        raise TypeError(f"routing_input must be a Tensor, got {type(routing_input).__name__}")
+    if moe.gate.is_static:
+        return tuple(x.shape[:-1]) if x.dim() > 2 and isinstance(moe.experts, MLPBank) else None
+    r = x if routing_input is None else routing_input
+    if r.dim() <= 2:
+        return None
+    lead = tuple(r.shape[:-1])
+    if tuple(x.shape[:len(lead)]) != lead:
+        raise ValueError(f"x has shape {tuple(x.shape)} but routing_input {tuple(r.shape)}: "
+                         f"per-token routing needs x to start with the axes {lead}")
+    if isinstance(moe.experts, MLPBank) and x.dim() != len(lead) + 1:
+        raise ValueError(f"MLPBank experts map feature rows: x must have shape (*{lead}, "
+                         f"{moe.experts.in_features}), got {tuple(x.shape)}")
+    return lead
+
+
 class MixtureOfExperts(_Mixture):
     """``y = sum_e w_e f_e(x)`` with the weights ``w`` of one gate.
 
@@ -119,7 +146,11 @@ class MixtureOfExperts(_Mixture):
         capacity_factor: ``> 0``, for ``execution="capacity"``.
 
     ``forward(x, routing_input=None)`` returns ``(output, aux_loss)``. A per-example gate
-    routes on ``routing_input`` if given, else on ``x``.
+    routes on ``routing_input`` if given, else on ``x``. Sequences route per token: a
+    routing tensor ``(batch, tokens, d)`` (or more leading axes) is flattened to rows,
+    each token gets its own weights, capacity counts tokens, and the output keeps the
+    leading axes, exactly as the same layer on the flattened rows. The gate's ``aux_loss``
+    is then taken over all tokens of the batch.
     """
 
     def __init__(self, experts: Experts, gate: Gate, *, execution: Execution = "auto",
@@ -136,9 +167,23 @@ class MixtureOfExperts(_Mixture):
         return f"num_experts={self.num_experts}, execution={self.execution!r}"
 
     def forward(self, x: Tensor, routing_input: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out, aux, _ = self.routed(x, routing_input)
+        return out, aux
+
+    def routed(self, x: Tensor, routing_input: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` that also returns the gate's weights, ``(n,)`` (static) or
+        ``(rows, n)`` with the token axes flattened into rows."""
+        lead = _token_axes(self, x, routing_input)
+        if lead is not None:  # per-token routing: every leading position is a row
+            x = x.reshape(-1, *x.shape[len(lead):])
+            if routing_input is not None:
+                routing_input = routing_input.reshape(-1, routing_input.shape[-1])
         weights, aux = self.gate(_routing(self.gate, x, routing_input))
-        out = self._mix(x, weights.unsqueeze(0), self.gate.max_nonzeros)
-        return out[0], aux
+        out = self._mix(x, weights.unsqueeze(0), self.gate.max_nonzeros)[0]
+        if lead is not None:
+            out = out.reshape(*lead, *out.shape[1:])
+        return out, aux, weights
 
 
 class MultiGateMoE(_Mixture):
