@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from compactnn import init  # noqa: F401  (registers the initializers)
 from compactnn.io import load_model, save_model
-from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear
+from compactnn.lowrank import LowRankConv1d, LowRankConv2d, LowRankLayer, LowRankLinear
 from compactnn.moe import (
     DSelectKGate,
     MixtureOfExperts,
@@ -35,6 +35,7 @@ __all__ = [
     "FactorizeReport",
     "IterativeHardThresholding",
     "IterativeMagnitudePruning",
+    "LowRankConv1d",
     "LowRankConv2d",
     "LowRankLayer",
     "LowRankLinear",

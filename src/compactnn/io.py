@@ -33,13 +33,20 @@ from torch import Tensor, nn
 from compactnn import __version__
 from compactnn._checks import check_bool, check_module
 from compactnn._modules import module_names, replace_module, unwrap
-from compactnn.lowrank import LowRankConv2d, LowRankLayer, LowRankLinear, linear_view
+from compactnn.lowrank import (
+    LowRankConv1d,
+    LowRankConv2d,
+    LowRankLayer,
+    LowRankLinear,
+    linear_view,
+)
 
 __all__ = ["FORMAT", "save_model", "load_model", "load_state", "layer_config",
            "model_structure", "read_metadata", "restore_structure"]
 
 FORMAT = "compactnn.lowrank.v1"
 _TYPES: dict[str, type[LowRankLayer]] = {"LowRankLinear": LowRankLinear,
+                                         "LowRankConv1d": LowRankConv1d,
                                          "LowRankConv2d": LowRankConv2d}
 # No real layer has a dimension beyond this; refusing larger values early keeps
 # overflowing sizes out of the constructors (the tensor headers bound the rest).
@@ -106,6 +113,10 @@ _SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
                       "kernel_size": _pair(_size), "stride": _pair(_size),
                       "padding": _padding, "dilation": _pair(_size), "groups": _size,
                       "bias": _flag, "padding_mode": _text, "rank": _size, "scheme": _text},
+    "LowRankConv1d": {"in_channels": _size, "out_channels": _size, "kernel_size": _size,
+                      "stride": _size, "padding": lambda v: v if isinstance(v, str)
+                      else _size(v, minimum=0), "dilation": _size, "groups": _size,
+                      "bias": _flag, "padding_mode": _text, "rank": _size},
 }
 
 

@@ -18,7 +18,7 @@ from compactnn.lowrank import registry as registry_mod
 
 
 def test_builtin_flags():
-    assert available_initializers(data_aware=True) == ["lstsq", "nonlinear", "whitened"]
+    assert available_initializers(data_aware=True) == ["asvd", "lstsq", "nonlinear", "whitened"]
     assert lookup_initializer("nonlinear").activation_aware
     assert not lookup_initializer("whitened").activation_aware
     assert not lookup_initializer("lstsq").activation_aware

@@ -37,7 +37,7 @@ def recorder(rank=3, init="nonlinear", log=None):
 
 
 def test_data_aware_inits_are_registered():
-    assert available_initializers(data_aware=True) == ["lstsq", "nonlinear", "whitened"]
+    assert available_initializers(data_aware=True) == ["asvd", "lstsq", "nonlinear", "whitened"]
     assert not is_data_aware("spectral") and not is_data_aware("default")
     assert set(available_initializers(data_aware=False)) >= {"default", "spectral"}
     assert {"relu", "identity", "gelu", "silu"} <= set(ACTIVATIONS)

@@ -145,12 +145,24 @@ def test_blockwise_one_pass_fits_every_layer_on_the_dense_activations():
     assert not torch.allclose(logits(seq, x), logits(out, x))
 
 
-def test_blockwise_with_lstsq_on_3d_activations_is_exact_at_full_rank():
+def test_token_rows_of_3d_activations_are_the_calibration_rows():
     model = llama()
     x = ids(60)
-    out, _ = factorize(model, rank=16, init="lstsq", calibration=x,
+    out, _ = factorize(model, rank=6, init="lstsq", calibration=x, sequential=False,
                        include=["k_proj", "v_proj"])
-    torch.testing.assert_close(logits(out, x), logits(model, x), rtol=1e-4, atol=1e-4)
+    rows = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _m, a, n=n: rows.setdefault(n, a[0].detach().reshape(-1, 32)))
+        for n in ("model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj")]
+    logits(model, x)
+    for h in hooks:
+        h.remove()
+    for name, r in rows.items():
+        assert r.shape == (4 * 16, 32)  # every token of every sequence is a row
+        expect = to_lowrank(model.get_submodule(name), 6, "lstsq", inputs=r)
+        torch.testing.assert_close(out.get_submodule(name).dense_weight(),
+                                   expect.dense_weight(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.get_submodule(name).bias, expect.bias)
 
 
 def test_find_blocks_names_the_decoder_layers():

@@ -1,7 +1,9 @@
-"""Factorized layers: drop-in replacements for ``nn.Linear`` and ``nn.Conv2d``."""
+"""Factorized layers: drop-in replacements for ``nn.Linear``, ``nn.Conv1d`` and
+``nn.Conv2d``."""
 
 from compactnn.lowrank.base import LowRankLayer, break_even_rank, resolve_rank
 from compactnn.lowrank.conv import CONV_SCHEMES, LowRankConv2d
+from compactnn.lowrank.conv1d import LowRankConv1d
 from compactnn.lowrank.dense import (
     FACTORIZABLE,
     dense_matrix,
@@ -26,6 +28,7 @@ __all__ = [
     "CONV_SCHEMES",
     "FACTORIZABLE",
     "Initializer",
+    "LowRankConv1d",
     "LowRankConv2d",
     "LowRankLayer",
     "LowRankLinear",

@@ -16,6 +16,7 @@ from compactnn.lowrank.conv import (
     conv_matrix_shape,
     conv_weight_to_matrix,
 )
+from compactnn.lowrank.conv1d import LowRankConv1d
 from compactnn.lowrank.linear import LowRankLinear
 
 __all__ = ["FACTORIZABLE", "dense_matrix", "dense_matrix_shape", "is_factorizable",
@@ -24,7 +25,8 @@ __all__ = ["FACTORIZABLE", "dense_matrix", "dense_matrix_shape", "is_factorizabl
 #: The dense module types with a low-rank counterpart (exact types: a subclass
 #: may change ``forward`` and is not replaced).
 FACTORIZABLE: dict[type[nn.Module], type[LowRankLayer]] = {nn.Linear: LowRankLinear,
-                                                           nn.Conv2d: LowRankConv2d}
+                                                           nn.Conv2d: LowRankConv2d,
+                                                           nn.Conv1d: LowRankConv1d}
 
 
 def is_transposed_linear(module: nn.Module) -> bool:
@@ -45,8 +47,8 @@ def is_linear_like(module: nn.Module) -> bool:
 
 
 def is_factorizable(module: nn.Module) -> bool:
-    """Whether ``module`` is exactly an ``nn.Linear`` or ``nn.Conv2d``, or a Hugging
-    Face ``Conv1D``."""
+    """Whether ``module`` is exactly an ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``,
+    or a Hugging Face ``Conv1D``."""
     return type(module) in FACTORIZABLE or is_transposed_linear(module)
 
 
@@ -67,8 +69,8 @@ def linear_view(module: nn.Module) -> nn.Module:
 
 def _check(module: nn.Module, scheme: str) -> None:
     if not is_factorizable(module):
-        raise TypeError(f"only nn.Linear, nn.Conv2d and Hugging Face Conv1D have a low-rank "
-                        f"form, got {type(module).__name__}")
+        raise TypeError(f"only nn.Linear, nn.Conv1d, nn.Conv2d and Hugging Face Conv1D have a "
+                        f"low-rank form, got {type(module).__name__}")
     if scheme not in CONV_SCHEMES:
         raise ValueError(f"scheme must be one of {CONV_SCHEMES}, got scheme={scheme!r}")
 
@@ -80,6 +82,9 @@ def dense_matrix_shape(module: nn.Module, scheme: str = "channel") -> tuple[int,
     module = linear_view(module)
     if isinstance(module, nn.Linear):
         return (1, module.out_features, module.in_features)
+    if isinstance(module, nn.Conv1d):  # the channel scheme, whatever ``scheme`` says
+        return conv_matrix_shape(module.out_channels, module.in_channels,
+                                 (1, module.kernel_size[0]), module.groups, "channel")
     return conv_matrix_shape(module.out_channels, module.in_channels, module.kernel_size,
                              module.groups, scheme)
 
@@ -91,6 +96,8 @@ def dense_matrix(module: nn.Module, scheme: str = "channel") -> Tensor:
     w = module.weight.detach()
     if isinstance(module, nn.Linear):
         return w.unsqueeze(0)
+    if isinstance(module, nn.Conv1d):
+        return conv_weight_to_matrix(w.unsqueeze(2), module.groups, "channel")
     return conv_weight_to_matrix(w, module.groups, scheme)
 
 
@@ -103,4 +110,6 @@ def to_lowrank(module: nn.Module, rank: int | float, init: str | Callable[..., A
     module = linear_view(module)
     if isinstance(module, nn.Conv2d):
         return LowRankConv2d.from_dense(module, rank, init=init, scheme=scheme, **init_kwargs)
+    if isinstance(module, nn.Conv1d):
+        return LowRankConv1d.from_dense(module, rank, init=init, **init_kwargs)
     return LowRankLinear.from_dense(module, rank, init=init, **init_kwargs)

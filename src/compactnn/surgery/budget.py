@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from compactnn.lowrank import (
+    LowRankConv1d,
     LowRankLayer,
     LowRankLinear,
     dense_matrix,
@@ -58,6 +59,8 @@ def module_call(module: nn.Module, shapes: Shapes | None) -> Call:
         return Call(0.0)
     if linear:
         return Call(float(sum(math.prod(out[:-1]) for _, out in calls)))
+    if isinstance(module, nn.Conv1d | LowRankConv1d):  # (N, C, L): N * L output positions
+        return Call(float(sum(math.prod(out[:-2]) * out[-1] for _, out in calls)))
     cols = [out[0] * out[3] for _, out in calls]  # N * W_out
     if not sum(cols):
         return Call(0.0, calls[0][0][-2], calls[0][1][2])
@@ -129,7 +132,8 @@ def trace_shapes(model: nn.Module, example_inputs: Any) -> Shapes:
         shapes.setdefault(mod, []).append((tuple(args[0].shape), tuple(out.shape)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer) or is_linear_like(m)]
+               if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | LowRankLayer)
+               or is_linear_like(m)]
     flags = {m: m.training for m in model.modules()}
     model.eval()
     try:

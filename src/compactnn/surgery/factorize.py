@@ -316,7 +316,8 @@ def factorize(
     params_before = unique_params(model)
     # every Linear/Conv2d counts, low-rank layers already in the model included
     macs_all = [layer_macs(m, shapes) for m in model.modules()
-                if isinstance(m, nn.Linear | nn.Conv2d | LowRankLayer) or is_linear_like(m)]
+                if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | LowRankLayer)
+                or is_linear_like(m)]
     macs_before = None if any(v is None for v in macs_all) else sum(macs_all)
     ranks = _plan(cands, rank, param_ratio, flop_ratio, allocation, conv_scheme,
                   params_before, macs_before, budget_over)

@@ -20,7 +20,7 @@ __all__ = ["Patterns", "dense_first_last_exclude", "layer_fates", "select_layers
 
 #: Layer types that look like candidates but have no low-rank form here; the
 #: factorize report names them so a user sees why they were left alone.
-_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+_UNSUPPORTED = (nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                 nn.ConvTranspose3d, nn.Bilinear)
 
 Patterns = str | Sequence[str] | None
