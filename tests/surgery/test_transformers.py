@@ -232,3 +232,30 @@ def test_save_pretrained_round_trip(tmp_path, make):
         load_pretrained(tmp_path / "d")
     with pytest.raises(TypeError, match="PreTrainedModel"):
         save_pretrained(nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_nonlinear_refits_the_swiglu_gate_and_up_through_the_block_output():
+    model = llama()
+    x = ids(60, n=8, t=16)
+    captured = {}
+    h = model.model.layers[0].mlp.register_forward_pre_hook(
+        lambda _m, a: captured.setdefault("x", a[0].detach()))
+    logits(model, x)
+    h.remove()
+    mlp_in = captured["x"]
+    dense_mlp = model.model.layers[0].mlp
+
+    def mlp_error(m):
+        with torch.no_grad():
+            return float((m.model.layers[0].mlp(mlp_in) - dense_mlp(mlp_in)).pow(2).mean())
+
+    opts = dict(rank=6, init="nonlinear", calibration=x, include=["gate_proj", "up_proj"])
+    fitted, _ = factorize(model, gated_steps=60, **opts)
+    unfitted, _ = factorize(model, gated_steps=0, **opts)
+    assert mlp_error(fitted) < 0.9 * mlp_error(unfitted)
+    # the refit touched gate and up only (down stays the dense layer)
+    assert type(fitted.model.layers[0].mlp.down_proj) is nn.Linear
+    torch.testing.assert_close(fitted.model.layers[0].mlp.down_proj.weight,
+                               dense_mlp.down_proj.weight)
+    # the other methods take no gated options: they are dropped, not passed on
+    factorize(model, rank=6, init="whitened", calibration=x, gated_steps=5)

@@ -41,7 +41,7 @@ SCALES: dict[bool, dict[str, Any]] = {
            "ratios": (0.4,), "seeds": (0,), "finetune_steps": 3, "finetune_ratio": 0.4,
            "speed_batches": (1,), "speed_threads": (1,), "prompt": 32, "new_tokens": 8,
            "repeats": 2},
-    False: {"layers": None, "calib_n": 32, "calib_len": 256, "eval_tokens": 16384,
+    False: {"layers": None, "calib_n": 32, "calib_len": 256, "eval_tokens": 8192,
             "seq_len": 256, "ratios": RATIOS, "seeds": (0, 1, 2), "finetune_steps": 100,
             "finetune_ratio": 0.4, "speed_batches": (1, 16), "speed_threads": (1, 2),
             "prompt": 64, "new_tokens": 16, "repeats": 3},

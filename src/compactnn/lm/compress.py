@@ -47,9 +47,9 @@ METHODS: dict[str, Method] = {
     "svd_llm_refit": Method("whitened", (("refit", "u"),),
                             about="SVD-LLM whitening, then U refitted by least squares"),
     "lstsq": Method("lstsq", about="least-squares factors of the layer's output (compactnn)"),
-    "nonlinear": Method("nonlinear", about="function matching (compactnn): each layer's "
-                                           "output, and the SwiGLU block's output through "
-                                           "its gate"),
+    "nonlinear": Method("nonlinear", (("gated_steps", 25),),
+                        about="function matching (compactnn): each layer's output, and the "
+                              "SwiGLU block's output through its gate (25 Adam steps)"),
 }
 
 

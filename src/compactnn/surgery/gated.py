@@ -47,10 +47,11 @@ def gated_ffn_refit(init: str, options: dict[str, Any]
                                   None] | None:
     """The ``after_group`` step of :func:`compactnn.surgery.blockwise.compress_blockwise`
     for ``init="nonlinear"`` (None for the other methods, which fit layers one by
-    one). ``options`` (the initializer's keywords) may hold ``gated_steps`` and
-    ``gated_lr``, which are taken out of it."""
-    steps = options.pop("gated_steps", 200)
-    lr = options.pop("gated_lr", 1e-3)
+    one). ``options`` (the initializer's keywords) may hold ``gated_steps``,
+    ``gated_lr`` and ``gated_batch_size`` (passed to ``fit_gated_ffn`` as ``steps``,
+    ``lr``, ``batch_size``), which are taken out of it."""
+    fit_options = {k[len("gated_"):]: options.pop(k) for k in
+                   ("gated_steps", "gated_lr", "gated_batch_size") if k in options}
     if init != "nonlinear":
         return None
 
@@ -66,7 +67,7 @@ def gated_ffn_refit(init: str, options: dict[str, Any]
         fit_gated_ffn(mlp.gate_proj, mlp.up_proj, inputs.rows,
                       w_gate=dense["gate_proj"].weight.detach(),
                       w_up=dense["up_proj"].weight.detach(),
-                      w_down=linear_view(mlp.down_proj).weight.detach(), steps=steps, lr=lr,
-                      activation=act)
+                      w_down=linear_view(mlp.down_proj).weight.detach(), activation=act,
+                      **fit_options)
 
     return refit
