@@ -24,7 +24,7 @@ def test_paired_values_keep_only_seeds_every_arm_has():
 def tiny(monkeypatch):
     monkeypatch.setattr(M, "PLANTED", {
         **M.PLANTED, "tasks": 8, "clusters": 2, "n_train": 128, "n_val": 32, "n_test": 32,
-        "lrs": (1e-2,), "epochs": 2, "patience": 2, "seeds": (0, 1), "remedy_seeds": (0, 1),
+        "lrs": (1e-2,), "epochs": 2, "patience": 2, "seeds": (0, 1), "remedy_seeds": (0,),
         "spare": 2, "remedy_epochs": 1, "batch_size": 64})
     monkeypatch.setattr(M, "DSK_GAMMAS", (1.0,))
     monkeypatch.setattr(M, "DSK_ENTROPIES", (0.1,))
@@ -41,6 +41,7 @@ def test_report_of_a_tiny_study(tiny, tmp_path):
     md = report(root, tmp_path / "sat.png")
     assert (tmp_path / "sat.png").stat().st_size > 0
     assert "| planted_eval | 10 of 10 |" in md
+    assert "| planted_remedies | 31 of 31 |" in md
     assert "**test MSE** (2 seeds)" in md
     assert "DSelect-k gamma_ramp" in md and "frozen experts, 2 spare" in md
     assert "mean test accuracy: pending" in md
@@ -67,3 +68,16 @@ def test_saturation_figure_from_selection_cells_alone(tiny, tmp_path):
     assert saturation_figure(study, tmp_path / "none.png") is None
     study.run_part("planted_select")
     assert saturation_figure(study, tmp_path / "sat.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_tuned_part_is_reported_once_finished(tiny, tmp_path, monkeypatch):
+    """45 tiny trials (2 epochs of 8 tasks each) and 6 re-trained seeds."""
+    monkeypatch.setattr(M, "DSK_GAMMAS", (0.1, 1.0))
+    monkeypatch.setattr(M, "DSK_ENTROPIES", (0.1, 1.0))
+    monkeypatch.setattr(M, "TOPK_IMPORTANCE", (0.1, 1.0))
+    root = tmp_path / "cells"
+    assert "tuned comparison (15 random trials per gate)\n\npending" in report(root)
+    M.Study(root, log=lambda _m: None).run_part("planted_tuned")
+    md = report(root)
+    assert "| dselect_k | 15 |" in md and "**exact support**" in md

@@ -257,7 +257,8 @@ class Study:
 
     # -- the tuned comparison
 
-    def planted_tuned(self) -> None:
+    def planted_tuned(self):
+        """Run (or, when finished, reload) the tuned comparison; its ``TuneReport``."""
         from compactnn.tune import Categorical, LogUniform, Method, tune
 
         p = PLANTED
@@ -273,9 +274,9 @@ class Study:
             return timed(self.planted_cell)(cell)
 
         # 15 random trials (no model-based phase), chosen on the selection seed's data
-        tune(spaces, run, self.store.root / "planted_tuned", n_trials=15,
-             seeds=list(p["seeds"]), direction="minimize", sampler_seed=0,
-             tune_seed=p["select_seed"], n_startup_trials=15, log=self.log)
+        return tune(spaces, run, self.store.root / "planted_tuned", n_trials=15,
+                    seeds=list(p["seeds"]), direction="minimize", sampler_seed=0,
+                    tune_seed=p["select_seed"], n_startup_trials=15, log=self.log)
 
     # -- driving
 

@@ -283,6 +283,20 @@ def _real(study: Study, dataset: str, metric: str, lower: bool, title: str) -> s
     return out
 
 
+def _tuned(study: Study) -> str:
+    from compactnn.experiments.stats import comparison_markdown
+
+    if not (study.store.root / "planted_tuned" / "tuning.json").exists():
+        return "pending (runs after every other part).\n"
+    rep = study.planted_tuned()  # finished: reloads, trains nothing
+    parts = [rep.markdown()]
+    for metric, lower, title in (("test", True, "test MSE"), ("exact", False, "exact support")):
+        vals = {g: rep.values(g, metric) for g in ("dselect_k", "topk", "softmax")}
+        parts.append(f"**{title}**\n\n" + comparison_markdown(
+            vals, "dselect_k", lower_is_better=lower, labels=ARM_LABELS))
+    return "\n\n".join(parts) + "\n"
+
+
 def report(root: str | Path, figure: str | Path | None = None) -> str:
     """The markdown report of the finished cells under ``root``."""
     study = Study(root, log=lambda _m: None)
@@ -294,6 +308,8 @@ def report(root: str | Path, figure: str | Path | None = None) -> str:
         png = saturation_figure(study, figure)
         if png is not None:
             md.append(f"\n![saturation]({png.name})\n")
+    md += ["\n#### Planted experts: tuned comparison (15 random trials per gate)\n",
+           _tuned(study)]
     md += ["\n#### Multi-Fashion-MNIST\n",
            _real(study, "fashion", "test", False, "mean test accuracy"),
            "\n#### MovieLens\n", _real(study, "movielens", "test", False, "test AUC, watch")]
