@@ -125,8 +125,10 @@ def perplexity(model: nn.Module, ids: Tensor, seq_len: int = 256, stride: int | 
                 if int(x.max()) >= logits.shape[-1]:
                     raise ValueError(f"ids holds token id {int(x.max())}, outside the "
                                      f"model's vocabulary of {logits.shape[-1]}")
+                # (rows, vocab) layout: softmax along contiguous memory, not a strided dim
                 nll = nn.functional.cross_entropy(
-                    logits[:, :-1].float().transpose(1, 2), x[:, 1:], reduction="none")
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                    x[:, 1:].reshape(-1), reduction="none").reshape(x.shape[0], -1)
                 for row, (b, _, first) in enumerate(batch):
                     total += float(nll[row, first - b - 1:].double().sum())
                     count += x.shape[1] - (first - b)
