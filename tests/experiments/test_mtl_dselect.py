@@ -165,3 +165,16 @@ def test_aux_per_task_divides_the_regularizer_by_the_number_of_tasks():
     torch.testing.assert_close(per_task["model"].gates.z_logits,
                                summed["model"].gates.z_logits)
     assert per_task["val_history"] == pytest.approx(summed["val_history"])
+
+
+def test_aux_per_task_leaves_the_cross_task_balancing_term_alone():
+    data = make_planted_experts(4, 2, 2, input_dim=4, n_train=16, n_val=4, n_test=4, seed=0)
+
+    def run(flag):
+        return train_routed(data, gate="topk", gate_params={"importance_reg": 0.5},
+                            num_experts=4, epochs=2, batch_size=8, lr=0.05, patience=None,
+                            aux_per_task=flag)
+
+    a, b = run(True), run(False)
+    torch.testing.assert_close(a["model"].gates.gate_logits, b["model"].gates.gate_logits)
+    assert a["val_history"] == b["val_history"]

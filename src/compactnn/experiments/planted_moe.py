@@ -157,6 +157,9 @@ class RoutedMoE(nn.Module):
         else:
             check_choice("gate", gate, GATES)
             self.gates = _gates(gate, num_tasks, num_experts, k, params)
+        # scale of the gates' own (per-task) regularizers; train_routed sets 1/T for
+        # aux_per_task. The cross-task balancing term below is one term, never scaled.
+        self.gate_aux_scale = 1.0
         bound = 1.0 / math.sqrt(out)  # nn.Linear's default for fan_in = out
         self.tower_w = nn.Parameter(torch.empty(num_tasks, out).uniform_(-bound, bound))
         self.tower_b = nn.Parameter(torch.empty(num_tasks).uniform_(-bound, bound))
@@ -171,6 +174,7 @@ class RoutedMoE(nn.Module):
             aux = torch.stack([o[1] for o in outs]).sum()
         else:
             w, aux = self.gates()
+        aux = aux * self.gate_aux_scale
         if self.importance_reg > 0 and self.training:
             from compactnn.moe import cv_squared
 
@@ -234,11 +238,13 @@ def train_routed(data: MultiTaskData, *, routing: Any = None, gate: str | None =
 
     ``frozen_experts``: planted expert weights (``meta["experts"]``, optionally
     :func:`~compactnn.data.planted.with_spare_experts`) used as frozen experts, so only
-    the routing and the towers learn. ``aux_per_task``: divide the gates' auxiliary loss
-    by the number of tasks, so that each task's regularizer weighs against its own loss
-    as in a sum of per-task objectives (the default adds every task's regularizer to the
-    *mean* task loss, ``T`` times stronger). ``gate_warmup_epochs``: the gates' learning
-    rate is multiplied by ``gate_warmup_factor`` for the first epochs.
+    the routing and the towers learn. ``aux_per_task``: divide the gates' own
+    regularizers (one per task's gate, summed) by the number of tasks, so that each
+    task's regularizer weighs against its own loss as in a sum of per-task objectives
+    (the default adds every task's regularizer to the *mean* task loss, ``T`` times
+    stronger); Top-k's cross-task balancing term is one term and is not divided.
+    ``gate_warmup_epochs``: the gates' learning rate is multiplied by
+    ``gate_warmup_factor`` for the first epochs.
     """
     if any(t.kind != "regression" for t in data.tasks):
         raise ValueError("train_routed needs regression tasks")
@@ -268,7 +274,7 @@ def train_routed(data: MultiTaskData, *, routing: Any = None, gate: str | None =
         groups.append({"params": list(model.gates.parameters()), "lr": gate_lr})
     opt = torch.optim.Adam(groups, lr=lr)
     y = _targets(data.train)
-    aux_scale = 1.0 / ntask if aux_per_task else 1.0
+    model.gate_aux_scale = 1.0 / ntask if aux_per_task else 1.0
     best, best_state, best_epoch, history, diverged = math.inf, None, 0, [], False
     saturation: list[float] = []
     for epoch in range(epochs):
@@ -280,7 +286,7 @@ def train_routed(data: MultiTaskData, *, routing: Any = None, gate: str | None =
         for i in range(len(perm) // batch_size):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             pred, aux = model(data.train.x[idx])
-            loss = ((pred - y[idx]) ** 2).mean() + aux_scale * aux
+            loss = ((pred - y[idx]) ** 2).mean() + aux
             if not torch.isfinite(loss):
                 diverged = True
                 break
