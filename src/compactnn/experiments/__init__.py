@@ -54,6 +54,7 @@ _MODULES = [
     "compactnn.experiments.compress_pretrained",
     "compactnn.experiments.lm_compress",
     "compactnn.experiments.layer_pruning",
+    "compactnn.experiments.moe_lm",
     "compactnn.experiments.relchanet",
     "compactnn.experiments.depth_aware",
     "compactnn.experiments.shortcut",
