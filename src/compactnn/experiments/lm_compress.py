@@ -220,7 +220,8 @@ def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any]
           markdown_table(["method", "removed", "seeds", "ppl Shakespeare [95% CI]",
                           "x dense", "ppl KJV [95% CI]", "x dense", "whole-model ratio",
                           "compress s", "eval s"], rows)]
-    md += ["", _comparisons(s, cells), "", _finetune(s, cells, dense), "",
+    md += ["", _published(s, cells, dense), "", _comparisons(s, cells), "",
+           _finetune(s, cells, dense), "",
            "Speed (tokens/s; ratio to dense, measured interleaved in one run; ideal = "
            "inverse ratio of linear-layer multiply-adds):", "",
            markdown_table(["model", "threads", "batch", "prefill tok/s", "x dense",
@@ -230,6 +231,25 @@ def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any]
         files.append(fig)
         md += ["", f"![perplexity]({fig.name})"]
     return ExperimentResult("lm_compress", "\n".join(md), files)
+
+
+def _published(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, Any]],
+               dense: dict[str, Any]) -> str:
+    """Ratios to dense beside the published LLaMA-7B WikiText-2 ones (the scales differ:
+    orderings and ratios are compared, not values)."""
+    rows = []
+    for method, pub in PUBLISHED.items():
+        for i, ratio in enumerate(RATIOS):
+            vals = [c["ppl"]["shakespeare"] for (m, r, _), c in cells.items()
+                    if m == method and r == ratio]
+            ours = (f"{statistics.fmean(vals) / dense['ppl']['shakespeare']:.2f}" if vals
+                    else "not run")
+            rows.append([method, f"{int(ratio * 100)}%", f"{pub[i] / PUBLISHED_DENSE:.3g}",
+                         ours])
+    return ("Ratio of perplexity to dense, beside the published LLaMA-7B WikiText-2 "
+            f"ratios (dense {PUBLISHED_DENSE}; FWSVD is not implemented here):\n\n"
+            + markdown_table(["method", "removed", "LLaMA-7B published", "SmolLM2 here "
+                              "(Shakespeare)"], rows))
 
 
 def _comparisons(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, Any]]) -> str:
