@@ -178,3 +178,32 @@ def test_aux_per_task_leaves_the_cross_task_balancing_term_alone():
     a, b = run(True), run(False)
     torch.testing.assert_close(a["model"].gates.gate_logits, b["model"].gates.gate_logits)
     assert a["val_history"] == b["val_history"]
+
+
+def test_a_failing_configuration_is_recorded_and_skipped_but_missing_data_stops(
+        tiny, tmp_path, monkeypatch):
+    calls = []
+
+    def diverges(data, params):
+        calls.append(params)
+        raise RuntimeError("loss became NaN")
+
+    monkeypatch.setattr(M, "run_planted_cell", diverges)
+    study = M.Study(tmp_path, log=lambda _m: None)
+    n = study.run_part("planted_select")
+    recs = study.store.finished("planted_select")
+    assert len(recs) == n == len(calls)
+    rec = next(iter(recs.values()))["result"]
+    assert rec["failed"] == "RuntimeError: loss became NaN" and math.isnan(rec["val"])
+    assert study.planted_choice("dselect_k") is None  # nothing finite to choose from
+    study.run_part("planted_select")
+    assert len(calls) == n  # recorded failures are not retried
+
+    def missing(data, params):
+        raise FileNotFoundError("no data")
+
+    monkeypatch.setattr(M, "run_real_cell", missing)
+    monkeypatch.setattr(M.Study, "real_data", lambda self, ds: None)
+    with pytest.raises(FileNotFoundError):
+        study.run_part("fashion_select")
+    assert study.store.finished("fashion_select") == {}

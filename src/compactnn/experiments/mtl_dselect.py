@@ -44,8 +44,8 @@ import numpy as np
 
 from compactnn.experiments.cells import CellStore
 
-__all__ = ["DSK_ENTROPIES", "DSK_GAMMAS", "PARTS", "PLANTED", "REAL", "REMEDIES", "Study",
-           "best_by_val", "cell_name", "main", "remedy_params"]
+__all__ = ["CELL_ERRORS", "DSK_ENTROPIES", "DSK_GAMMAS", "PARTS", "PLANTED", "REAL",
+           "REMEDIES", "Study", "best_by_val", "cell_name", "main", "remedy_params"]
 
 #: The authors' categorical grids (their follow-up code's random search draws from these).
 DSK_GAMMAS = (1e-3, 1e-2, 0.1, 1.0, 5.0, 10.0)
@@ -330,6 +330,12 @@ class Study:
         return out
 
 
+#: Errors of one configuration (a diverged or impossible run): the cell is recorded as
+#: failed (validation and test NaN, the error kept) and the study goes on. A missing data
+#: set (FileNotFoundError) or an interruption is not a failed cell.
+CELL_ERRORS = (ArithmeticError, RuntimeError, ValueError)
+
+
 def timed(fn: Callable[[Mapping[str, Any]], dict[str, Any]]
           ) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     def run(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -338,7 +344,10 @@ def timed(fn: Callable[[Mapping[str, Any]], dict[str, Any]]
         torch.set_num_threads(1)
         start = time.process_time()
         wall = time.perf_counter()
-        out = fn(params)
+        try:
+            out = fn(params)
+        except CELL_ERRORS as e:  # (an interruption is a KeyboardInterrupt: not caught)
+            out = {"val": math.nan, "test": math.nan, "failed": f"{type(e).__name__}: {e}"}
         out.update(cpu_seconds=time.process_time() - start,
                    seconds=time.perf_counter() - wall)
         return out
