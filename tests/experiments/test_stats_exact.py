@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 import scipy.stats as sps
 
-from compactnn.experiments.stats import bootstrap_ci, dz_interval, paired_comparison
+from compactnn.experiments.stats import (
+    bootstrap_ci,
+    compare_to_reference,
+    comparison_markdown,
+    dz_interval,
+    holm,
+    paired_comparison,
+    paired_difference,
+    table_row,
+    wilcoxon_p,
+)
 
 
 def _normal_interval(dz: float, n: int, level: float) -> tuple[float, float]:
@@ -80,3 +90,138 @@ def test_paired_comparison_reports_these_intervals():
     boot = bootstrap_ci(d, n_boot=2000, seed=4)
     assert c.ci_boot == boot["mean"] and c.dz_ci_boot == boot["dz"]
     assert c.dz_ci == dz_interval(d.mean() / d.std(ddof=1), 6)
+
+
+# --------------------------------------------------------------------------- edges
+
+
+def test_wilcoxon_p_matches_scipy_including_two_pairs_and_equal_differences():
+    for d in ([1.0, 1.0, 1.0, 1.0], [1.0, 2.0], [0.5, -0.2, 0.3, 0.9, -0.1]):
+        assert wilcoxon_p(d) == sps.wilcoxon(d).pvalue
+    assert wilcoxon_p([0.0, 0.0, 0.0]) == 1.0 and math.isnan(wilcoxon_p([0.3]))
+
+
+def test_dz_interval_is_undefined_without_two_pairs_or_a_finite_effect():
+    for dz, n in [(0.5, 1), (math.nan, 5), (math.inf, 5), (-math.inf, 3)]:
+        lo, hi = dz_interval(dz, n)
+        assert math.isnan(lo) and math.isnan(hi)
+
+
+@pytest.mark.parametrize("dz, n", [(6.0, 2), (-6.0, 2)])
+def test_exact_interval_far_from_the_estimate_widens_its_bracket(dz, n):
+    # with one degree of freedom a bound lies outside t_obs +- 10
+    lo, hi = dz_interval(dz, n)
+    t_obs = dz * math.sqrt(n)
+    assert max(abs(lo), abs(hi)) * math.sqrt(n) > abs(t_obs) + 10
+    assert sps.nct.cdf(t_obs, n - 1, lo * math.sqrt(n)) == pytest.approx(0.975, abs=1e-7)
+    assert sps.nct.cdf(t_obs, n - 1, hi * math.sqrt(n)) == pytest.approx(0.025, abs=1e-7)
+
+
+def test_bootstrap_edges_and_defaults():
+    two = bootstrap_ci([0.1, 0.3], n_boot=200, seed=1)
+    mean_ref, dz_ref = _reference_bootstrap([0.1, 0.3], 0.95, 200, 1)
+    assert two == {"mean": tuple(map(float, mean_ref)), "dz": tuple(map(float, dz_ref))}
+    flat = bootstrap_ci([1.0, 1.0, 1.0], n_boot=50)
+    assert flat["mean"] == (1.0, 1.0) and all(math.isnan(x) for x in flat["dz"])
+    assert all(math.isnan(x) for x in bootstrap_ci([2.0])["mean"])
+    d = [0.3, -0.1, 0.4, 0.2]
+    assert bootstrap_ci(d) == bootstrap_ci(d, 0.95, 10_000, 0)
+
+
+A = [0.61, 0.58, 0.66, 0.70, 0.59]
+B = [0.59, 0.58, 0.62, 0.71, 0.57]  # one tie, one loss
+
+
+def test_paired_comparison_fields_wins_and_defaults():
+    c = paired_comparison(A, B, lower_is_better=False)
+    d = np.subtract(A, B)
+    assert (c.mean_a, c.mean_b) == (float(np.mean(A)), float(np.mean(B)))
+    assert c.sd_diff == float(d.std(ddof=1))
+    assert c.wins == 3  # a tie is not a win
+    assert paired_comparison(A, B, lower_is_better=True).wins == 1
+    assert c == paired_comparison(A, B, lower_is_better=False, level=0.95, n_boot=10_000,
+                                  seed=0)
+    narrow = paired_comparison(A, B, level=0.8, n_boot=500, seed=3)
+    assert narrow.dz_ci == dz_interval(narrow.dz, 5, 0.8)
+    assert narrow.ci_boot == bootstrap_ci(d, 0.8, 500, 3)["mean"]
+    two = paired_comparison([1.0, 2.0], [0.0, 0.5])
+    assert two.sd_diff == float(np.std([1.0, 1.5], ddof=1))
+    assert two.dz == 1.25 / two.sd_diff and not math.isnan(two.p_t)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"level": 0.0}, "level"), ({"level": 1.0}, "level"), ({"level": 1.5}, "level"),
+    ({"n_boot": 0}, "n_boot")])
+def test_paired_comparison_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        paired_comparison(A, B, **kwargs)
+    assert paired_comparison(A, B, n_boot=1).n == 5
+
+
+def test_argument_errors_name_the_problem():
+    with pytest.raises(ValueError, match="same length"):
+        paired_comparison([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="empty"):
+        paired_comparison([], [])
+    with pytest.raises(ValueError, match="finite"):
+        paired_comparison([1.0, math.inf], [1.0, 2.0])
+    with pytest.raises(TypeError, match="pvalues must be numbers"):
+        holm([0.1, "0.2"])
+    with pytest.raises(ValueError, match=r"pvalues must be in \[0, 1\]"):
+        holm([0.1, 1.5])
+    with pytest.raises(ValueError, match="test"):
+        compare_to_reference({"r": A, "x": B}, "r", lower_is_better=True, test="z")
+    with pytest.raises(ValueError, match="at least one pair"):
+        paired_difference([], [])
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_holm_leaves_nan_out_of_the_family():
+    assert holm([0.01, math.nan, 0.04])[::2] == [0.02, 0.04]
+    assert math.isnan(holm([0.01, math.nan, 0.04])[1])
+
+
+def test_compare_to_reference_passes_its_options_on():
+    vals = {"r": A, "x": B, "y": [0.6, 0.6, 0.6, 0.6, 0.6]}
+    out = compare_to_reference(vals, "r", lower_is_better=True, level=0.8, n_boot=300, seed=5)
+    for m in ("x", "y"):
+        want = paired_comparison(A, vals[m], level=0.8, lower_is_better=True, n_boot=300,
+                                 seed=5).as_dict()
+        assert {k: out[m][k] for k in want} == want
+        assert out[m]["p"] == want["p_t"]
+    assert [out[m]["p_holm"] for m in ("x", "y")] == holm([out["x"]["p"], out["y"]["p"]])
+    default = compare_to_reference(vals, "r", lower_is_better=True)
+    explicit = compare_to_reference(vals, "r", lower_is_better=True, level=0.95, n_boot=10_000,
+                                    seed=0)
+    assert default["x"]["ci_boot"] == explicit["x"]["ci_boot"]
+
+
+def test_table_row_formats_every_cell():
+    c = {"mean_diff": 0.012345, "ci_t": (-0.001, 0.0256), "ci_boot": (0.0, 0.02),
+         "dz": 0.5, "dz_ci": (-0.25, 1.25), "p_t": 0.0456, "p_holm": 0.00001,
+         "p_wilcoxon": math.nan, "wins": 3, "n": 5}
+    assert table_row(c) == ["+0.0123", "[-0.0010, +0.0256]", "[+0.0000, +0.0200]",
+                            "+0.50 [-0.25, +1.25]", "0.0456", "<1e-4", "n/a", "3/5"]
+    c.update(dz=math.nan, ci_boot=(math.nan, math.nan), wins=None, p_t=1e-4, p_holm=0.5)
+    assert table_row(c, "{:.2f}") == ["0.01", "[-0.00, 0.03]", "n/a", "n/a", "0.0001", "0.5",
+                                      "n/a", "-"]
+
+
+def test_comparison_markdown_is_the_table_of_these_numbers():
+    vals = {"r": A, "x": B}
+    md = comparison_markdown(vals, "r", lower_is_better=False, labels={"x": "X"},
+                             fmt="{:.3f}", diff_fmt="{:+.3f}", test="wilcoxon", seed=4)
+    comps = compare_to_reference(vals, "r", lower_is_better=False, test="wilcoxon", seed=4)
+    sd = [float(np.std(v, ddof=1)) for v in (A, B)]
+    header = ("| method | seeds | mean +- sd | ref - other | 95% CI (t) | 95% CI (bootstrap) "
+              "| d_z [95% CI] | p (t) | p (Holm) | p (Wilcoxon) | wins |")
+    ref_row = f"| r | 5 | {np.mean(A):.3f} +- {sd[0]:.3f} | ref" + " | -" * 7 + " |"
+    x_row = (f"| X | 5 | {np.mean(B):.3f} +- {sd[1]:.3f} | "
+             + " | ".join(table_row(comps["x"], "{:+.3f}")) + " |")
+    assert md.splitlines() == [header, "| " + " | ".join(["---"] * 11) + " |", ref_row, x_row]
+    assert table_row(comps["x"])[-1] == "3/5"
+    one = comparison_markdown({"r": [1.0], "x": [0.5]}, "r", lower_is_better=True)
+    assert one.splitlines()[2].startswith("| r | 1 | 1.0000 | ref |")
+    assert comparison_markdown(vals, "r", lower_is_better=False) == comparison_markdown(
+        vals, "r", lower_is_better=False, test="t", seed=0)
