@@ -407,7 +407,9 @@ def test_multihead_attention_out_proj_is_not_replaced():
     out, report = factorize(model, rank=4)
     assert type(out.attn.out_proj) is type(model.attn.out_proj)
     assert isinstance(out.proj, LowRankLinear)
-    assert [r.name for r in report.layers] == ["proj"]
+    assert [r.name for r in report.layers if r.selected] == ["proj"]
+    assert [r.note for r in report.layers if not r.selected] == [
+        "inside nn.MultiheadAttention (its forward reads .weight): kept dense"]
     assert out(x).shape == (2, 5, 32)  # MHA's functional forward still works
     with pytest.raises(TypeError, match="out_proj"):
         factorize(model, rank=4, include=["out_proj"])

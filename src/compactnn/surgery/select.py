@@ -67,10 +67,10 @@ def layer_fates(model: nn.Module, include: Patterns = None, exclude: Patterns = 
             continue
         if isinstance(mod, _UNSUPPORTED):
             fates[name] = f"unsupported type {type(mod).__name__}: kept dense"
+        elif name in mha and isinstance(mod, nn.Linear):
+            fates[name] = "inside nn.MultiheadAttention (its forward reads .weight): kept dense"
         elif not is_factorizable(mod):
             continue
-        elif name in mha:
-            fates[name] = "inside nn.MultiheadAttention (its forward reads .weight): kept dense"
         elif inc and not any(match(name) for _, match in inc):
             fates[name] = "not matched by include: kept dense"
         else:
