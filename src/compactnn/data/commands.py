@@ -122,6 +122,8 @@ BUILT_IN: tuple[tuple[str, str, str, str], ...] = (
      "compactnn mtl data.name=clustered", ""),
     ("multi_fashion_mnist", "two overlaid Fashion-MNIST images",
      "compactnn mtl data.name=multi_fashion_mnist", "fashion_mnist"),
+    ("minatar", "MinAtar games (Breakout, SpaceInvaders, ...), simulated by the minatar "
+     "package", "compactnn reproduce --only minatar_sparse", "minatar"),
 )
 
 
@@ -133,6 +135,12 @@ def describe_built_in(name: str, title: str, command: str, needs: str) -> list[s
         found = importlib.util.find_spec("sklearn") is not None
         status = "present (scikit-learn is installed)" if found else \
             "MISSING (needs scikit-learn: pip install 'compactnn[experiments]')"
+    elif needs == "minatar":
+        import importlib.util
+
+        found = importlib.util.find_spec("minatar") is not None
+        status = "present (minatar is installed)" if found else \
+            "MISSING (needs minatar: pip install minatar gymnasium)"
     elif needs:
         status = f"made on the fly from {needs} (above)"
     else:

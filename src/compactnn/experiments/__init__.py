@@ -59,6 +59,7 @@ _MODULES = [
     "compactnn.experiments.depth_aware",
     "compactnn.experiments.shortcut",
     "compactnn.experiments.two_layer_dynamics",
+    "compactnn.experiments.minatar_sparse",
 ]
 
 

@@ -42,7 +42,7 @@ class Setting:
 
 
 QUICK = Setting(10, 100, (32, 128), (0.01, 1.0), 5, 2000)
-FULL = Setting(20, 200, (64, 256, 1024), (0.01, 1.0, 4.0), 5, 10000)
+FULL = Setting(20, 200, (32, 128, 512), (0.01, 1.0, 4.0), 5, 6000)
 
 
 def train(s: Setting, width: int, scale: float, seed: int) -> list[list[list[float]]]:
