@@ -55,6 +55,7 @@ _MODULES = [
     "compactnn.experiments.lm_compress",
     "compactnn.experiments.layer_pruning",
     "compactnn.experiments.moe_lm",
+    "compactnn.experiments.enc_dec_fusion",
     "compactnn.experiments.relchanet",
     "compactnn.experiments.depth_aware",
     "compactnn.experiments.shortcut",

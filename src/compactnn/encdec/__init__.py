@@ -1,0 +1,7 @@
+"""Encoder-decoder layer fusion: each decoder layer reads a learned combination of all
+encoder layers' outputs instead of the last one only (see docs/transformers.md)."""
+
+from .fusion import FUSION_INITS, LayerFusion
+from .transformer import FusedTransformer
+
+__all__ = ["FUSION_INITS", "FusedTransformer", "LayerFusion"]
