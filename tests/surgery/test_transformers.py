@@ -259,3 +259,10 @@ def test_nonlinear_refits_the_swiglu_gate_and_up_through_the_block_output():
                                dense_mlp.down_proj.weight)
     # the other methods take no gated options: they are dropped, not passed on
     factorize(model, rank=6, init="whitened", calibration=x, gated_steps=5)
+
+
+def test_blockwise_reports_its_calibration_and_decomposition_time():
+    _, report = factorize(llama(), rank=6, init="whitened", calibration=ids(60))
+    assert set(report.timings) == {"calibration_s", "decomposition_s"}
+    assert all(v > 0 for v in report.timings.values())
+    assert factorize(llama(), rank=6)[1].timings == {}

@@ -100,6 +100,8 @@ def _cell(setting: Setting, method: str, ratio: float, seed: int, finetune: bool
     ppl = setting.perplexities(model)
     t_eval = time.perf_counter() - t0
     out: dict[str, Any] = {"ppl": ppl, "compress_s": t_comp, "eval_s": t_eval,
+                           "calibration_s": report.timings.get("calibration_s", 0.0),
+                           "decomposition_s": report.timings.get("decomposition_s", t_comp),
                            "selected_ratio": report.selected_param_ratio,
                            "model_ratio": report.param_ratio,
                            "calib_tokens": 0 if calib is None else calib.numel()}
@@ -200,12 +202,14 @@ def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any]
                 continue
             sh = [c["ppl"]["shakespeare"] for _, c in got]
             kj = [c["ppl"]["kjv"] for _, c in got]
-            comp = statistics.fmean(c["compress_s"] for _, c in got)
+            cal = statistics.fmean(c.get("calibration_s", 0.0) for _, c in got)
+            dec = statistics.fmean(c.get("decomposition_s", c["compress_s"]) for _, c in got)
             ev = statistics.fmean(c["eval_s"] for _, c in got)
             rows.append([method, f"{int(ratio * 100)}%", len(got), _log_ci(sh),
                          f"{statistics.fmean(sh) / dense['ppl']['shakespeare']:.2f}",
                          _log_ci(kj), f"{statistics.fmean(kj) / dense['ppl']['kjv']:.2f}",
-                         f"{got[0][1]['model_ratio']:.3f}", f"{comp:.0f}", f"{ev:.0f}"])
+                         f"{got[0][1]['model_ratio']:.3f}", f"{cal:.0f}", f"{dec:.0f}",
+                         f"{ev:.0f}"])
             for sd, c in got:
                 csv_rows.append([method, ratio, sd, c["ppl"]["shakespeare"], c["ppl"]["kjv"],
                                  c["compress_s"], c["eval_s"], c["selected_ratio"],
@@ -219,7 +223,7 @@ def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any]
           + (" Quick mode: a 2-layer slice of the model." if quick else ""), "",
           markdown_table(["method", "removed", "seeds", "ppl Shakespeare [95% CI]",
                           "x dense", "ppl KJV [95% CI]", "x dense", "whole-model ratio",
-                          "compress s", "eval s"], rows)]
+                          "calibration s", "decomposition s", "eval s"], rows)]
     md += ["", _published(s, cells, dense), "", _comparisons(s, cells), "",
            _finetune(s, cells, dense), "",
            "Speed (tokens/s; ratio to dense, measured interleaved in one run; ideal = "

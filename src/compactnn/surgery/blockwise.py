@@ -22,6 +22,7 @@ it was.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -202,15 +203,21 @@ def compress_blockwise(
     after_group: Callable[[nn.Module, list[tuple[str, nn.Module, nn.Module]], GroupInputs],
                           None] | None = None,
     progress: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> None:
     """Replace each target (all inside ``stack``'s blocks) by ``build(dense,
     inputs=GroupInputs, activation="identity")``, block by block.
+
+    ``timings``, when given, receives the seconds spent running blocks to capture
+    inputs and propagate hidden states (``"calibration_s"``) and in the builds and
+    ``after_group`` steps (``"decomposition_s"``).
 
     ``after_group(block, [(name, dense, new), ...], inputs)``, when given, runs after a
     group of a block has been replaced (sequential mode), e.g. to refit a gated
     feed-forward network's gate and up projections jointly before its down projection
     is compressed.
     """
+    clock = {"calibration_s": 0.0, "decomposition_s": 0.0}
     modules = dict(model.named_modules())
     per_block: dict[int, list[tuple[str, Callable[..., nn.Module]]]] = {}
     for name, build in targets:
@@ -228,6 +235,14 @@ def compress_blockwise(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(stack.blocks), desc="compress", unit="block")
+    t0 = time.perf_counter()
+
+    def lap(key: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        clock[key] += now - t0
+        t0 = now
+
     try:
         calls = _capture_first_block(model, stack, data)
         hidden = [_hidden(c) for c in calls]
@@ -236,19 +251,23 @@ def compress_blockwise(
             if not todo:
                 with torch.no_grad():
                     hidden = [_run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+                lap("calibration_s")
                 if bar is not None:
                     bar.update()
                 continue
             if not sequential:
                 _, inputs, outs = _run_collect(block, calls, hidden,
                                                {n: modules[n] for n in todo}, True)
+                lap("calibration_s")
                 for name, build in todo.items():
                     swapped.append(_swap(model, modules[name], build, inputs[name], name))
+                lap("decomposition_s")
                 hidden = outs
             else:
                 while todo:
                     groups, inputs, _ = _run_collect(block, calls, hidden,
                                                      {n: modules[n] for n in todo}, False)
+                    lap("calibration_s")
                     group = groups[0]
                     done = []
                     for name in group:
@@ -257,10 +276,14 @@ def compress_blockwise(
                         done.append((name, *swapped[-1]))
                     if after_group is not None:
                         after_group(block, done, inputs[group[0]])
+                    lap("decomposition_s")
                 with torch.no_grad():
                     hidden = [_run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+                lap("calibration_s")
             if bar is not None:
                 bar.update()
+        if timings is not None:
+            timings.update(clock)
     except BaseException:
         for dense, new in reversed(swapped):
             replace_module(model, new, dense)

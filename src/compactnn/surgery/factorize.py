@@ -332,9 +332,11 @@ def factorize(
         model = copy.deepcopy(model, memo)
         for c in cands:
             c.modules = [memo[id(m)] for m in c.modules]
+    timings: dict[str, float] = {}
     _replace(model, cands, ranks, entry, conv_scheme, calibration, activations, progress,
-             sequential, init_kwargs)
+             sequential, init_kwargs, timings)
     report = _report(cands, ranks, params_before, unique_params(model), macs_before)
+    report.timings = timings
     _add_fates(report, model, fates)
     return model, report
 
@@ -342,7 +344,7 @@ def factorize(
 def _replace(model: nn.Module, cands: list[Candidate], ranks: list[int | None],
              entry: Initializer, scheme: str, calibration: Any,
              activations: dict[str, str] | None, progress: bool, sequential: bool,
-             init_kwargs: dict[str, Any]) -> None:
+             init_kwargs: dict[str, Any], timings: dict[str, float]) -> None:
     init_kwargs = dict(init_kwargs)
     after = gated_ffn_refit(entry.name, init_kwargs)
     targets = [(c, _builder(r, entry, scheme, init_kwargs, entry.activation_aware))
@@ -356,7 +358,8 @@ def _replace(model: nn.Module, cands: list[Candidate], ranks: list[int | None],
         if inside and not (activations and any(n in activations for n, _ in inside)):
             assert stack is not None
             compress_blockwise(model, stack, inside, calibration, sequential=sequential,
-                               after_group=after if sequential else None, progress=progress)
+                               after_group=after if sequential else None, progress=progress,
+                               timings=timings)
         else:
             outside = pairs
         if outside:

@@ -45,6 +45,9 @@ class FactorizeReport:
     params_after: int = 0
     macs_before: int | None = None
     macs_after: int | None = None
+    #: seconds of block-wise calibration: running blocks (``calibration_s``) and
+    #: fitting factors (``decomposition_s``); empty for other paths
+    timings: dict[str, float] = field(default_factory=dict)
 
     HEADER = ["layer", "type", "shape", "rank", "params", "params after", "MACs",
               "MACs after", "note"]
