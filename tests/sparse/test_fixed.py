@@ -114,3 +114,7 @@ def test_bad_arguments():
         local_mask((3, 3), 2)
     with pytest.raises(ValueError, match="structure"):
         StructuredQNet((1, 5, 5), 2, "banded")
+    with pytest.raises(ValueError, match="in_shape"):
+        StructuredQNet((5, 5), 2, "dense")
+    with pytest.raises(ValueError, match="kernel"):
+        StructuredQNet((1, 5, 5), 2, "conv", kernel=6)

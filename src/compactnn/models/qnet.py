@@ -45,7 +45,11 @@ class StructuredQNet(nn.Module):
         check_choice("structure", structure, STRUCTURES)
         check_int("num_actions", num_actions, 1)
         check_bool("learn_hidden", learn_hidden)
-        c, h, w = in_shape
+        if not isinstance(in_shape, tuple | list) or len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (channels, height, width), got {in_shape!r}")
+        c, h, w = (check_int(f"in_shape[{i}]", v, 1) for i, v in enumerate(in_shape))
+        check_int("units", units, 1)
+        check_int("kernel", kernel, 1, min(h, w))
         conv = nn.Conv2d(c, units, kernel)
         self.connections = conv_connections(conv, (c, h, w))
         n_in = c * h * w
