@@ -4,14 +4,16 @@ task lets it use, and a sparse run never ending on weights from before its budge
 from __future__ import annotations
 
 import csv
+import math
+import re
 
 import pytest
 import torch
 from test_early_stop import Scripted, loop
 from torch import nn
 
-from compactnn.config import build_config, parse_overrides
-from compactnn.engine import EarlyStopping, run
+from compactnn.config import ConfigError, build_config, parse_overrides
+from compactnn.engine import EarlyStopConfig, EarlyStopping, run
 from compactnn.tasks.classify import count_nonzero_params
 
 
@@ -70,3 +72,85 @@ def test_a_sparse_run_keeps_weights_from_its_budget_only(tmp_path):
     budget = int(0.39 * r.metrics["dense_params"])
     assert count_nonzero_params(r.model) <= budget
     assert torch.isfinite(torch.tensor(r.metrics["test_loss"]))
+
+
+@pytest.mark.parametrize("metric, mode", [("val_accuracy", "max"), ("val_t0_auc", "max"),
+                                          ("val_loss", "min"), ("val_mean_mse", "min"),
+                                          ("val_AUC", "min")])
+def test_auto_mode_follows_the_metric_name(metric, mode):
+    assert EarlyStopping(metric, patience=1).mode == mode
+    other = "min" if mode == "max" else "max"
+    assert EarlyStopping(metric, patience=1, mode=other).mode == other
+
+
+def test_config_and_rule_validation():
+    assert not EarlyStopConfig().enabled and EarlyStopConfig(patience=1).enabled
+    EarlyStopConfig(patience=0, min_delta=0.0).validate()
+    for cfg, match in [(EarlyStopConfig(patience=-1), "early_stop.patience must be >= 0, got -1"),
+                       (EarlyStopConfig(min_delta=-0.5), "early_stop.min_delta must be finite "
+                                                         "and >= 0, got -0.5"),
+                       (EarlyStopConfig(min_delta=math.inf), "early_stop.min_delta"),
+                       (EarlyStopConfig(min_delta=math.nan), "early_stop.min_delta"),
+                       (EarlyStopConfig(metric=""), "early_stop.metric must name a metric")]:
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            cfg.validate()
+    with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
+        EarlyStopping("m", patience=0)
+    with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max', got 'up'"):
+        EarlyStopping("m", patience=1, mode="up")
+
+
+def test_update_counts_keeps_a_copy_and_restores():
+    model = nn.Linear(2, 1)
+    rule = EarlyStopping("m", patience=2, mode="min")
+    assert not rule.update({"m": math.inf}, 1, model)  # no finite value yet: not a best
+    assert rule.best is None and rule.bad_epochs == 1 and not rule.restore(model)
+    assert not rule.update({"m": 1.0}, 2, model)
+    assert (rule.best, rule.best_epoch, rule.bad_epochs) == (1.0, 2, 0)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)  # later training must not change the kept copy
+    assert not rule.update({"m": 1.0}, 3, model)  # equal is not better
+    assert rule.update({"m": 2.0}, 4, model)  # the second bad epoch in a row
+    assert rule.summary() == {"best_epoch": 2, "best_m": 1.0}
+    assert rule.restore(model)
+    assert all(torch.equal(model.state_dict()[k], kept[k]) for k in kept)
+
+
+def test_a_missing_metric_lists_the_metric_columns():
+    rule = EarlyStopping("val_m", patience=1)
+    row = {"epoch": 1, "step": 3, "seconds": 0.5, "loss": 2.0, "val_x": 1.0}
+    with pytest.raises(ConfigError, match=re.escape(
+            "early_stop.metric='val_m' is not a metric of this task; choose one of: loss, "
+            "val_x")):
+        rule.update(row, 1, nn.Linear(1, 1))
+
+
+def test_state_round_trip_and_refusals():
+    model = nn.Linear(2, 1)
+    rule = EarlyStopping("m", patience=3)
+    rule.update({"m": 0.5}, 1, model)
+    rule.update({"m": 0.7}, 2, model)
+    state = rule.state_dict()
+    assert (state["best"], state["best_epoch"], state["bad_epochs"]) == (0.5, 1, 1)
+    back = EarlyStopping("m", patience=3)
+    back.load_state_dict({**state, "best": 1}, model)
+    assert back.best == 1.0 and isinstance(back.best, float)
+    assert (back.best_epoch, back.bad_epochs) == (1, 1)
+    assert back.best_weights is state["weights"]
+    back.load_state_dict({**state, "best": None, "weights": None})
+    assert back.best is None and back.best_weights is None
+    for bad, match in [({"best": "x"}, "best must be a number, got 'x'"),
+                       ({"weights": {"weight": 1.0}}, "weights must be a table of tensors"),
+                       ({"weights": [torch.zeros(1)]}, "weights must be a table of tensors"),
+                       ({"bad_epochs": -1}, "negative counters"),
+                       ({"best_epoch": -1}, "negative counters")]:
+        with pytest.raises(ValueError, match=re.escape(match)):
+            EarlyStopping("m", patience=3).load_state_dict({**state, **bad}, model)
+    wrong = {"weight": torch.zeros(1, 3), "bias": torch.zeros(1)}
+    with pytest.raises(ValueError, match=re.escape("do not fit the model (entry 'weight')")):
+        EarlyStopping("m", patience=3).load_state_dict({**state, "weights": wrong}, model)
+    extra = {**state["weights"], "scale": torch.ones(1)}
+    with pytest.raises(ValueError, match=re.escape("(entry 'scale')")):
+        EarlyStopping("m", patience=3).load_state_dict({**state, "weights": extra}, model)
+    EarlyStopping("m", patience=3).load_state_dict(state)  # no model: names not checked
