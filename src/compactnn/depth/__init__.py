@@ -6,6 +6,13 @@ paper leaves them open.
 """
 
 from compactnn.depth.blocks import RemovedBlock, block_kind, removal_path, select_blocks
+from compactnn.depth.hf import (
+    block_influence,
+    consecutive_angular_distance,
+    decoder_layers,
+    layer_io_statistics,
+    remove_decoder_layers,
+)
 from compactnn.depth.prune import (
     METADATA_KEY,
     LayerPruneReport,
@@ -21,10 +28,15 @@ __all__ = [
     "LayerScales",
     "RemovedBlock",
     "attached_scales",
+    "block_influence",
     "block_kind",
+    "consecutive_angular_distance",
+    "decoder_layers",
     "io_similarity_scores",
+    "layer_io_statistics",
     "prune_layers",
     "removal_path",
+    "remove_decoder_layers",
     "removed_from_metadata",
     "select_blocks",
 ]

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from compactnn.depth.hf import decoder_layers
 from compactnn.models.resnet import BasicBlock
 
 __all__ = ["RemovedBlock", "block_kind", "removal_path", "removed_block", "select_blocks",
@@ -171,7 +172,8 @@ def _matcher(patterns: Patterns, arg: str):
 def select_blocks(model: nn.Module, include: Patterns = None,
                   exclude: Patterns = None) -> list[str]:
     """Names of the blocks of ``model`` chosen by ``include`` / ``exclude``, in
-    registration order. ``include=None`` chooses every ResNet BasicBlock.
+    registration order. ``include=None`` chooses every ResNet BasicBlock, or, in a
+    Hugging Face decoder model, every decoder layer.
 
     Raises ``ValueError`` when a pattern matches no module, when nothing is
     chosen, or when one chosen block lies inside another (their scales and
@@ -180,9 +182,12 @@ def select_blocks(model: nn.Module, include: Patterns = None,
     modules = {n: m for n, m in model.named_modules() if n}
     if include is None:
         chosen = [n for n, m in modules.items() if isinstance(m, BasicBlock)]
+        hf = None if chosen else decoder_layers(model)
+        if hf is not None:  # a Hugging Face decoder model: its decoder layers
+            chosen = [f"{hf[0]}.{i}" for i in range(len(hf[1]))]
         if not chosen:
-            raise ValueError("model has no ResNet BasicBlock; pass include= patterns naming "
-                             "the blocks to scale or prune")
+            raise ValueError("model has no ResNet BasicBlock nor HF decoder layers; pass "
+                             "include= patterns naming the blocks to scale or prune")
     else:
         chosen = []
         for pat, match in _matcher(include, "include"):

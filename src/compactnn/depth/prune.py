@@ -38,6 +38,7 @@ from compactnn.depth.blocks import (
     select_blocks,
     shape_change,
 )
+from compactnn.depth.hf import decoder_layers, remove_decoder_layers
 from compactnn.depth.scales import LayerScales, attached_scales, count_to_remove
 
 __all__ = ["LayerPruneReport", "prune_layers", "io_similarity_scores", "removed_from_metadata",
@@ -174,10 +175,16 @@ def prune_layers(model: nn.Module, num_layers: int | None = None, *, ratio: floa
             raise ValueError(f"block {a!r} cannot be removed: {reason}, and a removed plain "
                              "block is the identity (it must keep its input's shape)")
 
+    hf_indices = _decoder_layer_indices(inner, chosen)
     target = inner if inplace else copy.deepcopy(inner)
     report = LayerPruneReport(params_before=_params(target),
                               scores={n: score_map[n] for n in candidates} if score_map else {})
-    for name in chosen:
+    if hf_indices is not None:
+        # HF decoder layers leave their list (see compactnn.depth.hf); the kept layers
+        # are renumbered, report.kept keeps their names before pruning
+        remove_decoder_layers(target, hf_indices)
+        report.kinds.update(dict.fromkeys(chosen, "decoder layer"))
+    for name in chosen if hf_indices is None else ():
         block = target.get_submodule(name)
         report.kinds[name] = block_kind(block)
         replace_module(target, block, removed_block(block))
@@ -187,6 +194,20 @@ def prune_layers(model: nn.Module, num_layers: int | None = None, *, ratio: floa
     if inplace and target is not model:
         return model, report
     return target, report
+
+
+def _decoder_layer_indices(model: nn.Module, chosen: Sequence[str]) -> list[int] | None:
+    """The list positions of ``chosen`` when all are decoder layers of an HF model."""
+    found = decoder_layers(model)
+    if found is None or not chosen:
+        return None
+    prefix = found[0] + "."
+    names = [f"{prefix}{i}" for i in range(len(found[1]))]
+    if not all(n in names for n in chosen):
+        return None
+    if len(chosen) == len(names):
+        raise ValueError(f"cannot remove all {len(names)} decoder layers")
+    return [names.index(n) for n in chosen]
 
 
 def _score_map(scores: Mapping[str, float] | LayerScales) -> dict[str, float]:
