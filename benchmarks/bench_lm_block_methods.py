@@ -3,8 +3,10 @@ calibration statistics: the relative output error of every linear layer of block
 ``--layer`` (held-out Shakespeare tokens) at ``--removed`` of its parameters
 removed (uniform rank ``floor(m n (1 - removed) / (m + n))``), for plain SVD,
 ASVD (alpha 0.5), SVD-LLM whitening and lstsq; then the gated FFN's output error
-with gate/up whitened, before and after ``fit_gated_ffn`` (down kept dense).
-Every layer sees the dense model's inputs (one-shot, not sequential).
+with gate/up whitened, before and after ``fit_gated_ffn`` (down kept dense),
+and with the down projection then compressed on the new intermediate
+activations: plain whitening, ``refit="u"`` and ``refit="optimal"`` against the
+dense activations. The per-layer table is one-shot (dense inputs).
 
     python benchmarks/bench_lm_block_methods.py [--quick] [--layer 10] [--removed 0.4]
         [--samples 16] [--seq 256] [--steps 200] [--threads 1]
@@ -23,7 +25,15 @@ import torch
 
 from compactnn import LowRankLinear
 from compactnn.data import DataNotFoundError
-from compactnn.init import asvd_, fit_gated_ffn, input_moments, lstsq_, spectral_, whitened_
+from compactnn.init import (
+    asvd_,
+    cross_moment,
+    fit_gated_ffn,
+    input_moments,
+    lstsq_,
+    spectral_,
+    whitened_,
+)
 from compactnn.lm import (
     LMUnavailable,
     calibration_batches,
@@ -141,6 +151,34 @@ def main(argv: list[str] | None = None) -> None:
         print(f"FFN output, gate/up {meth}: held-out rel. error {before:.4f} -> "
               f"{ffn_err(gate, up):.4f} after fit_gated_ffn ({args.steps} steps, "
               f"{time.perf_counter() - t:.0f}s; calibration J {j0:.4f} -> {j1:.4f})")
+
+    # sequential: down_proj compressed on the intermediate activations the fitted
+    # (whitened) gate/up produce, matched to the dense ones
+    gate, up = factored["gate_proj"]["whitened"], factored["up_proj"]["whitened"]
+    wd = mlp.down_proj.weight.detach()
+    xg = xc["gate_up"]
+    with torch.no_grad():
+        h_dense, h_comp = xc["down"], mlp.act_fn(gate(xg)) * up(xg)
+    mom = input_moments([h_comp])
+    cross = cross_moment([h_dense], [h_comp])
+    m, n = wd.shape
+    r = int(m * n * (1 - args.removed) // (m + n))
+    with torch.no_grad():
+        dense_cal = mlp.down_proj(h_dense)
+
+    def seq_err(down, inp, ref) -> float:
+        with torch.no_grad():
+            out = down(mlp.act_fn(gate(inp)) * up(inp))
+        return float((ref - out).square().sum() / ref.square().sum())
+
+    line = []
+    for label, kw in (("whitened", {}), ("refit u", {"refit": "u", "cross": cross}),
+                      ("optimal", {"refit": "optimal", "cross": cross})):
+        down = LowRankLinear(n, m, r, bias=False)
+        whitened_(down, wd, moments=mom, **kw)
+        line.append(f"{label} {seq_err(down, x, dense):.4f} / {seq_err(down, xg, dense_cal):.4f}")
+    print("FFN output, all three compressed (down on the compressed activations), "
+          "rel. error held-out / calibration: " + ", ".join(line))
 
 
 if __name__ == "__main__":
