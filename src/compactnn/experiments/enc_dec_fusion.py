@@ -71,7 +71,8 @@ class Setting:
 
 QUICK = Setting(100_000, 100_000, 32, 2, 2, 2, 64, 32, 8, 30, 20, 1e-3, 5e-4, (0, 1), 32)
 FULL = Setting(None, None, 64, 4, 4, 4, 256, 64, 32, 1500, 500, 1e-3, 5e-4, (0, 1, 2), 512)
-MEDIUM = Setting(None, None, 64, 4, 4, 4, 256, 64, 32, 500, 200, 1e-3, 5e-4, (0, 1, 2), 256)
+# what two heavily shared cores finish in about half an hour
+MEDIUM = Setting(None, None, 64, 4, 3, 3, 128, 48, 16, 250, 100, 1e-3, 5e-4, (0, 1, 2), 128)
 SETTINGS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
 MASK_RATE, SPAN = 0.15, 3
 
