@@ -246,7 +246,10 @@ def compress_blockwise(
     try:
         calls = _capture_first_block(model, stack, data)
         hidden = [_hidden(c) for c in calls]
+        last = max(per_block, default=-1)  # blocks after it need no hidden states
         for i, block in enumerate(stack.blocks):
+            if i > last:
+                break
             todo = dict(per_block.get(i, []))
             if not todo:
                 with torch.no_grad():
