@@ -43,7 +43,7 @@ SCALES: dict[bool, dict[str, Any]] = {
            "finetune_steps": 0, "finetune_ratio": 0.4, "speed_batches": (1,),
            "speed_threads": (1,), "prompt": 32, "new_tokens": 8, "repeats": 2},
     False: {"include": None, "calib_n": 32, "calib_len": 256, "eval_tokens": 8192,
-            "seq_len": 256, "ratios": RATIOS, "seeds": (0, 1, 2), "finetune_steps": 100,
+            "seq_len": 256, "ratios": RATIOS, "seeds": (0, 1, 2), "finetune_steps": 20,
             "finetune_ratio": 0.4, "speed_batches": (1, 16), "speed_threads": (1, 2),
             "prompt": 64, "new_tokens": 16, "repeats": 3},
 }
@@ -107,7 +107,7 @@ def _cell(setting: Setting, method: str, ratio: float, seed: int, finetune: bool
         s = setting.scale
         t0 = time.perf_counter()
         losses = finetune_factors(model, setting.calib_ids, steps=s["finetune_steps"],
-                                  seq_len=s["seq_len"], batch_size=4, lr=1e-4, seed=seed)
+                                  seq_len=s["seq_len"], batch_size=2, lr=1e-4, seed=seed)
         out["finetune_s"] = time.perf_counter() - t0
         out["finetune_loss"] = [losses[0], losses[-1]]
         out["ppl_finetuned"] = setting.perplexities(model)
@@ -291,7 +291,7 @@ def _finetune(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, A
             rows.append([m, f"{int(r * 100)}%", sd, f"{c['ppl']['shakespeare']:.2f}",
                          f"{c['ppl_finetuned']['shakespeare']:.2f}", f"{c['ppl']['kjv']:.2f}",
                          f"{c['ppl_finetuned']['kjv']:.2f}", f"{c['finetune_s']:.0f}"])
-    return (f"Fine-tuning the factors only (AdamW lr 1e-4, {s['finetune_steps']} steps of 4 x "
+    return (f"Fine-tuning the factors only (AdamW lr 1e-4, {s['finetune_steps']} steps of 2 x "
             f"{s['seq_len']} calibration-play tokens, no adapters):\n\n"
             + markdown_table(["method", "removed", "seed", "Shakespeare before", "after",
                               "KJV before", "after", "seconds"], rows))
