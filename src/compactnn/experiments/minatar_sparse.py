@@ -202,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=FULL.frames)
     p.add_argument("--seeds", type=int, default=FULL.seeds)
     p.add_argument("--games", nargs="+", default=list(FULL.games))
+    p.add_argument("--units", type=int, default=FULL.units,
+                   help="hidden units per patch position (conv filters); sets the connections")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1)
     a = p.parse_args(argv)
-    s = replace(FULL, games=tuple(a.games), seeds=a.seeds, frames=a.frames)
+    s = replace(FULL, games=tuple(a.games), seeds=a.seeds, frames=a.frames, units=a.units)
     s.dqn()  # refuse a bad budget before any run starts
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
