@@ -56,6 +56,7 @@ _MODULES = [
     "compactnn.experiments.layer_pruning",
     "compactnn.experiments.moe_lm",
     "compactnn.experiments.enc_dec_fusion",
+    "compactnn.experiments.lm_layer_pruning",
     "compactnn.experiments.relchanet",
     "compactnn.experiments.depth_aware",
     "compactnn.experiments.shortcut",
