@@ -13,8 +13,9 @@ and the distance of the features from their initialization.
 
 from __future__ import annotations
 
+import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -214,3 +215,32 @@ def _plot(out_dir: Path, s: Setting, logs) -> Path:
     png = out_dir / "two_layer_dynamics.png"
     fig.savefig(png, dpi=110)
     return png
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compactnn.experiments.two_layer_dynamics",
+                                description="two_layer_dynamics at a chosen budget (the full "
+                                            "mode's setting with these changes)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--widths", type=int, nargs="+", default=list(FULL.widths))
+    p.add_argument("--scales", type=float, nargs="+", default=list(FULL.scales))
+    p.add_argument("--steps", type=int, default=FULL.steps)
+    p.add_argument("--seeds", type=int, default=FULL.seeds)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if min(a.widths) < 1 or a.steps < 1 or a.seeds < 2 or min(a.scales) < 0:
+        p.error("widths and steps must be >= 1, seeds >= 2, scales >= 0")
+    torch.set_num_threads(1)
+    s = replace(FULL, widths=tuple(a.widths), scales=tuple(a.scales), steps=a.steps,
+                seeds=a.seeds)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = {(m, sc): train(s, m, sc, a.seed) for m in s.widths for sc in s.scales}
+    result = summarize(out, s, logs)
+    (out / "two_layer_dynamics.md").write_text(result.markdown)
+    print(result.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
