@@ -23,7 +23,7 @@ weights are exactly sparse as after training.
 Resumable: the tuning protocol keeps its trials and final runs in ``tune/``, the
 benchmark is a cell of a :class:`~compactnn.experiments.cells.CellStore` in ``cells/``.
 ``python -m compactnn.experiments.moe_lm OUT [quick|medium|full]`` runs it outside
-``reproduce`` (``medium``: the full model and seeds at 150 steps and one trial a gate).
+``reproduce`` (``medium``: a half-size model, FULL's seeds, 400 steps, one trial a gate).
 """
 
 from __future__ import annotations
@@ -77,10 +77,11 @@ QUICK = Setting(200_000, 4_096, 32, 2, 2, 32, 8, 4, 32, 2, 40, 2, (0, 1), 10, 3)
 # experts of width 256: Top-2 and DSelect-k run 512 hidden units per token, as the
 # dense FFN does.
 FULL = Setting(None, 100_000, 128, 4, 4, 64, 12, 8, 256, 2, 2000, 6, (0, 1, 2), 50, 10)
-# FULL's model and seeds at 150 steps, each gate with its one start configuration (lr
-# 1e-3, balance 0.01, entropy 0.1, gamma 1): what two heavily shared cores finish in
-# under an hour (a softmax step took ~2 s there).
-MEDIUM = Setting(None, 10_000, 128, 4, 4, 64, 12, 8, 256, 2, 150, 1, (0, 1, 2), 10, 5)
+# What two heavily shared cores finish in about half an hour (FULL's dense step took
+# ~1 s there): half the width, half the depth, 8 experts of width 128, 400 steps, FULL's
+# seeds, each gate with one trial, its start configuration (lr 1e-3, balance 0.01,
+# entropy 0.1, gamma 1).
+MEDIUM = Setting(None, 10_000, 64, 2, 4, 64, 8, 8, 128, 2, 400, 1, (0, 1, 2), 20, 5)
 SETTINGS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
 
 
