@@ -49,6 +49,7 @@ def main() -> int:
     outputs, aux = moe(torch.randn(12, 16))
     assert len(outputs) == 2 and outputs[0].shape == (12, 8) and aux.ndim == 0
     (outputs[0].sum() + outputs[1].sum() + aux).backward()
+    assert (Path(cn.__file__).parent / "py.typed").exists(), "py.typed is not installed"
     print(f"smoke test passed: compactnn {cn.__version__}, torch {torch.__version__}")
     return 0
 
