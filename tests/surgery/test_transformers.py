@@ -223,13 +223,20 @@ def test_save_pretrained_round_trip(tmp_path, make):
     # Hugging Face's own loader finds no dense weights there, instead of random ones
     with pytest.raises(OSError):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
-    # a folder holding a dense model's weights is refused, and a missing one is named
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="model.safetensors exists"):
-        save_pretrained(out, tmp_path / "d")
+    # Hugging Face's own save_pretrained of the factorized model loads back exactly too
+    out.save_pretrained(tmp_path / "hf")
+    hf = load_pretrained(tmp_path / "hf")
+    torch.testing.assert_close(logits(hf, x), logits(out, x))
+    # ... but not a dense model's folder, nor a folder without weights
+    make().save_pretrained(tmp_path / "dense")
+    with pytest.raises(ValueError, match="holds no low-rank factors"):
+        load_pretrained(tmp_path / "dense")
+    (tmp_path / "e").mkdir()
     with pytest.raises(FileNotFoundError, match="compactnn.safetensors not found"):
-        load_pretrained(tmp_path / "d")
+        load_pretrained(tmp_path / "e")
+    # a folder holding a dense model's weights is refused as a destination
+    with pytest.raises(ValueError, match="model.safetensors exists"):
+        save_pretrained(out, tmp_path / "dense")
     with pytest.raises(TypeError, match="PreTrainedModel"):
         save_pretrained(nn.Linear(2, 2), tmp_path / "x")
 

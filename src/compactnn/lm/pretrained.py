@@ -8,7 +8,9 @@ folder written here holds ``config.json`` (and the generation config and tokeniz
 when there are any) beside ``compactnn.safetensors`` (the weights with the low-rank
 structure in its metadata, :func:`compactnn.save_model`) and *no*
 ``model.safetensors``: plain ``from_pretrained`` on it fails loudly instead of
-loading random weights, and :func:`load_pretrained` rebuilds the model exactly.
+loading random weights, and :func:`load_pretrained` rebuilds the model exactly. A
+folder written by Hugging Face's own ``save_pretrained`` of a factorized model loads
+too: its low-rank linear layers are recognised by their ``U``/``V`` tensors.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 from torch import nn
 
 from compactnn._checks import check_module
-from compactnn.io import load_model, save_model
+from compactnn.io import load_model, load_state, save_model
 from compactnn.lm.deps import require
+from compactnn.lowrank import is_linear_like
 
 __all__ = ["WEIGHTS_FILE", "load_pretrained", "save_pretrained"]
 
@@ -72,11 +75,10 @@ def load_pretrained(folder: str | os.PathLike, model_class: Any = None) -> nn.Mo
     class (default ``AutoModelForCausalLM``); its ``from_config`` builds the skeleton."""
     folder = _folder(folder, must_exist=True)
     weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        hint = (" (it holds model.safetensors: a dense model, load it with "
-                "from_pretrained)" if (folder / "model.safetensors").exists() else "")
+    plain = folder / "model.safetensors"
+    if not weights.is_file() and not plain.is_file():
         raise FileNotFoundError(f"{weights} not found: {folder} was not written by "
-                                f"compactnn.lm.save_pretrained{hint}")
+                                "compactnn.lm.save_pretrained")
     transformers = require("transformers")
     config = transformers.AutoConfig.from_pretrained(folder)
     cls = model_class if model_class is not None else transformers.AutoModelForCausalLM
@@ -84,5 +86,40 @@ def load_pretrained(folder: str | os.PathLike, model_class: Any = None) -> nn.Mo
         raise TypeError(f"model_class must be a transformers model or auto class, got {cls!r}")
     model = (cls.from_config(config) if hasattr(cls, "from_config")
              else cls._from_config(config))
-    load_model(model, weights)
+    if weights.is_file():
+        load_model(model, weights)
+        return model.eval()
+    _load_plain(model, plain)
     return model.eval()
+
+
+def _load_plain(model: nn.Module, path: Path) -> None:
+    """Weights written by Hugging Face's own ``save_pretrained`` of a factorized model:
+    the low-rank linear layers are recognised by their ``U``/``V`` tensors (their shapes
+    give the rank) and rebuilt before loading; everything is checked as
+    :func:`compactnn.load_model` checks a file. Dense weights load as they are; a
+    parameter tied to another one (an output head) may be absent, as Hugging Face
+    saves ties once."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    structure = {}
+    for name, mod in model.named_modules():
+        u, v = state.get(f"{name}.U"), state.get(f"{name}.V")
+        if u is None or v is None or not is_linear_like(mod):
+            continue
+        if u.dim() != 2 or v.dim() != 2 or u.shape[1] != v.shape[0]:
+            raise ValueError(f"{path}: {name}.U {tuple(u.shape)} and {name}.V "
+                             f"{tuple(v.shape)} are not the factors of one linear layer")
+        structure[name] = {"type": "LowRankLinear", "config": {
+            "in_features": int(v.shape[1]), "out_features": int(u.shape[0]),
+            "rank": int(u.shape[1]), "bias": f"{name}.bias" in state}}
+    if not structure:
+        raise ValueError(f"{path} holds no low-rank factors: it is a dense model's weights "
+                         "(load it with from_pretrained)")
+    seen: dict[int, str] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen and pname not in state and seen[id(p)] in state:
+            state[pname] = state[seen[id(p)]]  # a tie saved once
+        seen.setdefault(id(p), pname)
+    load_state(model, state, structure)
