@@ -154,3 +154,27 @@ def test_state_round_trip_and_refusals():
     with pytest.raises(ValueError, match=re.escape("(entry 'scale')")):
         EarlyStopping("m", patience=3).load_state_dict({**state, "weights": extra}, model)
     EarlyStopping("m", patience=3).load_state_dict(state)  # no model: names not checked
+
+
+def test_a_fresh_rule_and_its_state():
+    rule = EarlyStopping("m", patience=1)
+    assert rule.min_delta == 0.0 and rule.summary() == {"best_epoch": 0, "best_m": None}
+    back = EarlyStopping("m", patience=1)
+    back.load_state_dict(rule.state_dict(), nn.Linear(1, 1))  # nothing recorded yet: valid
+    assert (back.best, back.best_epoch, back.bad_epochs) == (None, 0, 0)
+    assert not rule.update({"m": 1.0}, 1, nn.Linear(1, 1))
+    assert not rule.update({"m": 1.0 - 1e-9}, 2, nn.Linear(1, 1))  # any gain counts
+    assert rule.best_epoch == 2
+
+
+def test_refusal_messages_are_exact():
+    with pytest.raises(ConfigError) as e:
+        EarlyStopConfig(metric="").validate()
+    assert str(e.value) == "early_stop.metric must name a metric (or be 'auto')"
+    state = EarlyStopping("m", patience=1).state_dict()
+    with pytest.raises(ValueError) as e:
+        EarlyStopping("m", patience=1).load_state_dict({**state, "weights": [1]})
+    assert str(e.value) == "early stopping state: weights must be a table of tensors"
+    with pytest.raises(ValueError) as e:
+        EarlyStopping("m", patience=1).load_state_dict({**state, "bad_epochs": -2})
+    assert str(e.value) == "early stopping state: negative counters"
