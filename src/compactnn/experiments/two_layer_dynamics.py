@@ -43,7 +43,7 @@ class Setting:
 
 
 QUICK = Setting(10, 100, (32, 128), (0.01, 1.0), 5, 2000)
-FULL = Setting(20, 200, (32, 128, 512), (0.01, 1.0, 4.0), 5, 6000)
+FULL = Setting(20, 200, (32, 128, 512), (0.01, 1.0, 4.0), 5, 4000)
 
 
 def train(s: Setting, width: int, scale: float, seed: int) -> list[list[list[float]]]:
