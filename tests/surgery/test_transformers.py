@@ -273,3 +273,29 @@ def test_blockwise_reports_its_calibration_and_decomposition_time():
     assert set(report.timings) == {"calibration_s", "decomposition_s"}
     assert all(v > 0 for v in report.timings.values())
     assert factorize(llama(), rank=6)[1].timings == {}
+
+
+def test_svd_llm_refit_fits_the_dense_models_outputs_in_sequential_mode():
+    model = llama()
+    x = ids(60, n=8)
+    plain, _ = factorize(model, rank=4, init="whitened", calibration=x)
+    refit, _ = factorize(model, rank=4, init="whitened", calibration=x, refit="u")
+    # the first group sees the dense inputs, so its refit changes nothing ...
+    q = "model.layers.0.self_attn.q_proj"
+    torch.testing.assert_close(refit.get_submodule(q).dense_weight(),
+                               plain.get_submodule(q).dense_weight(), rtol=1e-4, atol=1e-5)
+    # ... later layers are refitted to the dense outputs: the output of the first block
+    # moves closer to the dense model's
+    def block_out_error(m):
+        got = {}
+        hooks = [mm.model.layers[0].register_forward_hook(
+            lambda _m, _a, o, k=k: got.setdefault(k, o[0] if isinstance(o, tuple) else o))
+            for k, mm in (("m", m), ("d", model))]
+        logits(m, x)
+        logits(model, x)
+        for h in hooks:
+            h.remove()
+        return float((got["m"] - got["d"]).pow(2).mean())
+
+    e_plain, e_refit = map(block_out_error, (plain, refit))
+    assert e_refit < 0.9 * e_plain

@@ -45,7 +45,9 @@ METHODS: dict[str, Method] = {
     "svd_llm": Method("whitened", about="SVD-LLM: truncation of W L, L the Cholesky factor "
                                         "of the token Gram matrix"),
     "svd_llm_refit": Method("whitened", (("refit", "u"),),
-                            about="SVD-LLM whitening, then U refitted by least squares"),
+                            about="SVD-LLM whitening, then U refitted by least squares to "
+                                  "the dense model's outputs"),
+
     "lstsq": Method("lstsq", about="least-squares factors of the layer's output (compactnn)"),
     "nonlinear": Method("nonlinear", (("gated_steps", 25),),
                         about="function matching (compactnn): each layer's output, and the "

@@ -22,6 +22,7 @@ it was.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,6 +201,7 @@ def compress_blockwise(
     calibration: Any,
     *,
     sequential: bool = True,
+    dense_targets: bool = False,
     after_group: Callable[[nn.Module, list[tuple[str, nn.Module, nn.Module]], GroupInputs],
                           None] | None = None,
     progress: bool = False,
@@ -207,6 +209,12 @@ def compress_blockwise(
 ) -> None:
     """Replace each target (all inside ``stack``'s blocks) by ``build(dense,
     inputs=GroupInputs, activation="identity")``, block by block.
+
+    ``dense_targets`` (sequential mode): each build also gets ``target_inputs=``, the
+    inputs the same layer receives in the *dense* model on the same tokens, row for
+    row (a dense copy of each block runs beside it), so that a method can fit the
+    compressed layer to the dense model's outputs rather than to its own inputs'
+    (SVD-LLM's refit of ``U``).
 
     ``timings``, when given, receives the seconds spent running blocks to capture
     inputs and propagate hidden states (``"calibration_s"``) and in the builds and
@@ -246,14 +254,18 @@ def compress_blockwise(
     try:
         calls = _capture_first_block(model, stack, data)
         hidden = [_hidden(c) for c in calls]
+        dense_hidden = list(hidden)
         last = max(per_block, default=-1)  # blocks after it need no hidden states
         for i, block in enumerate(stack.blocks):
             if i > last:
                 break
             todo = dict(per_block.get(i, []))
+            twin = copy.deepcopy(block) if dense_targets and sequential else None
             if not todo:
                 with torch.no_grad():
                     hidden = [_run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+                    if twin is not None:
+                        dense_hidden = _run_all(twin, calls, dense_hidden)
                 lap("calibration_s")
                 if bar is not None:
                     bar.update()
@@ -270,18 +282,25 @@ def compress_blockwise(
                 while todo:
                     groups, inputs, _ = _run_collect(block, calls, hidden,
                                                      {n: modules[n] for n in todo}, False)
-                    lap("calibration_s")
                     group = groups[0]
+                    targets_in: dict[str, GroupInputs] = {}
+                    if twin is not None:
+                        prefix = f"{stack.name}.{i}." if stack.name else f"{i}."
+                        twins = {n: twin.get_submodule(n[len(prefix):]) for n in group}
+                        _, targets_in, _ = _run_collect(twin, calls, dense_hidden, twins, False)
+                    lap("calibration_s")
                     done = []
                     for name in group:
                         swapped.append(_swap(model, modules[name], todo.pop(name),
-                                             inputs[name], name))
+                                             inputs[name], name, targets_in.get(name)))
                         done.append((name, *swapped[-1]))
                     if after_group is not None:
                         after_group(block, done, inputs[group[0]])
                     lap("decomposition_s")
                 with torch.no_grad():
                     hidden = [_run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+                    if twin is not None:
+                        dense_hidden = _run_all(twin, calls, dense_hidden)
                 lap("calibration_s")
             if bar is not None:
                 bar.update()
@@ -297,9 +316,16 @@ def compress_blockwise(
         model.train(was_training)
 
 
+def _run_all(block: nn.Module, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+             hidden: list[Tensor]) -> list[Tensor]:
+    return [_run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+
+
 def _swap(model: nn.Module, dense: nn.Module, build: Callable[..., nn.Module],
-          inputs: GroupInputs, name: str) -> tuple[nn.Module, nn.Module]:
-    new = build(dense, inputs=inputs, activation="identity")
+          inputs: GroupInputs, name: str, target_inputs: GroupInputs | None = None
+          ) -> tuple[nn.Module, nn.Module]:
+    extra = {} if target_inputs is None else {"target_inputs": target_inputs}
+    new = build(dense, inputs=inputs, activation="identity", **extra)
     if not isinstance(new, nn.Module):
         raise TypeError(f"build for {name!r} returned {type(new).__name__}, not an nn.Module")
     replace_module(model, dense, new)

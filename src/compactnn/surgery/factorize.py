@@ -10,6 +10,7 @@ rebuilds the dense model.
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -357,7 +358,11 @@ def _replace(model: nn.Module, cands: list[Candidate], ranks: list[int | None],
         outside = [p for p in pairs if p not in inside]
         if inside and not (activations and any(n in activations for n, _ in inside)):
             assert stack is not None
+            # a refit against the dense model's outputs needs the dense inputs too
+            wants_dense = (init_kwargs.get("refit") is not None and "target_inputs"
+                           in inspect.signature(entry.fn).parameters)
             compress_blockwise(model, stack, inside, calibration, sequential=sequential,
+                               dense_targets=wants_dense,
                                after_group=after if sequential else None, progress=progress,
                                timings=timings)
         else:
