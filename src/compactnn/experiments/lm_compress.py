@@ -303,6 +303,8 @@ def _finetune(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, A
             rows.append([m, f"{int(r * 100)}%", sd, f"{c['ppl']['shakespeare']:.2f}",
                          f"{c['ppl_finetuned']['shakespeare']:.2f}", f"{c['ppl']['kjv']:.2f}",
                          f"{c['ppl_finetuned']['kjv']:.2f}", f"{c['finetune_s']:.0f}"])
+    if not rows:
+        return "Fine-tuning: not run at this scale (the full mode fine-tunes at 40% removed)."
     return (f"Fine-tuning the factors only (AdamW lr 1e-4, {s['finetune_steps']} steps of 2 x "
             f"{s['seq_len']} calibration-play tokens, no adapters):\n\n"
             + markdown_table(["method", "removed", "seed", "Shakespeare before", "after",
