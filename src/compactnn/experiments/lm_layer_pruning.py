@@ -74,7 +74,10 @@ class Setting:
 
 QUICK = Setting(4, 64, 2, 2, 2, 0.01, 1.0, 0.05, (0,), 64, 512, 16, 4, 1)
 FULL = Setting(32, 128, 4, 40, 20, 0.01, 1.0, 0.05, (0, 1, 2), 256, 16_384, 64, 32, 3)
-SETTINGS = {"quick": QUICK, "full": FULL}
+# one seed of scale training that two heavily shared cores finish in half an hour
+# (a forward-backward of SmolLM2 over 2 x 64 tokens took ~10 s there)
+MEDIUM = Setting(16, 64, 2, 16, 8, 0.01, 1.0, 0.05, (0,), 128, 4096, 32, 8, 2)
+SETTINGS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
 
 
 def _lm_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -180,8 +183,10 @@ def _load_smollm2():
 
 
 def run_study(out: Path, quick: bool, log: Callable[[str], None],
-              load: Callable[[], Any] | None = None) -> ExperimentResult:
-    scale = "quick" if quick else "full"
+              load: Callable[[], Any] | None = None, scale: str | None = None
+              ) -> ExperimentResult:
+    """Every cell, then the report; ``scale`` (a key of ``SETTINGS``) overrides ``quick``."""
+    scale = scale or ("quick" if quick else "full")
     s = SETTINGS[scale]
     cells = CellStore(out / "cells")
     ctx: list[Context] = []
@@ -268,10 +273,11 @@ def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if not args or len(args) > 2 or (len(args) == 2 and args[1] != "quick"):
-        raise SystemExit("usage: python -m compactnn.experiments.lm_layer_pruning OUT [quick]")
+    if not args or len(args) > 2 or (len(args) == 2 and args[1] not in SETTINGS):
+        raise SystemExit("usage: python -m compactnn.experiments.lm_layer_pruning OUT "
+                         "[quick|medium|full]")
     torch.set_num_threads(1)
-    result = run_study(Path(args[0]), quick=len(args) == 2,
+    result = run_study(Path(args[0]), quick=False, scale=args[1] if len(args) == 2 else None,
                        log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     print(result.markdown)
 
