@@ -225,3 +225,55 @@ def test_comparison_markdown_is_the_table_of_these_numbers():
     assert one.splitlines()[2].startswith("| r | 1 | 1.0000 | ref |")
     assert comparison_markdown(vals, "r", lower_is_better=False) == comparison_markdown(
         vals, "r", lower_is_better=False, test="t", seed=0)
+
+
+def test_defaults_are_the_documented_ones():
+    # continuous differences, so one resample more or less moves the percentiles
+    d = np.random.default_rng(8).normal(0.2, 1.0, size=12)
+    assert bootstrap_ci(d) == bootstrap_ci(d, 0.95, 10_000, 0)
+    a, b = d + 1.0, np.ones(12)
+    assert paired_comparison(a, b).ci_boot == bootstrap_ci(d, 0.95, 10_000, 0)["mean"]
+    out = compare_to_reference({"r": a, "x": b}, "r", lower_is_better=True)
+    assert out["x"]["ci_boot"] == bootstrap_ci(d, 0.95, 10_000, 0)["mean"]
+
+
+def test_messages_name_the_argument_first():
+    cases = [(lambda: paired_comparison([], []), "a and b are empty: need at least one pair"),
+             (lambda: paired_comparison([1.0, math.nan], [1.0, 2.0]),
+              "a and b must be finite (a diverged run has no score to pair)"),
+             (lambda: paired_difference([], []), "paired_difference needs at least one pair")]
+    for call, message in cases:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message
+    for call, name in [(lambda: paired_comparison(A, B, level=2.0), "level"),
+                       (lambda: paired_comparison(A, B, n_boot=0), "n_boot"),
+                       (lambda: compare_to_reference({"r": A, "x": B}, "r",
+                                                     lower_is_better=True, test="z"), "test")]:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value).startswith(f"{name} ")
+
+
+def test_report_cells_of_undefined_numbers_and_options():
+    c = {"mean_diff": math.nan, "ci_t": (math.nan, math.nan), "ci_boot": (0.0, math.inf),
+         "dz": 0.5, "dz_ci": (0.25, math.inf), "p_t": math.nan, "p_holm": math.nan,
+         "p_wilcoxon": math.nan, "wins": None, "n": 1}
+    assert table_row(c)[:4] == ["+nan", "n/a", "[+0.0000, +inf]", "+0.50 [+0.25, +inf]"]
+    vals = {"r": [0.61, 0.58], "x": [0.59, 0.60]}
+    md = comparison_markdown(vals, "r", lower_is_better=True, diff_fmt="{:+.12f}", seed=7)
+    comps = compare_to_reference(vals, "r", lower_is_better=True, seed=7)
+    assert md.splitlines()[3] == ("| x | 2 | 0.5950 +- 0.0071 | "
+                                  + " | ".join(table_row(comps["x"], "{:+.12f}")) + " |")
+    plain = comparison_markdown(vals, "r", lower_is_better=True).splitlines()[3]
+    assert plain.split(" | ")[3] == f"{np.mean([0.02, -0.02]):+.4f}"
+
+
+def test_comparison_markdown_uses_its_seed():
+    d = np.random.default_rng(9).normal(0.2, 1.0, size=12)
+    vals = {"r": d + 1.0, "x": np.ones(12)}
+    md = comparison_markdown(vals, "r", lower_is_better=True, diff_fmt="{:+.12f}", seed=7)
+    comps = compare_to_reference(vals, "r", lower_is_better=True, seed=7)
+    assert md.splitlines()[3].endswith(" | ".join(table_row(comps["x"], "{:+.12f}")) + " |")
+    assert comps["x"]["ci_boot"] != compare_to_reference(vals, "r", lower_is_better=True,
+                                                         seed=0)["x"]["ci_boot"]
