@@ -74,9 +74,9 @@ class Setting:
 
 QUICK = Setting(4, 64, 2, 2, 2, 0.01, 1.0, 0.05, (0,), 64, 512, 16, 4, 1)
 FULL = Setting(32, 128, 4, 40, 20, 0.01, 1.0, 0.05, (0, 1, 2), 256, 16_384, 64, 32, 3)
-# one seed of scale training that two heavily shared cores finish in half an hour
-# (a forward-backward of SmolLM2 over 2 x 64 tokens took ~10 s there)
-MEDIUM = Setting(16, 64, 2, 16, 8, 0.01, 1.0, 0.05, (0,), 128, 4096, 32, 8, 2)
+# one seed that two heavily shared cores finish in half an hour (a forward-backward of
+# SmolLM2 over 2 x 64 tokens took ~10 s there, perplexity on 4,096 tokens minutes)
+MEDIUM = Setting(16, 64, 2, 10, 5, 0.01, 1.0, 0.05, (0,), 128, 1024, 32, 8, 2)
 SETTINGS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
 
 
