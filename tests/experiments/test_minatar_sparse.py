@@ -44,3 +44,9 @@ def test_data_list_reports_minatar(monkeypatch):
                         lambda name: None if name == "minatar" else real(name))
     line = describe_built_in("minatar", "MinAtar", "cmd", "minatar")[0]
     assert "MISSING" in line and "pip install minatar" in line
+
+
+def test_random_policy_score_is_seeded():
+    pytest.importorskip("minatar")
+    a = minatar_sparse.random_policy_score("breakout", 300, 0)
+    assert a == minatar_sparse.random_policy_score("breakout", 300, 0) and a >= 0.0

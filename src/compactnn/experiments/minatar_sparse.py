@@ -94,6 +94,23 @@ def score(run: DQNRun) -> float:
     return s
 
 
+def random_policy_score(game: str, frames: int, seed: int) -> float:
+    """:func:`score` of the uniformly random policy over ``frames`` frames: the level
+    below which a trained agent has learned nothing."""
+    env = MinAtarEnv(game, seed)
+    g = torch.Generator().manual_seed(seed)
+    episodes, ret = [], 0.0
+    env.reset()
+    for frame in range(1, frames + 1):
+        _, reward, done = env.step(int(torch.randint(env.num_actions, (), generator=g)))
+        ret += reward
+        if done:
+            episodes.append((frame, ret))
+            ret = 0.0
+            env.reset()
+    return score(DQNRun(frames, episodes, True))
+
+
 def run_all(out_dir: Path, s: Setting, seed: int, jobs: int) -> list[dict]:
     require_minatar()
     folder = out_dir / "runs"
@@ -141,17 +158,21 @@ def summarize(out_dir: Path, s: Setting, records: list[dict]) -> ExperimentResul
                              values, "dense", lower_is_better=False, labels=labels,
                              fmt="{:.3f}", diff_fmt="{:+.3f}"))
     png = _plot(out_dir, s, records)
-    conn = records[0]["connections"] if records else 0
+    conn = max((r["connections"] for r in records), default=0)
+    seeds = sorted({r["seed"] for r in records})
+    chance = {g: [random_policy_score(g, s.frames, sd) for sd in seeds] for g in s.games}
     flips = [g for g in s.games if best[(g, "learned")] != best[(g, "fixed")]]
     cfg = s.dqn()
     md = (
         f"DQN on MinAtar ({', '.join(s.games)}; sticky actions 0.1), {s.frames} frames per "
         f"run, {s.seeds} seed(s) per cell. Hidden layer at {conn} connections on the "
-        f"first game ({s.units} units per patch, {s.kernel}x{s.kernel} patches); ReLU; "
+        f"largest game ({s.units} units per patch, {s.kernel}x{s.kernel} patches); ReLU; "
         f"linear output. DQN: batch {cfg.batch_size}, replay {cfg.replay_capacity}, "
         f"learning from frame {cfg.replay_start}, target update every {cfg.target_update} "
         f"frames, epsilon {cfg.eps_start} -> {cfg.eps_end} over {cfg.eps_frames} frames, "
         f"RMSprop lr {cfg.lr}, gamma {cfg.gamma}, Huber loss, one update per frame.\n\n"
+        + "Uniformly random policy, same frames and seeds (the level of no learning): "
+        + "; ".join(f"{g} {sum(v) / len(v):.3f}" for g, v in chance.items()) + ".\n\n"
         + "\n\n".join(parts)
         + "\n\nBest structure by mean score: "
         + "; ".join(f"{g} {rg}: {b}" for (g, rg), b in best.items())
