@@ -97,33 +97,42 @@ class Setting:
                                    self.scale["calib_len"], seed)
 
 
-def _cell(setting: Setting, method: str, ratio: float, seed: int, finetune: bool
-          ) -> dict[str, Any]:
-    from compactnn.lm.compress import METHODS, compress_lm, finetune_factors
+def _compress(setting: Setting, method: str, ratio: float, seed: int):
+    from compactnn.lm.compress import METHODS, compress_lm
 
     calib = setting.calibration(seed) if METHODS[method].data_aware else None
-    t0 = time.perf_counter()
     model, report = compress_lm(setting.model, method, ratio, calib,
                                 include=setting.scale.get("include"))
+    return model, report, calib
+
+
+def _cell(setting: Setting, method: str, ratio: float, seed: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    model, report, calib = _compress(setting, method, ratio, seed)
     t_comp = time.perf_counter() - t0
     t0 = time.perf_counter()
     ppl = setting.perplexities(model)
     t_eval = time.perf_counter() - t0
-    out: dict[str, Any] = {"ppl": ppl, "compress_s": t_comp, "eval_s": t_eval,
-                           "calibration_s": report.timings.get("calibration_s", 0.0),
-                           "decomposition_s": report.timings.get("decomposition_s", t_comp),
-                           "selected_ratio": report.selected_param_ratio,
-                           "model_ratio": report.param_ratio,
-                           "calib_tokens": 0 if calib is None else calib.numel()}
-    if finetune:
-        s = setting.scale
-        t0 = time.perf_counter()
-        losses = finetune_factors(model, setting.calib_ids, steps=s["finetune_steps"],
-                                  seq_len=s["seq_len"], batch_size=2, lr=1e-4, seed=seed)
-        out["finetune_s"] = time.perf_counter() - t0
-        out["finetune_loss"] = [losses[0], losses[-1]]
-        out["ppl_finetuned"] = setting.perplexities(model)
-    return out
+    return {"ppl": ppl, "compress_s": t_comp, "eval_s": t_eval,
+            "calibration_s": report.timings.get("calibration_s", 0.0),
+            "decomposition_s": report.timings.get("decomposition_s", t_comp),
+            "selected_ratio": report.selected_param_ratio,
+            "model_ratio": report.param_ratio,
+            "calib_tokens": 0 if calib is None else calib.numel()}
+
+
+def _finetuned(setting: Setting, method: str, ratio: float, seed: int) -> dict[str, Any]:
+    """The cell's model (compressed again: every method is deterministic given its
+    seed) after a short fine-tune of its factors."""
+    from compactnn.lm.compress import finetune_factors
+
+    s = setting.scale
+    model, _, _ = _compress(setting, method, ratio, seed)
+    t0 = time.perf_counter()
+    losses = finetune_factors(model, setting.calib_ids, steps=s["finetune_steps"],
+                              seq_len=s["seq_len"], batch_size=2, lr=1e-4, seed=seed)
+    return {"finetune_s": time.perf_counter() - t0, "finetune_loss": [losses[0], losses[-1]],
+            "ppl_finetuned": setting.perplexities(model)}
 
 
 def _speed(setting: Setting) -> list[list[Any]]:
@@ -184,21 +193,34 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
     cells: dict[tuple[str, float, int], dict[str, Any]] = {}
     from compactnn.lm.compress import METHODS
 
+    # in order of value to a run cut short: every method at the middle ratio, the speed
+    # table, the fine-tunes, the other ratios, then the further calibration seeds
+    tasks: list[tuple[str, Any]] = []
     for seed in s["seeds"]:
         for ratio in order:
-            for method in methods():
-                if seed and not METHODS[method].data_aware:
-                    continue  # plain SVD is deterministic
-                ft = (s["finetune_steps"] > 0 and ratio == s["finetune_ratio"]
-                      and seed == s["seeds"][0])
-                name = f"{method}_r{int(ratio * 100)}_s{seed}"
-                rec = store.run("cells", name, {"method": method, "ratio": ratio,
-                                                "seed": seed, "quick": quick},
-                                lambda _p, m=method, r=ratio, sd=seed, f=ft:
-                                _cell(setting, m, r, sd, f), log)
-                cells[(method, ratio, seed)] = rec["result"]
-    speed = store.run("speed", "speed", {"quick": quick},
-                      lambda _p: {"rows": _speed(setting)}, log)["result"]["rows"]
+            tasks += [("cell", (m, ratio, seed)) for m in methods()
+                      if not (seed and not METHODS[m].data_aware)]  # SVD: one seed
+            if seed == s["seeds"][0] and ratio == order[0]:
+                tasks.append(("speed", None))
+                if s["finetune_steps"] > 0:
+                    tasks += [("finetune", (m, s["finetune_ratio"], seed)) for m in methods()]
+    speed: list[list[Any]] = []
+    for kind, key in tasks:
+        if kind == "speed":
+            speed = store.run("speed", "speed", {"quick": quick},
+                              lambda _p: {"rows": _speed(setting)}, log)["result"]["rows"]
+            continue
+        method, ratio, seed = key
+        name = f"{method}_r{int(ratio * 100)}_s{seed}"
+        params = {"method": method, "ratio": ratio, "seed": seed, "quick": quick}
+        if kind == "cell":
+            rec = store.run("cells", name, params,
+                            lambda _p, k=key: _cell(setting, *k), log)
+            cells[key] = dict(rec["result"])
+        else:
+            rec = store.run("finetune", name, {**params, "steps": s["finetune_steps"]},
+                            lambda _p, k=key: _finetuned(setting, *k), log)
+            cells[key].update(rec["result"])
     return _report(out_dir, quick, s, dense, cells, speed)
 
 
