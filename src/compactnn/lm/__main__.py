@@ -3,11 +3,13 @@ load time, parameter count, the greedy "Paris" check, tokens per corpus split, a
 dense perplexity on the held-out Shakespeare test plays and on the KJV.
 
     nice -n 10 python -m compactnn.lm [--max-tokens 32768] [--seq-len 256] [--threads 1]
+                                      [--per-play] [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -16,12 +18,17 @@ from compactnn.utils import machine_info
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m compactnn.lm",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--max-tokens", type=int, default=32768,
                     help="evaluate on this prefix of each set (0: the whole set)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--per-play", action="store_true",
+                    help="also the whole test split, play by play (about an hour at 1 thread)")
+    ap.add_argument("--cache-dir", default=None,
+                    help="keep a float copy of the model here for fast later loads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -30,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         kjv_text,
         load_smollm2,
         perplexity,
+        perplexity_windows,
         shakespeare_text,
+        shakespeare_works,
         smollm2_path,
         token_ids,
     )
@@ -38,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_info())
     print(f"model file: {smollm2_path()}")
     t0 = time.perf_counter()
-    model, tok = load_smollm2()
+    model, tok = load_smollm2(cache_dir=args.cache_dir)
     print(f"load: {time.perf_counter() - t0:.1f} s; {type(model).__name__}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters")
     prompt = "The capital of France is"
@@ -62,6 +71,18 @@ def main(argv: list[str] | None = None) -> None:
                          max_tokens=n)
         print(f"perplexity {name}: {ppl:.3f} (first {n:,} tokens, seq_len {args.seq_len}, "
               f"non-overlapping windows; {time.perf_counter() - t0:.0f} s)", flush=True)
+    if not args.per_play:
+        return
+    works, log_sum, scored = shakespeare_works(), 0.0, 0
+    for title in SHAKESPEARE_SPLIT["test"]:
+        ids = token_ids(tok, works[title])
+        ppl = perplexity(model, ids, seq_len=args.seq_len, batch_size=args.batch_size)
+        n = sum(e - f for _, e, f in perplexity_windows(ids.numel(), args.seq_len,
+                                                          args.seq_len))
+        log_sum, scored = log_sum + math.log(ppl) * n, scored + n
+        print(f"perplexity {title}: {ppl:.3f} ({ids.numel():,} tokens)", flush=True)
+    print(f"perplexity of the test plays together: {math.exp(log_sum / scored):.3f} "
+          f"({scored:,} scored tokens)")
 
 
 if __name__ == "__main__":
