@@ -64,7 +64,10 @@ class Setting:
 
         self.scale = SCALES[quick]
         t0 = time.perf_counter()
-        model, tok = load_smollm2()
+        from compactnn.data.registry import cache_root
+
+        # a float copy in the user cache makes every later load take a second
+        model, tok = load_smollm2(cache_dir=cache_root() / "lm")
         self.model = model.eval()
         self.load_s = time.perf_counter() - t0
         calib = shakespeare_text("calibration")
