@@ -78,3 +78,39 @@ def test_a_ratio_reaches_smallest_and_prune_layers():
         scales.weight.copy_(torch.tensor(list(scores.values())))
     assert scales.smallest(ratio=0.3) == ["layer1.1", "layer2.1"]
     scales.remove(fold=False)
+
+
+def test_count_to_remove_bounds_and_messages():
+    assert [count_to_remove(6, k, None) for k in (0, 3, 6)] == [0, 3, 6]
+    assert count_to_remove(1, None, 0.01) == 1 and count_to_remove(3, None, 1.0) == 3
+    for args, message in [
+            ((6, None, None), "give exactly one of num_layers and ratio, got num_layers=None, "
+                              "ratio=None"),
+            ((6, 2, 0.5), "give exactly one of num_layers and ratio, got num_layers=2, "
+                          "ratio=0.5"),
+            ((6, 7, None), "num_layers=7 exceeds the 6 candidate blocks")]:
+        with pytest.raises(ValueError) as e:
+            count_to_remove(*args)
+        assert str(e.value) == message
+    for args, name in [((6, -1, None), "num_layers"), ((6, None, 0.0), "ratio"),
+                       ((6, None, 1.5), "ratio"), ((6, None, float("nan")), "ratio")]:
+        with pytest.raises(ValueError) as e:
+            count_to_remove(*args)
+        assert str(e.value).startswith(name)
+    with pytest.raises(TypeError, match="num_layers"):
+        count_to_remove(6, 2.0, None)
+
+
+def test_io_similarity_options_and_errors():
+    model = resnet()
+    x = torch.randn(3, 1, 10, 10, generator=torch.Generator().manual_seed(3))
+    want = reference_scores(model, x)
+    got = io_similarity_scores(model, [[x[:2], None], x[2:]], include=["layer1.0", "layer3.1"])
+    assert got == pytest.approx({n: want[n] for n in ("layer1.0", "layer3.1")}, rel=1e-5)
+    assert list(io_similarity_scores(model, [x], exclude=r"layer[12]\..*")) == ["layer3.0",
+                                                                               "layer3.1"]
+    with pytest.raises(ValueError) as e:
+        io_similarity_scores(model, [])
+    assert str(e.value) == "batches yielded no example"
+    assert not model.training
+    assert all(not m._forward_hooks for m in model.modules())  # hooks removed
