@@ -79,13 +79,14 @@ def n_params(model: nn.Module) -> int:
 
 
 def snapshot(model: nn.Module) -> tuple[dict, dict]:
+    """The state dict, and each module's type and train/eval mode."""
     return ({k: v.clone() for k, v in model.state_dict().items()},
-            {n: type(m) for n, m in model.named_modules()})
+            {n: (type(m), m.training) for n, m in model.named_modules()})
 
 
 def assert_unchanged(model: nn.Module, snap: tuple[dict, dict]) -> None:
     state, types = snap
-    assert {n: type(m) for n, m in model.named_modules()} == types
+    assert {n: (type(m), m.training) for n, m in model.named_modules()} == types
     now = model.state_dict()
     assert set(now) == set(state)
     for k, v in state.items():

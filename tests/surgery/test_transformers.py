@@ -264,8 +264,9 @@ def test_nonlinear_refits_the_swiglu_gate_and_up_through_the_block_output():
     assert type(fitted.model.layers[0].mlp.down_proj) is nn.Linear
     torch.testing.assert_close(fitted.model.layers[0].mlp.down_proj.weight,
                                dense_mlp.down_proj.weight)
-    # the other methods take no gated options: they are dropped, not passed on
-    factorize(model, rank=6, init="whitened", calibration=x, gated_steps=5)
+    # the other methods take no gated options: they are dropped with a warning, not passed on
+    with pytest.warns(UserWarning, match="gated_steps ignored"):
+        factorize(model, rank=6, init="whitened", calibration=x, gated_steps=5)
 
 
 def test_blockwise_reports_its_calibration_and_decomposition_time():

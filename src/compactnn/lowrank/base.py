@@ -178,7 +178,7 @@ class LowRankLayer(nn.Module):
             dense.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
-        return dense
+        return dense.train(self.training)
 
     @classmethod
     def from_dense(
@@ -205,7 +205,7 @@ class LowRankLayer(nn.Module):
         layer = cls(**cls.dense_structure(module), rank=rank, **options, device=w.device,
                     dtype=w.dtype)
         layer._init_from(module, init, init_kwargs)
-        return layer
+        return layer.train(module.training)  # a drop-in copy keeps the module's mode
 
     # -- shared behaviour ------------------------------------------------
     def dense_weight(self) -> Tensor:

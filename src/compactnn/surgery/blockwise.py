@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compactnn._modules import replace_module
+from compactnn._modules import replace_module, restore_modes, save_modes
 from compactnn.surgery.detect import call_model
 from compactnn.surgery.sequential import CalibrationData, StopForward
 
@@ -118,9 +118,8 @@ def _capture_first_block(model: nn.Module, stack: BlockStack, data: CalibrationD
                 pass
     finally:
         handle.remove()
-    if not calls or not isinstance(calls[0][0][0] if calls[0][0] else None, Tensor):
-        if not calls:
-            raise ValueError(f"the blocks {stack.name!r} never ran on the calibration data")
+    if not calls:
+        raise ValueError(f"the blocks {stack.name!r} never ran on the calibration data")
     return calls
 
 
@@ -235,7 +234,7 @@ def compress_blockwise(
         per_block.setdefault(b, []).append((name, build))
     data = CalibrationData(calibration)
     data.check()
-    was_training = model.training
+    modes = save_modes(model)
     model.eval()
     swapped: list[tuple[nn.Module, nn.Module]] = []
     bar = None
@@ -313,7 +312,7 @@ def compress_blockwise(
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
+        restore_modes(model, modes)
 
 
 def _run_all(block: nn.Module, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],

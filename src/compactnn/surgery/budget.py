@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from compactnn._modules import training_mode
 from compactnn.lowrank import (
     LowRankConv1d,
     LowRankLayer,
@@ -134,10 +135,8 @@ def trace_shapes(model: nn.Module, example_inputs: Any) -> Shapes:
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | LowRankLayer)
                or is_linear_like(m)]
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), training_mode(model, False):
             if isinstance(example_inputs, dict):
                 model(**example_inputs)
             elif isinstance(example_inputs, tuple | list):
@@ -147,8 +146,6 @@ def trace_shapes(model: nn.Module, example_inputs: Any) -> Shapes:
     finally:
         for h in handles:
             h.remove()
-        for m, t in flags.items():
-            m.training = t
     return shapes
 
 

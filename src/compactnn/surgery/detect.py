@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compactnn._modules import training_mode
 from compactnn.init.inputs import is_foldable_norm
 
 __all__ = ["call_model", "detect_activations", "detect_norms"]
@@ -166,9 +167,5 @@ def detect_activations(model: nn.Module, names: list[str], example: Any = None) 
         return acts
     if example is None:
         return {name: "identity" for name in names}
-    was_training = model.training
-    model.eval()
-    try:
+    with training_mode(model, False):
         return _hook_activations(model, names, example)
-    finally:
-        model.train(was_training)

@@ -10,6 +10,7 @@ projection is compressed on the inputs the new gate and up produce.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,10 +50,14 @@ def gated_ffn_refit(init: str, options: dict[str, Any]
     for ``init="nonlinear"`` (None for the other methods, which fit layers one by
     one). ``options`` (the initializer's keywords) may hold ``gated_steps``,
     ``gated_lr`` and ``gated_batch_size`` (passed to ``fit_gated_ffn`` as ``steps``,
-    ``lr``, ``batch_size``), which are taken out of it."""
-    fit_options = {k[len("gated_"):]: options.pop(k) for k in
-                   ("gated_steps", "gated_lr", "gated_batch_size") if k in options}
+    ``lr``, ``batch_size``), which are taken out of it; another method ignores them
+    with a ``UserWarning``, as ``factorize`` ignores calibration an init cannot use."""
+    given = [k for k in ("gated_steps", "gated_lr", "gated_batch_size") if k in options]
+    fit_options = {k[len("gated_"):]: options.pop(k) for k in given}
     if init != "nonlinear":
+        if given:
+            warnings.warn(f"{', '.join(given)} ignored: they apply to init='nonlinear' "
+                          f"only, got init={init!r}", UserWarning, stacklevel=4)
         return None
 
     def refit(block: nn.Module, swapped: list[tuple[str, nn.Module, nn.Module]],

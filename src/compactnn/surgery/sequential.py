@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from compactnn._checks import check_bool, check_int, check_module
-from compactnn._modules import replace_module
+from compactnn._modules import replace_module, restore_modes, save_modes
 from compactnn.init.inputs import FirstPassCache, check_activation, first_tensor
 from compactnn.surgery.detect import call_model, detect_activations, detect_norms
 
@@ -235,7 +235,7 @@ def compress_sequential(
     data = CalibrationData(calibration)
     data.check()
 
-    was_training = model.training
+    modes = save_modes(model)
     model.eval()
     swapped: list[tuple[nn.Module, nn.Module]] = []
     try:
@@ -271,4 +271,4 @@ def compress_sequential(
             replace_module(model, new, dense)
         raise
     finally:
-        model.train(was_training)
+        restore_modes(model, modes)
