@@ -42,7 +42,7 @@ from compactnn.lowrank import (
 )
 
 __all__ = ["FORMAT", "save_model", "load_model", "load_state", "layer_config",
-           "model_structure", "read_metadata", "restore_structure"]
+           "model_structure", "read_metadata", "restore_structure", "tensor_headers"]
 
 FORMAT = "compactnn.lowrank.v1"
 _TYPES: dict[str, type[LowRankLayer]] = {"LowRankLinear": LowRankLinear,
@@ -371,6 +371,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     p = _file(path)
     with _open(p) as f:
         return dict(f.metadata() or {})
+
+
+def tensor_headers(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (shape, kind)}`` of every tensor of a safetensors file, kind ``"float"``,
+    ``"int"``, ``"bool"`` or ``"complex"``, from its header alone (no tensor is read):
+    what a loader checks before it allocates anything the file describes."""
+    return _file_table(_file(path), torch.device("cpu"))[1].headers
 
 
 def _file_table(path: Path, device: torch.device) -> tuple[dict[str, str], _Table]:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from compactnn._checks import check_bool, check_choice, check_float, check_int, check_module
+from compactnn._modules import training_mode
 from compactnn.lowrank import LowRankLayer
 from compactnn.surgery import factorize
 from compactnn.surgery.report import FactorizeReport
@@ -84,6 +85,7 @@ def compress_lm(model: nn.Module, method: str, removed: float, calibration: Tens
                    if isinstance(calibration, Tensor) else type(calibration).__name__)
             raise ValueError(f"method={method!r} needs calibration token ids of shape "
                              f"(n, seq_len) and dtype int64, got {got}")
+        _check_token_range("calibration", calibration, model)
         batches: Any = list(calibration.split(4))
     elif calibration is not None:
         raise ValueError(f"method={method!r} uses no calibration data; pass calibration=None")
@@ -98,47 +100,81 @@ def compress_lm(model: nn.Module, method: str, removed: float, calibration: Tens
                          progress=progress, **kwargs)
 
 
+_ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _check_token_range(name: str, ids: Tensor, model: nn.Module) -> None:
+    """Token ids outside the model's vocabulary fail deep inside the embedding
+    lookup; name them here."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(emb, "num_embeddings", None)
+    if not isinstance(vocab, int) or ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"{name} holds token ids in [{lo}, {hi}], outside the model's "
+                         f"vocabulary [0, {vocab - 1}]")
+
+
 def finetune_factors(model: nn.Module, ids: Tensor, *, steps: int, seq_len: int = 256,
                      batch_size: int = 4, lr: float = 1e-4, seed: int = 0) -> list[float]:
     """Train only the low-rank factors of ``model`` (every other parameter frozen, no
     adapters) by AdamW on next-token loss over random windows of ``ids``; returns the
-    loss of each step. The model is left in eval mode with its ``requires_grad`` flags
-    restored."""
+    loss of each step. Every module's train/eval mode and every ``requires_grad`` flag
+    is restored afterwards. A non-finite loss is a ``FloatingPointError``; on any
+    error (an interrupt included) the factors are put back as they were (a copy of
+    them is held meanwhile)."""
     check_module("model", model)
     check_int("steps", steps, 1)
     check_int("seq_len", seq_len, 2)
     check_int("batch_size", batch_size, 1)
     check_float("lr", lr, 0.0, math.inf, min_inclusive=False)
     check_int("seed", seed)
-    if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.numel() <= seq_len:
-        raise ValueError(f"ids must be a 1-D token tensor longer than seq_len={seq_len}")
-    factors = [p for m in model.modules() if isinstance(m, LowRankLayer)
-               for p in (m.U, m.V)]
+    if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.numel() <= seq_len or \
+            ids.dtype not in _ID_DTYPES:
+        got = (f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, Tensor)
+               else type(ids).__name__)
+        raise ValueError(f"ids must be a 1-D integer token tensor longer than "
+                         f"seq_len={seq_len}, got {got}")
+    _check_token_range("ids", ids, model)
+    factors = list({id(p): p for m in model.modules() if isinstance(m, LowRankLayer)
+                    for p in (m.U, m.V)}.values())  # a tied factor pair once
     if not factors:
         raise ValueError(f"{type(model).__name__} has no low-rank layer to fine-tune")
     flags = {p: p.requires_grad for p in model.parameters()}
     ids_f = {id(p) for p in factors}
+    kept = [p.detach().clone() for p in factors]  # put back if the call fails
     for p in model.parameters():
         p.requires_grad_(id(p) in ids_f)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(factors, lr=lr, weight_decay=0.0)
-    losses = []
-    model.train()
+    losses: list[float] = []
     try:
-        for _ in range(steps):
-            starts = torch.randint(0, ids.numel() - seq_len, (batch_size,), generator=gen)
-            x = torch.stack([ids[s:s + seq_len + 1] for s in starts.tolist()])
-            out = model(x[:, :-1])
-            logits = out.logits if hasattr(out, "logits") else out
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                               x[:, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(factors, 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+        with training_mode(model, True):
+            for step in range(steps):
+                starts = torch.randint(0, ids.numel() - seq_len, (batch_size,), generator=gen)
+                x = torch.stack([ids[s:s + seq_len + 1] for s in starts.tolist()])
+                out = model(x[:, :-1])
+                logits = out.logits if hasattr(out, "logits") else out
+                loss = nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss is {float(loss.detach())} at step {step} "
+                                             f"(lr={lr}); the factors are left as they were")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(factors, 1.0)
+                opt.step()
+                losses.append(float(loss.detach()))
+            if not all(bool(torch.isfinite(p).all()) for p in factors):
+                raise FloatingPointError(f"the factors are not finite after {steps} steps "
+                                         f"(lr={lr}); they are left as they were")
+    except BaseException:
+        with torch.no_grad():
+            for p, k in zip(factors, kept, strict=True):
+                p.copy_(k)
+        raise
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
-        model.eval()
     return losses
