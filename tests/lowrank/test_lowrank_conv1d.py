@@ -1,6 +1,8 @@
 """LowRankConv1d: exact at full rank against nn.Conv1d for every padding and
 grouping, spectral factors optimal, surgery, calibration, save / load, errors."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -92,3 +94,17 @@ def test_errors_and_unsupported_types_are_named_in_the_report():
     _, report = factorize(model, rank=1)
     fate = {r.name: r.note for r in report.layers}
     assert fate["0"] == "unsupported type Conv3d: kept dense"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kernel_size=0), "kernel_size must be >= 1, got kernel_size=0"),
+    (dict(stride=0), "stride must be >= 1, got stride=0"),
+    (dict(dilation=(0,)), "dilation must be >= 1, got dilation=0"),
+    (dict(padding=-1), "padding must be >= 0, got padding=-1"),
+])
+def test_range_errors_name_the_one_dimensional_value(kwargs, message):
+    # not the (1, k) pair of the 2-D layer underneath
+    args = dict(in_channels=4, out_channels=4, kernel_size=3, rank=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LowRankConv1d(**args)

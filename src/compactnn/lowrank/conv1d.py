@@ -22,13 +22,16 @@ from compactnn.lowrank.conv import LowRankConv2d, conv_weight_to_matrix
 __all__ = ["LowRankConv1d"]
 
 
-def _single(v: Any, name: str) -> int:
+def _single(v: Any, name: str, minimum: int = 1) -> int:
+    # checked here so that errors name the 1-D value, not the (1, k) the 2-D layer sees
     if isinstance(v, tuple | list):
         if len(v) != 1:
             raise ValueError(f"{name} of a 1-D convolution must be an int or a 1-tuple, got {v!r}")
         v = v[0]
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"{name} must be an int, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={v}")
     return v
 
 
@@ -61,7 +64,7 @@ class LowRankConv1d(LowRankConv2d):
         if scheme != "channel":
             raise ValueError(f"LowRankConv1d has the channel scheme only, got scheme={scheme!r}")
         pad: str | tuple[int, int] = (padding if isinstance(padding, str)
-                                      else (0, _single(padding, "padding")))
+                                      else (0, _single(padding, "padding", minimum=0)))
         super().__init__(in_channels, out_channels, (1, _single(kernel_size, "kernel_size")),
                          rank, (1, _single(stride, "stride")), pad,
                          (1, _single(dilation, "dilation")), groups, bias, padding_mode,
