@@ -15,7 +15,7 @@ from test_transformers import llama
 from torch import nn
 
 from compactnn import LowRankLinear, factorize, merge
-from compactnn.surgery.blockwise import find_blocks
+from compactnn.surgery.blockwise import compress_blockwise, find_blocks
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -141,3 +141,24 @@ def test_swapped_layers_keep_the_mode_of_an_eval_model(calibrate):
     assert layers and not any(m.training for m in out.modules())
     dense = merge(out)
     assert not any(m.training for m in dense.modules())
+
+
+def test_compress_blockwise_names_each_bad_argument():
+    model = llama()
+    stack = find_blocks(model)
+    good = [("model.layers.0.mlp.up_proj", lambda dense, **_: dense)]
+    bad = [
+        (dict(stack="model.layers"), TypeError, "stack must be a BlockStack"),
+        (dict(targets=["model.layers.0.mlp.up_proj"]), TypeError, "targets must be a list"),
+        (dict(sequential=1), TypeError, "sequential must be a bool"),
+        (dict(dense_targets="yes"), TypeError, "dense_targets must be a bool"),
+        (dict(progress=None), TypeError, "progress must be a bool"),
+        (dict(after_group=3), TypeError, "after_group must be callable"),
+        (dict(timings=[]), TypeError, "timings must be a dict"),
+    ]
+    for change, exc, message in bad:
+        args = {"stack": stack, "targets": good, **change}
+        with pytest.raises(exc, match=message):
+            compress_blockwise(model, args.pop("stack"), args.pop("targets"), [ids()], **args)
+    with pytest.raises(TypeError, match="model must be"):
+        find_blocks("model")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from compactnn._checks import check_bool, check_module
 from compactnn._modules import replace_module, restore_modes, save_modes
 from compactnn.surgery.detect import call_model
 from compactnn.surgery.sequential import CalibrationData, StopForward
@@ -66,6 +67,7 @@ def find_blocks(model: nn.Module) -> BlockStack | None:
     """The longest ``nn.ModuleList`` of at least two blocks of one type (the layers of
     a transformer: ``model.layers`` of LLaMA, ``transformer.h`` of GPT-2,
     ``encoder.layer`` of BERT); None when the model has none."""
+    check_module("model", model)
     best: BlockStack | None = None
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) >= 2 and \
@@ -224,6 +226,22 @@ def compress_blockwise(
     feed-forward network's gate and up projections jointly before its down projection
     is compressed.
     """
+    check_module("model", model)
+    if not isinstance(stack, BlockStack):
+        raise TypeError(f"stack must be a BlockStack (from find_blocks), got "
+                        f"{type(stack).__name__}")
+    if not isinstance(targets, list | tuple) or not all(
+            isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], str) and callable(t[1])
+            for t in targets):
+        raise TypeError("targets must be a list of (module name, build) pairs, got "
+                        f"{targets!r:.80}")
+    check_bool("sequential", sequential)
+    check_bool("dense_targets", dense_targets)
+    check_bool("progress", progress)
+    if after_group is not None and not callable(after_group):
+        raise TypeError(f"after_group must be callable or None, got {type(after_group).__name__}")
+    if timings is not None and not isinstance(timings, dict):
+        raise TypeError(f"timings must be a dict or None, got {type(timings).__name__}")
     clock = {"calibration_s": 0.0, "decomposition_s": 0.0}
     modules = dict(model.named_modules())
     per_block: dict[int, list[tuple[str, Callable[..., nn.Module]]]] = {}
