@@ -49,7 +49,7 @@ class Setting:
                          target_update=min(1_000, max(1, f // 20)), eps_frames=max(1, f // 10))
 
 
-QUICK = Setting(("breakout",), 1, 600)
+QUICK = Setting(("breakout",), 1, 600, units=4)
 FULL = Setting(("breakout", "space_invaders"), 5, 40_000)
 
 
