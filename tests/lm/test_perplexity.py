@@ -142,3 +142,14 @@ def test_argument_checks(tiny_llama):
 
     with pytest.raises(TypeError, match="model must return logits"):
         perplexity(NoLogits(), ids)
+
+
+def test_every_module_gets_its_own_mode_back(tiny_llama):
+    tiny_llama.train()
+    tiny_llama.model.layers[1].eval()  # a frozen block inside a training model
+    modes = [(n, m.training) for n, m in tiny_llama.named_modules()]
+    try:
+        perplexity(tiny_llama, stream(40), seq_len=16)
+        assert [(n, m.training) for n, m in tiny_llama.named_modules()] == modes
+    finally:
+        tiny_llama.eval()

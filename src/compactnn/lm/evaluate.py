@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from compactnn._checks import check_bool, check_int, check_module, check_tensor
+from compactnn._modules import training_mode
 
 __all__ = ["perplexity", "perplexity_windows"]
 
@@ -111,29 +112,24 @@ def perplexity(model: nn.Module, ids: Tensor, seq_len: int = 256, stride: int | 
         from tqdm.auto import tqdm
         bar = tqdm(batches, desc="perplexity", unit="batch")
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in bar:
-                x = torch.stack([ids[b:e] for b, e, _ in batch])
-                logits = _logits(model(x))
-                if logits.shape[:2] != x.shape or logits.ndim != 3:
-                    raise ValueError(f"model returned logits of shape {tuple(logits.shape)} "
-                                     f"for input of shape {tuple(x.shape)}; expected "
-                                     f"({x.shape[0]}, {x.shape[1]}, vocab)")
-                if int(x.max()) >= logits.shape[-1]:
-                    raise ValueError(f"ids holds token id {int(x.max())}, outside the "
-                                     f"model's vocabulary of {logits.shape[-1]}")
-                # (rows, vocab) layout: softmax along contiguous memory, not a strided dim
-                nll = nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                    x[:, 1:].reshape(-1), reduction="none").reshape(x.shape[0], -1)
-                for row, (b, _, first) in enumerate(batch):
-                    total += float(nll[row, first - b - 1:].double().sum())
-                    count += x.shape[1] - (first - b)
-    finally:
-        model.train(was_training)
+    with training_mode(model, False), torch.inference_mode():
+        for batch in bar:
+            x = torch.stack([ids[b:e] for b, e, _ in batch])
+            logits = _logits(model(x))
+            if logits.shape[:2] != x.shape or logits.ndim != 3:
+                raise ValueError(f"model returned logits of shape {tuple(logits.shape)} "
+                                 f"for input of shape {tuple(x.shape)}; expected "
+                                 f"({x.shape[0]}, {x.shape[1]}, vocab)")
+            if int(x.max()) >= logits.shape[-1]:
+                raise ValueError(f"ids holds token id {int(x.max())}, outside the "
+                                 f"model's vocabulary of {logits.shape[-1]}")
+            # (rows, vocab) layout: softmax along contiguous memory, not a strided dim
+            nll = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                x[:, 1:].reshape(-1), reduction="none").reshape(x.shape[0], -1)
+            for row, (b, _, first) in enumerate(batch):
+                total += float(nll[row, first - b - 1:].double().sum())
+                count += x.shape[1] - (first - b)
     mean = total / count
     try:
         return math.exp(mean)
