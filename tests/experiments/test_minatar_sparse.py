@@ -50,3 +50,25 @@ def test_random_policy_score_is_seeded():
     pytest.importorskip("minatar")
     a = minatar_sparse.random_policy_score("breakout", 300, 0)
     assert a == minatar_sparse.random_policy_score("breakout", 300, 0) and a >= 0.0
+
+
+def test_run_records_are_checked_when_read_back(tmp_path):
+    import json
+
+    s = minatar_sparse.Setting(("breakout",), 1, 100)
+    good = {"game": "breakout", "structure": "conv", "regime": "fixed", "seed": 0,
+            "frames": 100, "episodes": [[40, 1.0], [90, 0.0]], "score": 0.0,
+            "connections": 10, "hidden_weights": 5, "width": 4, "trainable": 30}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(good))
+    assert minatar_sparse.checked_record(path, s, "breakout", "conv", "fixed", 0) == good
+    with pytest.raises(ValueError, match="not the record"):
+        minatar_sparse.checked_record(path, s, "breakout", "conv", "learned", 0)
+    for bad in ({"episodes": [[400, 1.0]]}, {"score": "NaN"}, {"frames": 50},
+                {"width": -1}):
+        path.write_text(json.dumps(good | bad))
+        with pytest.raises(ValueError, match="delete it"):
+            minatar_sparse.checked_record(path, s, "breakout", "conv", "fixed", 0)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        minatar_sparse.checked_record(path, s, "breakout", "conv", "fixed", 0)

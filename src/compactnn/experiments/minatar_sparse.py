@@ -63,7 +63,7 @@ def one_run(s: Setting, game: str, structure: str, regime: str, seed: int,
     torch.set_num_threads(1)
     out = Path(folder) / f"{run_name(game, structure, regime, seed)}.json"
     if out.exists():
-        return json.loads(out.read_text())
+        return checked_record(out, s, game, structure, regime, seed)
     env = MinAtarEnv(game, seed)
     torch.manual_seed(seed)
     net = StructuredQNet(env.obs_shape, env.num_actions, structure, s.kernel, s.units,
@@ -83,6 +83,30 @@ def one_run(s: Setting, game: str, structure: str, regime: str, seed: int,
     tmp.replace(out)
     ckpt.unlink(missing_ok=True)
     return record
+
+
+def checked_record(path: Path, s: Setting, game: str, structure: str, regime: str,
+                   seed: int) -> dict:
+    """A finished run's record read back, refused (``ValueError`` naming the file) unless
+    it is the run asked for, at this budget, with a well-formed episode log."""
+    try:
+        r = json.loads(path.read_text())
+        ok = (isinstance(r, dict)
+              and (r.get("game"), r.get("structure"), r.get("regime"), r.get("seed"),
+                   r.get("frames")) == (game, structure, regime, seed, s.frames)
+              and all(isinstance(r.get(k), int) and r[k] >= 0 for k in
+                      ("connections", "hidden_weights", "width", "trainable"))
+              and isinstance(r.get("score"), int | float) and math.isfinite(r["score"])
+              and isinstance(r.get("episodes"), list)
+              and all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], int)
+                      and 0 < e[0] <= s.frames and isinstance(e[1], int | float)
+                      and math.isfinite(e[1]) for e in r["episodes"]))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable run record ({e}); delete it to rerun") from None
+    if not ok:
+        raise ValueError(f"{path}: not the record of {run_name(game, structure, regime, seed)} "
+                         f"at {s.frames} frames; delete it to rerun")
+    return r
 
 
 def score(run: DQNRun) -> float:
