@@ -240,3 +240,26 @@ def test_a_symlinked_weights_file_is_followed_as_in_the_hugging_face_cache(saved
     (folder / WEIGHTS_FILE).symlink_to(saved[0] / WEIGHTS_FILE)
     x = torch.randint(0, 60, (1, 8))
     torch.testing.assert_close(load_pretrained(folder)(x).logits, compressed(x).logits)
+
+
+class ConvNet(torch.nn.Sequential):
+    """Convolutions (grouped, and both low-rank schemes) beside a linear layer, for
+    the skeleton check's count of a factorized kernel's entries."""
+
+    @classmethod
+    def from_config(cls, config):
+        torch.manual_seed(0)
+        return cls(torch.nn.Conv2d(8, 6, 3, groups=2), torch.nn.Conv2d(6, 8, 3),
+                   torch.nn.Conv1d(8, 6, 3), torch.nn.Linear(5, 7))
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_factorized_convolutions_pass_the_skeleton_check(saved, tmp_path, scheme):
+    from compactnn import factorize, save_model
+
+    folder = copy_of(saved[0], tmp_path)
+    model, _ = factorize(ConvNet.from_config(None), rank=2, conv_scheme=scheme)
+    save_model(model, folder / WEIGHTS_FILE)
+    loaded = load_pretrained(folder, model_class=ConvNet)
+    for a, b in zip(loaded.state_dict().items(), model.state_dict().items(), strict=True):
+        assert a[0] == b[0] and torch.equal(a[1], b[1])

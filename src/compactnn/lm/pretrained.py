@@ -146,8 +146,12 @@ def _check_skeleton(skeleton: nn.Module, headers: dict[str, tuple[tuple[int, ...
     for name, t in [*skeleton.named_parameters(), *skeleton.named_buffers()]:
         prefix, _, attr = name.rpartition(".")
         if prefix in lowrank and attr == "weight":
-            (m, _), (_, n) = headers[prefix + ".U"][0], headers[prefix + ".V"][0]
-            if t.numel() != m * n:
+            u, v = headers[prefix + ".U"][0], headers[prefix + ".V"][0]
+            # U is (out, r, ...) and V (r, ...) for every low-rank layout (linear,
+            # grouped and spatial convolutions): the dense kernel has this many entries
+            dense = (u[0] * math.prod(u[2:]) * math.prod(v[1:])
+                     if len(u) >= 2 and len(v) >= 2 else -1)
+            if t.numel() != dense:
                 raise ValueError(f"{path}: {prefix}'s factors {headers[prefix + '.U'][0]} and "
                                  f"{headers[prefix + '.V'][0]} do not fit its "
                                  f"{tuple(t.shape)} weight in the model config.json describes")
