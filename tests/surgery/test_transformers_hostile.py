@@ -162,3 +162,36 @@ def test_compress_blockwise_names_each_bad_argument():
             compress_blockwise(model, args.pop("stack"), args.pop("targets"), [ids()], **args)
     with pytest.raises(TypeError, match="model must be"):
         find_blocks("model")
+
+
+def dense_inputs(model, name, x):
+    got = []
+    hook = model.get_submodule(name).register_forward_pre_hook(
+        lambda _m, a: got.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return got[0]
+
+
+@pytest.mark.parametrize("first_block_compressed", [False, True])
+def test_dense_targets_are_the_dense_models_inputs_row_for_row(first_block_compressed):
+    from compactnn.lowrank import to_lowrank
+
+    model, x = llama(), ids()
+    name = "model.layers.1.mlp.down_proj"
+    reference = dense_inputs(model, name, x)
+    seen = {}
+
+    def build(dense, inputs, activation, target_inputs=None):
+        if dense is model.get_submodule(name):
+            seen["inputs"], seen["targets"] = inputs.rows, target_inputs.rows
+        return to_lowrank(dense, 2)
+
+    targets = [(name, build)]
+    if first_block_compressed:
+        targets.insert(0, ("model.layers.0.mlp.down_proj", build))
+    compress_blockwise(model, find_blocks(model), targets, [x], dense_targets=True)
+    torch.testing.assert_close(seen["targets"], reference)
+    # the compressed model's own inputs differ from the dense ones once block 0 is compressed
+    assert torch.equal(seen["inputs"], seen["targets"]) is not first_block_compressed

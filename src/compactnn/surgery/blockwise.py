@@ -23,6 +23,7 @@ it was.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,7 +206,7 @@ def compress_blockwise(
     dense_targets: bool = False,
     after_group: Callable[[nn.Module, list[tuple[str, nn.Module, nn.Module]], GroupInputs],
                           None] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     timings: dict[str, float] | None = None,
 ) -> None:
     """Replace each target (all inside ``stack``'s blocks) by ``build(dense,
@@ -237,6 +238,8 @@ def compress_blockwise(
                         f"{targets!r:.80}")
     check_bool("sequential", sequential)
     check_bool("dense_targets", dense_targets)
+    if progress is None:
+        progress = sys.stderr.isatty()
     check_bool("progress", progress)
     if after_group is not None and not callable(after_group):
         raise TypeError(f"after_group must be callable or None, got {type(after_group).__name__}")
@@ -277,17 +280,10 @@ def compress_blockwise(
             if i > last:
                 break
             todo = dict(per_block.get(i, []))
-            twin = copy.deepcopy(block) if dense_targets and sequential else None
-            if not todo:
-                with torch.no_grad():
-                    hidden = [_run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
-                    if twin is not None:
-                        dense_hidden = _run_all(twin, calls, dense_hidden)
-                lap("calibration_s")
-                if bar is not None:
-                    bar.update()
-                continue
-            if not sequential:
+            # the dense model's copy of the block (an untouched block is its own)
+            twin = ((copy.deepcopy(block) if todo else block) if dense_targets and sequential
+                    else None)
+            if todo and not sequential:
                 _, inputs, outs = _run_collect(block, calls, hidden,
                                                {n: modules[n] for n in todo}, True)
                 lap("calibration_s")
@@ -315,7 +311,7 @@ def compress_blockwise(
                         after_group(block, done, inputs[group[0]])
                     lap("decomposition_s")
                 with torch.no_grad():
-                    hidden = [_run_block(block, c, h) for c, h in zip(calls, hidden, strict=True)]
+                    hidden = _run_all(block, calls, hidden)
                     if twin is not None:
                         dense_hidden = _run_all(twin, calls, dense_hidden)
                 lap("calibration_s")
