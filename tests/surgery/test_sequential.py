@@ -287,3 +287,20 @@ def test_layer_inputs_cache_the_first_full_pass(cache_bytes, passes):
     for _ in range(2):  # later passes: same rows, read again only when not cached
         assert all(torch.equal(a, b) for a, b in zip(first, rows, strict=True))
     assert src.passes == passes
+
+
+def test_calibration_progress_is_weighted_by_layer_cost(capsys):
+    import torch
+    from torch import nn
+
+    from compactnn import factorize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 2))
+    x = torch.randn(64, 8)
+    factorize(model, rank=2, init="whitened", calibration=x, progress=True)
+    err = capsys.readouterr().err
+    assert "compress" in err and "100%" in err and "s left" in err
+    factorize(model, rank=2, init="whitened", calibration=x)  # not a terminal: silent
+    assert capsys.readouterr().err == ""

@@ -218,7 +218,7 @@ def factorize(
     example_inputs: Any = None,
     calibration: Tensor | Iterable[Any] | None = None,
     activations: dict[str, str] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     budget_over: str = "model",
     sequential: bool = True,
     **init_kwargs: Any,
@@ -266,6 +266,9 @@ def factorize(
             activation-aware inits (detected when omitted; ignored with a
             warning by the others).
         inplace: modify ``model`` itself instead of a deep copy.
+        progress: a progress bar over the layers (with calibration: weighted by each
+            layer's cost, with the next layer's estimated time); ``None`` (default):
+            only when stderr is a terminal.
 
     Weight tying: modules that share one weight are factorized together, at one
     rank, into layers sharing one factor pair (and their bias if it was shared),
@@ -282,7 +285,8 @@ def factorize(
     check_choice("conv_scheme", conv_scheme, CONV_SCHEMES)
     check_choice("allocation", allocation, ALLOCATIONS)
     check_bool("inplace", inplace)
-    check_bool("progress", progress)
+    if progress is not None:
+        check_bool("progress", progress)
     entry = lookup_initializer(init)
     check_module("model", model)
     if isinstance(model, nn.Linear | nn.Conv2d):
@@ -344,7 +348,7 @@ def factorize(
 
 def _replace(model: nn.Module, cands: list[Candidate], ranks: list[int | None],
              entry: Initializer, scheme: str, calibration: Any,
-             activations: dict[str, str] | None, progress: bool, sequential: bool,
+             activations: dict[str, str] | None, progress: bool | None, sequential: bool,
              init_kwargs: dict[str, Any], timings: dict[str, float]) -> None:
     init_kwargs = dict(init_kwargs)
     after = gated_ffn_refit(entry.name, init_kwargs)

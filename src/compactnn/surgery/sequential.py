@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from compactnn._checks import check_bool, check_int, check_module
 from compactnn._modules import replace_module, restore_modes, save_modes
 from compactnn.init.inputs import FirstPassCache, check_activation, first_tensor
+from compactnn.layer_progress import LayerProgress, calibration_cost
+from compactnn.lowrank import dense_matrix_shape
 from compactnn.surgery.detect import call_model, detect_activations, detect_norms
 
 __all__ = ["CalibrationData", "StopForward", "compress_sequential"]
@@ -116,6 +118,19 @@ class _CapturedInputs(FirstPassCache):
 
 
 
+def _layer_cost(module: nn.Module, batch: Any) -> float:
+    """The relative cost of calibrating ``module`` (:func:`calibration_cost`), its rows
+    taken as the first batch's samples times the module's output positions, a guess
+    that only has to rank layers against each other."""
+    try:
+        _, m, n = dense_matrix_shape(module)
+    except (TypeError, ValueError):
+        return 1.0
+    first = batch if isinstance(batch, Tensor) else next(iter(_tensors(batch)), None)
+    rows = 1 if first is None or first.dim() == 0 else first.shape[0]
+    return calibration_cost(n, m, max(rows, 1))
+
+
 def _dense_inputs(model: nn.Module, names: list[str], data: CalibrationData
                   ) -> dict[str, list[Tensor]]:
     """Every input batch of every named module in the (still dense) model, one pass."""
@@ -169,7 +184,7 @@ def compress_sequential(
     targets: list[tuple[str, Callable[..., nn.Module]]],
     calibration: Any,
     activations: dict[str, str] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     cache_bytes: int = 1 << 30,
     fold_norms: bool = True,
     sequential: bool = True,
@@ -189,7 +204,8 @@ def compress_sequential(
             ``**kwargs``.
         activations: activation name per module name, overriding detection
             (:func:`detect_activations`); names from :data:`compactnn.init.ACTIVATIONS`.
-        progress: show a progress bar (tqdm) over the layers.
+        progress: show a progress bar over the layers, weighted by each layer's cost,
+            with the next layer's estimated time (``None``: when stderr is a terminal).
         fold_norms: pass the eval-mode BatchNorm that directly follows a target
             (:func:`detect_norms`) to its build as ``post_norm=``, so the fit matches
             ``act(BN(layer(x)))`` rather than ``act(layer(x))``.
@@ -205,7 +221,8 @@ def compress_sequential(
     the model is left as it was.
     """
     check_module("model", model)
-    check_bool("progress", progress)
+    if progress is not None:
+        check_bool("progress", progress)
     check_bool("fold_norms", fold_norms)
     check_int("cache_bytes", cache_bytes, 0)
     check_bool("sequential", sequential)
@@ -238,35 +255,33 @@ def compress_sequential(
     modes = save_modes(model)
     model.eval()
     swapped: list[tuple[nn.Module, nn.Module]] = []
+    bar: LayerProgress | None = None
     try:
         order, calls = _execution_order(model, names, data.first())
         detected = detect_activations(model, [n for n in order if n not in given],
                                       data.first())
         acts = {**detected, **given}
         norms = detect_norms(model, order) if fold_norms else {}
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(order), desc="compress", unit="layer")
+        bar = LayerProgress([(n, _layer_cost(model.get_submodule(n), data.first()))
+                             for n in order], enabled=progress, desc="compress")
         dense_inputs = None if sequential else _dense_inputs(model, order, data)
         for name in order:
             dense = model.get_submodule(name)
             inputs: Any = (_CapturedInputs(model, dense, calls[name], data, cache_bytes)
                            if dense_inputs is None else dense_inputs[name])
             extra = {"post_norm": norms[name]} if name in norms else {}
+            bar.start(name)
             new = builds[name](dense, inputs=inputs, activation=acts[name], **extra)
             if not isinstance(new, nn.Module):
                 raise TypeError(f"build for {name!r} returned {type(new).__name__}, "
                                 "not an nn.Module")
             replace_module(model, dense, new)  # under every name it is registered
             swapped.append((dense, new))
-            if bar is not None:
-                bar.set_postfix_str(f"{name} ({acts[name]})")
-                bar.update()
+            bar.done(name)
+        bar.close()
+    except BaseException:
         if bar is not None:
             bar.close()
-    except BaseException:
         for dense, new in reversed(swapped):
             replace_module(model, new, dense)
         raise
