@@ -263,3 +263,16 @@ def test_factorized_convolutions_pass_the_skeleton_check(saved, tmp_path, scheme
     loaded = load_pretrained(folder, model_class=ConvNet)
     for a, b in zip(loaded.state_dict().items(), model.state_dict().items(), strict=True):
         assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+class NoEmbeddings(torch.nn.Sequential):
+    def get_input_embeddings(self):  # as a Hugging Face base class that does not say
+        raise NotImplementedError
+
+
+def test_a_model_without_input_embeddings_skips_the_vocabulary_check():
+    # any model factorize takes: the ids reach it unchecked, as its own input
+    model = NoEmbeddings(torch.nn.Embedding(60, 16), torch.nn.Linear(16, 16),
+                         torch.nn.ReLU(), torch.nn.Linear(16, 60))
+    out, report = compress_lm(model, "svd_llm", 0.4, stream(64).view(4, 16))
+    assert report.selected_param_ratio <= 0.6

@@ -106,7 +106,10 @@ _ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 def _check_token_range(name: str, ids: Tensor, model: nn.Module) -> None:
     """Token ids outside the model's vocabulary fail deep inside the embedding
     lookup; name them here."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a Hugging Face model: no vocabulary known
+        emb = None
     vocab = getattr(emb, "num_embeddings", None)
     if not isinstance(vocab, int) or ids.numel() == 0:
         return
