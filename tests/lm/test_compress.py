@@ -146,3 +146,16 @@ def test_study_cells_resume_and_report(tmp_path):
     # the reported dense ratio uses the stored dense perplexity
     row = next(line for line in res.markdown.splitlines() if line.startswith("| svd | 40%"))
     assert all(math.isfinite(float(x)) for x in row.split("|")[5:6])
+
+
+def test_report_only_reads_the_finished_cells_without_a_model(tmp_path):
+    from compactnn.experiments.lm_compress import run_study
+
+    with pytest.raises(SystemExit, match="no finished cells"):
+        run_study(tmp_path, quick=True, report_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = run_study(tmp_path, quick=True, log=lambda m: None, setting=TinySetting())
+    only = run_study(tmp_path, quick=True, report_only=True)
+    rows = [line for line in full.markdown.splitlines() if line.startswith("| svd_llm | 40%")]
+    assert rows and all(r in only.markdown for r in rows)

@@ -180,12 +180,15 @@ def _log_ci(values: list[float]) -> str:
     return f"{math.exp(m):.2f} [{math.exp(m - half):.2f}, {math.exp(m + half):.2f}]"
 
 
-def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = None
-              ) -> ExperimentResult:
+def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = None,
+              report_only: bool = False) -> ExperimentResult:
     """Run (or resume) every cell under ``out_dir`` and build the report. ``setting``
-    replaces the real model and text (the tests pass a tiny one)."""
+    replaces the real model and text (the tests pass a tiny one). ``report_only``
+    builds the report from the finished cells alone, running nothing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     store = CellStore(out_dir / "cells")
+    if report_only:
+        return _stored_report(out_dir, store, quick)
     setting = Setting(quick) if setting is None else setting
     s = setting.scale
     dense = store.run("dense", "dense", {"quick": quick},
@@ -225,6 +228,23 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                             lambda _p, k=key: _finetuned(setting, *k), log)
             cells[key].update(rec["result"])
     return _report(out_dir, quick, s, dense, cells, speed)
+
+
+def _stored_report(out_dir: Path, store: CellStore, quick: bool) -> ExperimentResult:
+    dense = store.load("dense", "dense")
+    if dense is None:
+        raise SystemExit(f"{out_dir}: no finished cells yet")
+    cells: dict[tuple[str, float, int], dict[str, Any]] = {}
+    for rec in store.finished("cells").values():
+        p = rec["params"]
+        cells[(p["method"], p["ratio"], p["seed"])] = dict(rec["result"])
+    for rec in store.finished("finetune").values():
+        p = rec["params"]
+        cells.setdefault((p["method"], p["ratio"], p["seed"]), {}).update(rec["result"])
+    speed = store.load("speed", "speed")
+    return _report(out_dir, quick, SCALES[quick], dense["result"],
+                   {k: v for k, v in cells.items() if "ppl" in v},
+                   [] if speed is None else speed["result"]["rows"])
 
 
 def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any],
@@ -371,10 +391,12 @@ def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if not args or len(args) > 2 or (len(args) == 2 and args[1] != "quick"):
-        raise SystemExit("usage: python -m compactnn.experiments.lm_compress OUT [quick]")
+    flags = {a for a in args[1:]}
+    if not args or not flags <= {"quick", "--report"} or len(flags) != len(args) - 1:
+        raise SystemExit("usage: python -m compactnn.experiments.lm_compress OUT [quick] "
+                         "[--report]  (--report: the report of the finished cells only)")
     out = Path(args[0])
-    result = run_study(out, quick=len(args) == 2,
+    result = run_study(out, quick="quick" in flags, report_only="--report" in flags,
                        log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     (out / "report.md").write_text(result.markdown + "\n")
     print(result.markdown)
