@@ -152,7 +152,7 @@ def test_compress_blockwise_names_each_bad_argument():
         (dict(targets=["model.layers.0.mlp.up_proj"]), TypeError, "targets must be a list"),
         (dict(sequential=1), TypeError, "sequential must be a bool"),
         (dict(dense_targets="yes"), TypeError, "dense_targets must be a bool"),
-        (dict(progress=None), TypeError, "progress must be a bool"),
+        (dict(progress="yes"), TypeError, "progress must be a bool"),
         (dict(after_group=3), TypeError, "after_group must be callable"),
         (dict(timings=[]), TypeError, "timings must be a dict"),
     ]
