@@ -477,8 +477,10 @@ def main(argv: list[str] | None = None) -> int:
 
     study = Study(args.root, log)
     if args.command == "status":
+        planned = study.planned()
         for part, (done, listed) in study.status().items():
-            print(f"{part}: {done} of {listed} listed cells done")
+            print(f"{part}: {done} of {planned[part]} cells done ({listed} listed so far; "
+                  "later ones wait for the choices they depend on)")
         return 0
     for part in args.only or PARTS:
         try:
