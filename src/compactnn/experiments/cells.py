@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CellStore"]
+__all__ = ["CellStore", "study_main"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
@@ -120,3 +120,19 @@ class CellStore:
             if record is not None:
                 out[path.stem] = record
         return out
+
+
+def study_main(module: str, settings: Mapping[str, Any], run_study: Callable[..., Any],
+               argv: list[str]) -> None:
+    """The command line of a resumable study: ``python -m MODULE OUT [SCALE]`` with
+    ``SCALE`` a key of ``settings``; one thread, timestamped progress, the report printed."""
+    import time
+
+    import torch
+
+    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] not in settings):
+        raise SystemExit(f"usage: python -m {module} OUT [{'|'.join(settings)}]")
+    torch.set_num_threads(1)
+    result = run_study(Path(argv[0]), quick=False, scale=argv[1] if len(argv) == 2 else None,
+                       log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+    print(result.markdown)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compactnn.experiments import ExperimentResult, register
-from compactnn.experiments.cells import CellStore
+from compactnn.experiments.cells import CellStore, study_main
 from compactnn.experiments.char_lm import CharData, char_data
 from compactnn.experiments.reporting import markdown_table, new_figure
 from compactnn.experiments.stats import comparison_markdown
@@ -287,14 +287,8 @@ def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or len(args) > 2 or (len(args) == 2 and args[1] not in SETTINGS):
-        raise SystemExit("usage: python -m compactnn.experiments.enc_dec_fusion OUT "
-                         "[quick|medium|full]")
-    torch.set_num_threads(1)
-    result = run_study(Path(args[0]), quick=False, scale=args[1] if len(args) == 2 else None,
-                       log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
-    print(result.markdown)
+    study_main("compactnn.experiments.enc_dec_fusion", SETTINGS, run_study,
+               sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
