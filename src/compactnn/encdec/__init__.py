@@ -2,6 +2,8 @@
 encoder layers' outputs instead of the last one only (see docs/transformers.md)."""
 
 from .fusion import FUSION_INITS, LayerFusion
+from .hf import EncoderLayerFusion, fuse_encoder_layers
 from .transformer import FusedTransformer
 
-__all__ = ["FUSION_INITS", "FusedTransformer", "LayerFusion"]
+__all__ = ["FUSION_INITS", "EncoderLayerFusion", "FusedTransformer", "LayerFusion",
+           "fuse_encoder_layers"]
