@@ -26,3 +26,12 @@ def test_a_one_step_schedule_counts_its_step() -> None:
     gate.train()
     gate()
     assert int(gate.steps_done) == 1 and gate.current()[0] == 1.0
+
+
+def test_inconsistent_schedules_are_refused_with_the_fix_in_the_message() -> None:
+    with pytest.raises(ValueError, match=r"^entropy_reg_start / gamma_start need "
+                       r"schedule_steps >= 1 \(the length of the ramp\), got schedule_steps=0$"):
+        DSelectKGate(4, k=2, gamma_start=4.0)
+    with pytest.raises(ValueError, match=r"^schedule_steps=3 schedules nothing: give "
+                       r"entropy_reg_start and/or gamma_start$"):
+        DSelectKGate(4, k=2, schedule_steps=3)
