@@ -55,3 +55,23 @@ def test_progress_is_on_by_default_and_the_bar_does_not_stay() -> None:
                                                                              "f.bin", 1024)
     finally:
         bar.close()
+
+
+@pytest.mark.parametrize("fire_first", [False, True])
+def test_the_header_deadline_shuts_the_attached_socket(fire_first: bool) -> None:
+    import socket
+
+    ours, server = socket.socketpair()
+    try:
+        ours.settimeout(5.0)  # a socket left open would block; shut down it reads b""
+        watch = fetch_mod._HeaderDeadline()
+        if fire_first:  # the deadline passed while connecting
+            watch.fire()
+            watch.attach(ours)
+        else:
+            watch.attach(ours)
+            watch.fire()
+        assert watch.sock is ours and ours.recv(1) == b""
+    finally:
+        ours.close()
+        server.close()
