@@ -75,3 +75,90 @@ def test_the_header_deadline_shuts_the_attached_socket(fire_first: bool) -> None
     finally:
         ours.close()
         server.close()
+
+
+class _Server:
+    """Serves ``body`` without a Content-Length (the end is the connection's close), in
+    ``pieces`` parts ``gap`` seconds apart, and records the User-Agent of each request."""
+
+    def __init__(self, body: bytes, pieces: int = 1, gap: float = 0.0) -> None:
+        import http.server
+        import threading
+        import time
+
+        self.agents: list[str | None] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802 (the http.server hook name)
+                outer.agents.append(self.headers.get("User-Agent"))
+                self.send_response(200)
+                self.end_headers()
+                step = -(-len(body) // pieces)
+                for i in range(0, len(body), step):
+                    try:
+                        self.wfile.write(body[i:i + step])
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(gap)
+                self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/f.bin"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_a_body_longer_than_the_pin_is_deleted_and_named(tmp_path) -> None:
+    from compactnn.data.errors import DataIntegrityError
+
+    server = _Server(b"x" * 20)
+    dl = Download("f.bin", (server.url,), 10, "0" * 64)
+    part = tmp_path / ".f.bin.part"
+    try:
+        with pytest.raises(DataIntegrityError, match="^" + re.escape(
+                f"{server.url} sent more than the pinned 10 bytes of f.bin; it was deleted "
+                "and nothing was installed") + "$"):
+            fetch_mod._get(server.url, part, 0, dl, False)
+    finally:
+        server.close()
+    assert not part.exists()
+    assert server.agents == ["compactnn-data-fetch"]
+
+
+def test_a_download_making_progress_in_every_window_completes(tmp_path, monkeypatch) -> None:
+    # each piece arrives after a whole stall window: the window must be renewed each time
+    monkeypatch.setattr(fetch_mod, "STALL_WINDOW_S", 0.05)
+    monkeypatch.setattr(fetch_mod, "STALL_BYTES", 1)
+    body = bytes(range(40))
+    server = _Server(body, pieces=4, gap=0.1)
+    dl = Download("f.bin", (server.url,), len(body), "0" * 64)
+    part = tmp_path / ".f.bin.part"
+    try:
+        fetch_mod._get(server.url, part, 0, dl, False)
+    finally:
+        server.close()
+    assert part.read_bytes() == body
+
+
+def test_the_https_handler_opens_the_request_it_is_given() -> None:
+    import urllib.request
+
+    opener = fetch_mod._opener(fetch_mod._HeaderDeadline())
+    handler = next(h for h in opener.handlers if isinstance(h, urllib.request.HTTPSHandler))
+    seen = []
+    handler.do_open = lambda cls, req, **kw: seen.append((cls.__name__, req, kw))
+    req = urllib.request.Request("https://example.org/f.bin")
+    handler.https_open(req)
+    assert seen == [("HTTPS", req, {"context": handler._context})]
