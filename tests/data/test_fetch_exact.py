@@ -162,3 +162,15 @@ def test_the_https_handler_opens_the_request_it_is_given() -> None:
     req = urllib.request.Request("https://example.org/f.bin")
     handler.https_open(req)
     assert seen == [("HTTPS", req, {"context": handler._context})]
+
+
+def test_a_mirror_with_trailing_slashes_gives_one_slash_per_level(monkeypatch) -> None:
+    from compactnn.data.registry import get_dataset
+
+    ds = get_dataset("fashion_mnist")
+    dl = ds.downloads[0]
+    monkeypatch.setenv(fetch_mod.MIRROR_ENV, "http://mirror.example//")
+    assert fetch_mod.download_urls(ds, dl) == (
+        f"http://mirror.example/fashion_mnist/{dl.filename}",)
+    monkeypatch.setenv(fetch_mod.url_env_var(ds), "https://other.example/fm/")
+    assert fetch_mod.download_urls(ds, dl) == (f"https://other.example/fm/{dl.filename}",)
