@@ -363,3 +363,43 @@ def test_reproduce_without_fashion_mnist_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "| function_gap | ok |" in report and "**lowrank_grid** (skipped)" in report
     assert (out / "function_gap" / "function_gap.csv").exists()
+
+
+@pytest.mark.parametrize("flag, want", [([], 1), (["--threads", "2"], 2)])
+def test_reproduce_runs_each_experiment_with_the_chosen_threads(stub_experiments, tmp_path,
+                                                               flag, want):
+    """Each experiment sees ``--threads`` (default 1), even one that failed before it, and
+    the caller's setting is back afterwards."""
+    import torch
+
+    put, _ = stub_experiments
+    seen: list[int] = []
+
+    def first(out_dir):
+        seen.append(torch.get_num_threads())
+        torch.set_num_threads(3)  # an experiment that changes it must not leak it
+        raise RuntimeError("boom")
+
+    def second(out_dir):
+        from compactnn.experiments import ExperimentResult
+
+        seen.append(torch.get_num_threads())
+        return ExperimentResult("function_gap", "ok")
+
+    put("digits_lowrank", first)
+    put("function_gap", second)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        main(["reproduce", "--only", "digits_lowrank", "function_gap",
+              "--out", str(tmp_path / "run"), *flag])
+        assert seen == [want, want]
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_reproduce_refuses_zero_threads(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--threads", "0"])
+    assert "--threads" in capsys.readouterr().err

@@ -35,11 +35,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     command = (f"compactnn reproduce{' --full' if args.full else ''}"
                f"{' --only ' + ' '.join(args.only) if args.only else ''} --seed {args.seed}"
                f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}"
+               f"{f' --threads {args.threads}' if args.threads != 1 else ''}"
                f"{' --fetch' if args.fetch else ''}")
     print(f"compactnn reproduce ({mode} mode): {len(chosen)} experiment(s) -> {out}")
     t_all = time.perf_counter()
     summary = reproduce(chosen, out, quick, args.seed, jobs=args.jobs, fetch=args.fetch,
-                        command=command, machine=machine_info(), debug=args.debug)
+                        command=command, machine=machine_info(), debug=args.debug,
+                        threads=args.threads)
     ran, skipped, failed = (summary.by_status(s) for s in ("ok", "skipped", "failed"))
     print(f"\nDone in {time.perf_counter() - t_all:.1f} s: {len(ran)} ran, {len(skipped)} "
           f"skipped, {len(failed)} failed. Report: {summary.report}")
@@ -153,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="worker processes (one thread each) for experiments made of many "
                         "independent trainings, e.g. lowrank_grid (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                   help="torch threads for each experiment (default 1: the small models "
+                        "here gain little from more, and on a busy machine several threads "
+                        "per process wait on each other many times over)")
     p.add_argument("--fetch", action="store_true",
                    help="download missing data sets first (`compactnn data fetch`); without "
                         "it, experiments whose data is missing are skipped (exit code 3)")

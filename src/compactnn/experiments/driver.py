@@ -19,13 +19,17 @@ least one failed.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
+from compactnn._checks import check_int
 from compactnn.data.errors import (
     CacheError,
     DataIntegrityError,
@@ -103,8 +107,11 @@ def _fetch_missing(chosen: Sequence[Experiment], echo: Callable[[str], None]
 def reproduce(chosen: Sequence[Experiment], out: Path, quick: bool, seed: int,
               jobs: int = 1, fetch: bool = False, command: str = "compactnn reproduce",
               machine: str = "", echo: Callable[[str], None] = print,
-              debug: bool = False) -> Summary:
-    """Run ``chosen`` into run folder ``out`` (see the module docstring)."""
+              debug: bool = False, threads: int | None = None) -> Summary:
+    """Run ``chosen`` into run folder ``out`` (see the module docstring); ``threads``:
+    ``torch.set_num_threads`` while each experiment runs (None: leave it as it is)."""
+    if threads is not None:
+        check_int("threads", threads, minimum=1)
     out.mkdir(parents=True, exist_ok=True)
     summary = Summary(out, out / "report.md")
     header = [f"# compactnn reproduce ({'quick' if quick else 'full'} mode)\n",
@@ -117,13 +124,27 @@ def reproduce(chosen: Sequence[Experiment], out: Path, quick: bool, seed: int,
             for exp in chosen:
                 current = exp.name
                 echo(f"\n== {exp.name}: {exp.description}")
-                summary.outcomes.append(_run_one(exp, out, quick, seed, jobs, fetch_failed,
-                                                 echo, debug))
+                with _torch_threads(threads):
+                    summary.outcomes.append(_run_one(exp, out, quick, seed, jobs,
+                                                     fetch_failed, echo, debug))
                 _write_report(summary, header)
             current = ""
         finally:  # also on Ctrl-C and SIGTERM: the report says what finished
             _write_report(summary, header, interrupted=current)
     return summary
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_one(exp: Experiment, out: Path, quick: bool, seed: int, jobs: int,
