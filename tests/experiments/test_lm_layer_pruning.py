@@ -45,6 +45,15 @@ def test_study_end_to_end_and_resume(tmp_path, monkeypatch) -> None:
     run = cells.load("prune", "quick_consecutive_cosine_25_s0")["result"]["removed"]
     first = int(run[0].rsplit(".", 1)[1])
     assert run == [f"model.layers.{first}", f"model.layers.{first + 1}"]
+    # two seeds: each table row is the geometric mean of the seeds' perplexities, and TRSP
+    # is compared with every other arm on log perplexity
+    import math
+
+    rnd = [cells.load("prune", f"quick_random_25_s{sd}")["result"]["ppl"]["kjv"]
+           for sd in (0, 1)]
+    assert f"{math.sqrt(rnd[0] * rnd[1]):.2f} [" in result.markdown.split("| random | 25% |")[1]
+    assert result.markdown.count("TRSP against each arm") == 4
+    assert "| block influence | 2 |" in result.markdown
     monkeypatch.setattr(exp, "_choose", lambda *a: pytest.fail("re-ran a finished cell"))
     again = exp.run_study(tmp_path, quick=True, log=lambda _m: None,
                           load=lambda: pytest.fail("loaded the model"))

@@ -42,7 +42,7 @@ from torch import Tensor
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.cells import CellStore, study_main
 from compactnn.experiments.char_lm import CharData, char_data
-from compactnn.experiments.reporting import markdown_table, new_figure
+from compactnn.experiments.reporting import markdown_table, mean_ci, new_figure
 from compactnn.experiments.stats import comparison_markdown
 from compactnn.models.char_seq2seq import CharSeq2Seq
 
@@ -235,7 +235,7 @@ def run_study(out: Path, quick: bool, log: Callable[[str], None],
         acc = [res[k][sd]["masked_acc"] for sd in s.seeds]
         bpc = [res[k][sd]["bpc"] for sd in s.seeds]
         init = [res[k][sd]["at_init"]["masked_acc"] for sd in s.seeds]
-        rows.append([f"({k}) {label}", _mean_ci(acc), _mean_ci(bpc),
+        rows.append([f"({k}) {label}", mean_ci(acc), mean_ci(bpc),
                      f"{statistics.fmean(init):.4f}"])
     table = markdown_table(["set-up", "KJV masked-char accuracy [95% t CI]",
                             "KJV bits/char [95% t CI]", "accuracy before fine-tuning"], rows)
@@ -266,16 +266,6 @@ def run_study(out: Path, quick: bool, log: Callable[[str], None],
           + "\n\nLearned fusion weights (mean over seeds): fusion_weights.png\n")
     (out / "report.md").write_text(md)
     return ExperimentResult("enc_dec_fusion", md, [out / "fusion_weights.png"])
-
-
-def _mean_ci(values: list[float]) -> str:
-    from scipy.stats import t as t_dist
-
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.4f}"
-    half = t_dist.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.4f} [{m - half:.4f}, {m + half:.4f}]"
 
 
 @register("enc_dec_fusion", "Encoder-decoder layer fusion on a char-level denoising "

@@ -25,7 +25,12 @@ import torch
 
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.cells import CellStore
-from compactnn.experiments.reporting import markdown_table, new_figure, write_csv
+from compactnn.experiments.reporting import (
+    geometric_mean_ci,
+    markdown_table,
+    new_figure,
+    write_csv,
+)
 from compactnn.experiments.stats import holm, paired_difference
 
 RATIOS = (0.2, 0.4, 0.6)
@@ -168,17 +173,6 @@ def _speed(setting: Setting) -> list[list[Any]]:
     return rows
 
 
-def _log_ci(values: list[float]) -> str:
-    """Geometric mean and the 95% t-interval of log perplexity over seeds."""
-    logs = [math.log(v) for v in values]
-    m = statistics.fmean(logs)
-    if len(logs) < 2:
-        return f"{math.exp(m):.2f}"
-    from scipy.stats import t
-
-    half = t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return f"{math.exp(m):.2f} [{math.exp(m - half):.2f}, {math.exp(m + half):.2f}]"
-
 
 def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = None,
               report_only: bool = False) -> ExperimentResult:
@@ -262,9 +256,10 @@ def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any]
             cal = statistics.fmean(c.get("calibration_s", 0.0) for _, c in got)
             dec = statistics.fmean(c.get("decomposition_s", c["compress_s"]) for _, c in got)
             ev = statistics.fmean(c["eval_s"] for _, c in got)
-            rows.append([method, f"{int(ratio * 100)}%", len(got), _log_ci(sh),
+            rows.append([method, f"{int(ratio * 100)}%", len(got), geometric_mean_ci(sh),
                          f"{statistics.fmean(sh) / dense['ppl']['shakespeare']:.2f}",
-                         _log_ci(kj), f"{statistics.fmean(kj) / dense['ppl']['kjv']:.2f}",
+                         geometric_mean_ci(kj),
+                         f"{statistics.fmean(kj) / dense['ppl']['kjv']:.2f}",
                          f"{got[0][1]['model_ratio']:.3f}", f"{cal:.0f}", f"{dec:.0f}",
                          f"{ev:.0f}"])
             for sd, c in got:

@@ -27,6 +27,7 @@ Resumable cell by cell (:class:`~compactnn.experiments.cells.CellStore`).
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import sys
@@ -48,7 +49,8 @@ from compactnn.depth import (
 )
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.cells import CellStore, study_main
-from compactnn.experiments.reporting import markdown_table
+from compactnn.experiments.reporting import geometric_mean_ci, markdown_table
+from compactnn.experiments.stats import comparison_markdown
 
 ARMS = ("TRSP", "scale, no stage 2", "block influence", "consecutive cosine", "random")
 FRACTIONS = (0.25, 0.4)
@@ -242,9 +244,11 @@ def run_study(out: Path, quick: bool, log: Callable[[str], None],
         sh = [r["ppl"]["shakespeare"] for r in recs]
         kj = [r["ppl"]["kjv"] for r in recs]
         removed = "; ".join(",".join(n.rsplit(".", 1)[1] for n in r["removed"]) for r in recs)
-        rows.append([arm, f"{frac:.0%}", recs[0]["k"], _ms(sh), _ms(kj), removed])
-    table = markdown_table(["arm", "removed", "layers", "Shakespeare ppl (mean +- sd)",
-                            "KJV ppl", "removed layers (per seed)"], rows)
+        rows.append([arm, f"{frac:.0%}", recs[0]["k"], geometric_mean_ci(sh),
+                     geometric_mean_ci(kj), removed])
+    table = markdown_table(["arm", "removed", "layers", "Shakespeare ppl [95% CI]",
+                            "KJV ppl [95% CI]", "removed layers (per seed)"], rows)
+    table += "\n\n" + _paired_tables(results, s.seeds)
     budget = [r for (arm, _f), recs in results.items() if arm == "TRSP" for r in recs]
     b = budget[0] if budget else {}
     speed_rows = [[k, f"{v:.1f}", f"{v / tps['dense']:.2f}x"] for k, v in tps.items()]
@@ -258,9 +262,24 @@ def run_study(out: Path, quick: bool, log: Callable[[str], None],
     return ExperimentResult("lm_layer_pruning", md, [])
 
 
-def _ms(values: list[float]) -> str:
-    m = statistics.fmean(values)
-    return f"{m:.2f}" if len(values) < 2 else f"{m:.2f} +- {statistics.stdev(values):.2f}"
+def _paired_tables(results: dict[tuple[str, float], list[dict[str, Any]]],
+                   seeds: tuple[int, ...]) -> str:
+    """TRSP against every other arm, paired over seeds on log perplexity (a difference of
+    logs is a log ratio of perplexities), Holm-corrected within each table."""
+    if len(seeds) < 2:
+        return "(one seed: no paired comparison)"
+    out = []
+    for frac in FRACTIONS:
+        for corpus in ("shakespeare", "kjv"):
+            values = {arm: [math.log(r["ppl"][corpus]) for r in results[(arm, frac)]]
+                      for arm in ARMS if (arm, frac) in results}
+            if "TRSP" not in values or any(len(v) != len(seeds) for v in values.values()):
+                continue
+            out.append(f"TRSP against each arm, {frac:.0%} removed, {corpus}: log perplexity "
+                       "(TRSP - other < 0: TRSP better), paired over seeds, Holm:\n\n"
+                       + comparison_markdown(values, "TRSP", lower_is_better=True,
+                                             fmt="{:.3f}", diff_fmt="{:+.3f}"))
+    return "\n\n".join(out)
 
 
 @register("lm_layer_pruning", "TRSP vs Block Influence, consecutive cosine, scale without "

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from compactnn.experiments import ExperimentResult, register
 from compactnn.experiments.cells import CellStore, study_main
 from compactnn.experiments.char_lm import CharData, bits_per_char, char_data, random_windows
-from compactnn.experiments.reporting import markdown_table, new_figure
+from compactnn.experiments.reporting import markdown_table, mean_ci, new_figure
 from compactnn.experiments.stats import comparison_markdown
 from compactnn.models.char_gpt import CharGPT, CharGPTConfig
 from compactnn.tune import Categorical, LogUniform, Method, tune
@@ -251,16 +251,6 @@ def _fmt(v: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def _mean_ci(values: list[float]) -> str:
-    from scipy.stats import t as t_dist
-
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.4f}"
-    half = t_dist.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.4f} [{m - half:.4f}, {m + half:.4f}]"
-
-
 def run_study(out: Path, quick: bool, log: Callable[[str], None],
               scale: str | None = None) -> ExperimentResult:
     """Tune, train the finals, benchmark and report; ``scale`` (a key of ``SETTINGS``)
@@ -286,7 +276,7 @@ def run_study(out: Path, quick: bool, log: Callable[[str], None],
         def col(key: str, fin: list = fin) -> list[float]:
             return [float(r[key]) for r in fin if r.get(key) is not None]
 
-        rows.append([arm, len(fin), _mean_ci(col("val")), _mean_ci(col("test")),
+        rows.append([arm, len(fin), mean_ci(col("val")), mean_ci(col("test")),
                      _fmt(statistics.fmean(col("load_cv")) if col("load_cv") else None),
                      _fmt(statistics.fmean(col("sparse_test"))
                           if arm in ("top2", "dselect_k") else None),

@@ -6,7 +6,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["markdown_table", "mean_std", "new_figure", "paired_summary", "write_csv"]
+__all__ = ["geometric_mean_ci", "markdown_table", "mean_ci", "mean_std", "new_figure",
+           "paired_summary", "write_csv"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -22,6 +23,39 @@ def mean_std(values: Sequence[float], fmt: str = "{:.4f}") -> str:
     if len(values) < 2:
         return fmt.format(m)
     return f"{fmt.format(m)} +- {fmt.format(statistics.stdev(values))}"
+
+
+def _t_half_width(values: Sequence[float], level: float = 0.95) -> float:
+    from scipy.stats import t as t_dist
+
+    n = len(values)
+    return float(t_dist.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / n ** 0.5
+
+
+def mean_ci(values: Sequence[float], fmt: str = "{:.4f}") -> str:
+    """``"m [lo, hi]"``: the mean over seeds and its 95% t-interval (``"m"`` alone for one
+    value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return fmt.format(m)
+    half = _t_half_width(values)
+    return f"{fmt.format(m)} [{fmt.format(m - half)}, {fmt.format(m + half)}]"
+
+
+def geometric_mean_ci(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """The geometric mean over seeds and the 95% t-interval of the mean log, mapped back:
+    the summary for positive scores compared by ratios, such as perplexities."""
+    import math
+
+    if any(not v > 0 for v in values):
+        raise ValueError(f"values must be positive, got {list(values)}")
+    logs = [math.log(v) for v in values]
+    m = statistics.fmean(logs)
+    if len(logs) < 2:
+        return fmt.format(math.exp(m))
+    half = _t_half_width(logs)
+    return (f"{fmt.format(math.exp(m))} [{fmt.format(math.exp(m - half))}, "
+            f"{fmt.format(math.exp(m + half))}]")
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
