@@ -1,0 +1,31 @@
+"""Search-space distributions exactly: errors that name the field, descriptions, and a
+categorical description without choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from compactnn.tune.space import IntRange, space_from_dict
+
+
+def test_int_range_errors_name_the_field() -> None:
+    with pytest.raises(TypeError, match=r"^IntRange\.log must be a bool"):
+        IntRange(1, 4, log=1)
+    with pytest.raises(ValueError, match=r"^IntRange\.low must be >= 1, got IntRange\.low=0$"):
+        IntRange(0, 4, log=True)
+    with pytest.raises(TypeError, match=r"^IntRange\.high must be an int"):
+        IntRange(1, 4.0)
+
+
+def test_int_range_descriptions() -> None:
+    assert IntRange(1, 4).describe() == "int [1, 4]"
+    assert IntRange(1, 4, log=True).describe() == "int log [1, 4]"
+
+
+def test_space_descriptions_are_checked_with_named_errors() -> None:
+    with pytest.raises(TypeError, match=r"^a search space description must be a mapping, "
+                       r"got list$"):
+        space_from_dict([])
+    with pytest.raises(ValueError, match=r"^Categorical\.choices must hold >= 2 distinct "
+                       r"values, got \[\]$"):
+        space_from_dict({"x": {"type": "categorical"}})
