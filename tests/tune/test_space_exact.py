@@ -29,3 +29,13 @@ def test_space_descriptions_are_checked_with_named_errors() -> None:
     with pytest.raises(ValueError, match=r"^Categorical\.choices must hold >= 2 distinct "
                        r"values, got \[\]$"):
         space_from_dict({"x": {"type": "categorical"}})
+
+
+def test_categorical_choices_are_finite_scalars() -> None:
+    from compactnn.tune.space import Categorical
+
+    for bad in ((1, None), (1, [2]), (1.0, float("nan")), ("a", float("inf"))):
+        with pytest.raises(TypeError, match=r"^Categorical\.choices must hold finite "
+                           r"str/int/float/bool values, got "):
+            Categorical(bad)
+    assert Categorical(["a", 2, 0.5, True]).describe() == "one of {a, 2, 0.5, True}"
