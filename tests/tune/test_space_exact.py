@@ -39,3 +39,12 @@ def test_categorical_choices_are_finite_scalars() -> None:
                            r"str/int/float/bool values, got "):
             Categorical(bad)
     assert Categorical(["a", 2, 0.5, True]).describe() == "one of {a, 2, 0.5, True}"
+
+
+def test_uniform_bounds_are_floats_and_may_be_negative() -> None:
+    from compactnn.tune.space import LogUniform, Uniform
+
+    u = Uniform(-1, 2)
+    assert (u.low, u.high) == (-1.0, 2.0) and type(u.low) is float and type(u.high) is float
+    with pytest.raises(ValueError, match=r"^LogUniform\.low must be > 0"):
+        LogUniform(0.0, 1.0)
