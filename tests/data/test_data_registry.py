@@ -139,9 +139,11 @@ def test_cache_root(monkeypatch, tmp_path):
 def test_names():
     assert [d.name for d in resolve_names(["all"])] == list(DATASETS)
     assert [d.name for d in resolve_names(["census", "all", "census"])] == [
-        "census", "fashion_mnist", "movielens", "shakespeare", "kjv", "smollm2"]
+        "census", "fashion_mnist", "movielens", "movielens_1m", "shakespeare", "kjv",
+        "smollm2"]
     with pytest.raises(ValueError, match="unknown data set 'mnist'; known: fashion_mnist, "
-                                         "census, movielens, shakespeare, kjv, smollm2"):
+                                         "census, movielens, movielens_1m, shakespeare, kjv, "
+                                         "smollm2"):
         resolve_names(["mnist"])
 
 

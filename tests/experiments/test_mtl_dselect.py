@@ -207,3 +207,25 @@ def test_a_failing_configuration_is_recorded_and_skipped_but_missing_data_stops(
     with pytest.raises(FileNotFoundError):
         study.run_part("fashion_select")
     assert study.store.finished("fashion_select") == {}
+
+
+def test_movielens_cells_name_their_data_and_choices_never_mix_data_sets(tmp_path):
+    """A study on MovieLens-1M labels its cells ``data=movielens_1m`` and chooses only among
+    them, even when a better-scoring cell of the 100k sample lies in the same folder."""
+    with pytest.raises(ValueError, match="movielens_data"):
+        M.Study(tmp_path, log=lambda _m: None, movielens_data="movielens_20m")
+    study = M.Study(tmp_path, log=lambda _m: None, movielens_data="movielens_1m")
+    first = next(study.real_select("movielens"))
+    assert first["data"] == "movielens_1m" and first["dataset"] == "movielens"
+    assert "data=movielens_1m" in M.cell_name(first)
+    fashion = next(study.real_select("fashion"))
+    assert "data" not in fashion  # only MovieLens has two data sets
+    for data, lr, val in (("movielens", 5e-4, 0.1), ("movielens_1m", 5e-5, 0.3),
+                          ("movielens_1m", 1.6e-4, 0.2)):
+        params = {**first, "data": data, "lr": lr, "gate": "softmax"}
+        study.store.write("movielens_select", M.cell_name(params), params, {"val": val})
+    evals = [p for p in study.real_eval("movielens") if p["gate"] == "softmax"]
+    assert evals and {(p["data"], p["lr"]) for p in evals} == {("movielens_1m", 1.6e-4)}
+    sample = M.Study(tmp_path, log=lambda _m: None)
+    evals = [p for p in sample.real_eval("movielens") if p["gate"] == "softmax"]
+    assert {(p["data"], p["lr"]) for p in evals} == {("movielens", 5e-4)}

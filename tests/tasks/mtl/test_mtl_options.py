@@ -63,7 +63,7 @@ def test_an_option_is_accepted_exactly_where_it_applies(section, selector, choic
                            "data.name=synthetic (got data.num_tasks=4)"),
     (["data.num_clusters=2"], "data.num_clusters applies to clustered data only"),
     (["data.val_size=100"], "data.val_size applies to multi_fashion_mnist data only"),
-    (["data.negatives=2"], "data.negatives applies to movielens data only"),
+    (["data.negatives=2"], "data.negatives applies to movielens and movielens_1m data only"),
     (["data.name=movielens", "data.root=/data"],
      "data.root applies to multi_fashion_mnist and census data only, not "
      "data.name=movielens"),

@@ -19,7 +19,8 @@ __all__ = ["DATA_OPTIONS", "EXPERT_OPTIONS", "GATE_OPTIONS", "DataConfig", "Expe
 # coefficient 2/gamma^3 and the cube of its input overflow outside this range.
 GAMMA_RANGE = (1e-4, 1e4)
 
-DATASETS = ("synthetic", "clustered", "multi_fashion_mnist", "census", "movielens")
+DATASETS = ("synthetic", "clustered", "multi_fashion_mnist", "census", "movielens",
+            "movielens_1m")
 
 # Which options apply to which choice. An option listed under some choices of its
 # section's selector (gate.name, data.name, experts.arch) must keep its default under the
@@ -39,6 +40,7 @@ DATA_OPTIONS: dict[str, tuple[str, ...]] = {
     "multi_fashion_mnist": ("root", "val_size"),
     "census": ("root",),
     "movielens": ("negatives", "rating_threshold"),
+    "movielens_1m": ("negatives", "rating_threshold"),
 }
 EXPERT_OPTIONS: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden", "dropout"),
@@ -50,7 +52,7 @@ EXPERT_OPTIONS: dict[str, tuple[str, ...]] = {
 @dataclass
 class DataConfig:
     name: Literal["synthetic", "clustered", "multi_fashion_mnist", "census",
-                  "movielens"] = "synthetic"
+                  "movielens", "movielens_1m"] = "synthetic"
     tasks: list[str] = field(default_factory=list)  # empty: every task of the data set
     root: str | None = None  # data folder (Fashion-MNIST idx files / census CSVs)
     seed: int | None = None  # data seed (synthetic draw, splits); None: the run's seed
@@ -67,7 +69,7 @@ class DataConfig:
     noise_std: float = 0.1
     # multi_fashion_mnist
     val_size: int = 5000
-    # movielens
+    # movielens (the 100k sample) and movielens_1m
     negatives: int = 1
     rating_threshold: float | None = None
 

@@ -65,5 +65,6 @@ def load_mtl_data(cfg: DataConfig, seed: int) -> MultiTaskData:
 
         data = load_movielens(negatives=cfg.negatives, seed=s,
                               rating_threshold=cfg.rating_threshold,
-                              max_train=cfg.max_train, max_eval=cfg.max_eval)
+                              max_train=cfg.max_train, max_eval=cfg.max_eval,
+                              dataset=cfg.name)
     return data.select_tasks(cfg.tasks).limit(cfg.max_train, cfg.max_eval)
