@@ -48,3 +48,10 @@ def test_uniform_bounds_are_floats_and_may_be_negative() -> None:
     assert (u.low, u.high) == (-1.0, 2.0) and type(u.low) is float and type(u.high) is float
     with pytest.raises(ValueError, match=r"^LogUniform\.low must be > 0"):
         LogUniform(0.0, 1.0)
+
+
+def test_float_descriptions() -> None:
+    from compactnn.tune.space import LogUniform, Uniform
+
+    assert Uniform(-1, 2.5).describe() == "uniform [-1, 2.5]"
+    assert LogUniform(1e-4, 0.1).describe() == "log-uniform [0.0001, 0.1]"
