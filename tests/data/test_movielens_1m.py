@@ -33,6 +33,18 @@ def archive(path, ratings=RATINGS, movies=MOVIES, extra=None):
     return path
 
 
+def pinned(tmp_path, monkeypatch):
+    """archive() in a folder that COMPACTNN_MOVIELENS_1M names, with the registry's pin
+    replaced by its digest."""
+    (tmp_path / "ml").mkdir()
+    path = archive(tmp_path / "ml" / "ml-1m.zip")
+    ds = registry.DATASETS["movielens_1m"]
+    pin = registry.DataFile("ml-1m.zip", path.stat().st_size, registry.sha256_of(path))
+    monkeypatch.setitem(registry.DATASETS, "movielens_1m", dataclasses.replace(ds, files=(pin,)))
+    monkeypatch.setenv("COMPACTNN_MOVIELENS_1M", str(tmp_path / "ml"))
+    return path
+
+
 def test_the_archive_is_read_exactly(tmp_path) -> None:
     df = read_movielens_1m_table(archive(tmp_path / "ml-1m.zip"))
     assert df.userId.tolist() == [1, 1, 2, 2, 3, 3]
@@ -45,12 +57,7 @@ def test_the_archive_is_read_exactly(tmp_path) -> None:
 
 
 def test_it_builds_the_two_tasks_like_the_sample(tmp_path, monkeypatch) -> None:
-    (tmp_path / "ml").mkdir()
-    path = archive(tmp_path / "ml" / "ml-1m.zip")
-    ds = registry.DATASETS["movielens_1m"]
-    pin = registry.DataFile("ml-1m.zip", path.stat().st_size, registry.sha256_of(path))
-    monkeypatch.setitem(registry.DATASETS, "movielens_1m", dataclasses.replace(ds, files=(pin,)))
-    monkeypatch.setenv("COMPACTNN_MOVIELENS_1M", str(tmp_path / "ml"))
+    path = pinned(tmp_path, monkeypatch)
     d = load_movielens(dataset="movielens_1m", seed=0, val_frac=0.2, test_frac=0.2,
                        ids_only=True)
     want = load_movielens(table=read_movielens_1m_table(path), seed=0, val_frac=0.2,
@@ -128,12 +135,7 @@ def test_compactnn_mtl_reads_it_as_data_name_movielens_1m(tmp_path, monkeypatch)
     from compactnn.tasks.mtl.config import DataConfig
     from compactnn.tasks.mtl.data import load_mtl_data
 
-    (tmp_path / "ml").mkdir()
-    path = archive(tmp_path / "ml" / "ml-1m.zip")
-    ds = registry.DATASETS["movielens_1m"]
-    pin = registry.DataFile("ml-1m.zip", path.stat().st_size, registry.sha256_of(path))
-    monkeypatch.setitem(registry.DATASETS, "movielens_1m", dataclasses.replace(ds, files=(pin,)))
-    monkeypatch.setenv("COMPACTNN_MOVIELENS_1M", str(tmp_path / "ml"))
+    path = pinned(tmp_path, monkeypatch)
     d = load_mtl_data(DataConfig(name="movielens_1m", negatives=2), seed=3)
     want = load_movielens(table=read_movielens_1m_table(path), negatives=2, seed=3)
     assert d.task_names == ["watch", "rating"]
