@@ -55,3 +55,12 @@ def test_float_descriptions() -> None:
 
     assert Uniform(-1, 2.5).describe() == "uniform [-1, 2.5]"
     assert LogUniform(1e-4, 0.1).describe() == "log-uniform [0.0001, 0.1]"
+
+
+def test_space_to_dict_names_the_space_in_its_errors() -> None:
+    from compactnn.tune.space import space_to_dict
+
+    with pytest.raises(ValueError, match=r"^space is empty"):
+        space_to_dict({})
+    with pytest.raises(TypeError, match=r"^space\['x'\] must be LogUniform"):
+        space_to_dict({"x": 1})
