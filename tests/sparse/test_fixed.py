@@ -121,3 +121,32 @@ def test_bad_arguments():
         StructuredQNet((5, 5), 2, "dense")
     with pytest.raises(ValueError, match="kernel"):
         StructuredQNet((1, 5, 5), 2, "conv", kernel=6)
+
+
+def test_masked_linear_sees_every_change_of_its_mask_and_dtype():
+    """The forward's cached float mask follows in-place edits, loaded state, copies and
+    dtype or device moves: the output is always x (W * M)^T + b with the current M."""
+    import copy
+
+    torch.manual_seed(0)
+    mask = torch.rand(6, 5) < 0.5
+    layer = MaskedLinear(mask)
+    x = torch.randn(3, 5)
+
+    def want(m: MaskedLinear, inp: torch.Tensor) -> torch.Tensor:
+        return inp @ (m.weight * m.mask.to(m.weight.dtype)).T + m.bias
+
+    assert torch.equal(layer(x), want(layer, x))
+    with torch.no_grad():
+        layer.weight.fill_(1.0)  # storage off the mask no longer zero: the mask still rules
+    layer.mask[0] = ~layer.mask[0]  # an in-place edit of the mask
+    assert torch.equal(layer(x), want(layer, x))
+    other = MaskedLinear(torch.rand(6, 5) < 0.5)
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer.mask, other.mask) and torch.equal(layer(x), other(x))
+    twin = copy.deepcopy(layer)
+    twin.mask.logical_not_()
+    assert torch.equal(twin(x), want(twin, x)) and torch.equal(layer(x), want(layer, x))
+    layer.double()
+    assert layer(x.double()).dtype == torch.float64
+    assert torch.equal(layer(x.double()), want(layer, x.double()))

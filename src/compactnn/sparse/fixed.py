@@ -69,8 +69,21 @@ class MaskedLinear(nn.Linear):
             if self.bias is not None:
                 self.bias.uniform_(-1.0, 1.0).mul_(bound.squeeze(1).to(self.bias.device))
 
+    def _weight_mask(self) -> Tensor:
+        """The mask in the weight's dtype, cached: multiplying by a bool mask promotes it
+        on every call, about half the cost of the product. The cache is keyed on the
+        mask's version counter, so an in-place change (``load_state_dict`` included) or a
+        move of the mask or the weight is seen at the next call."""
+        mask, w = self.mask, self.weight
+        key = (mask._version, mask.data_ptr(), mask.device, w.dtype)
+        cached = self.__dict__.get("_mask_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, mask.to(w.dtype))
+            self.__dict__["_mask_cache"] = cached
+        return cached[1]
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return F.linear(x, self.weight * self._weight_mask(), self.bias)
 
     def nonzeros(self) -> int:
         """Connections of the mask (the weights that can be nonzero)."""
