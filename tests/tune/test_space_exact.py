@@ -64,3 +64,14 @@ def test_space_to_dict_names_the_space_in_its_errors() -> None:
         space_to_dict({})
     with pytest.raises(TypeError, match=r"^space\['x'\] must be LogUniform"):
         space_to_dict({"x": 1})
+
+
+def test_check_space_errors_name_the_wrong_types() -> None:
+    from compactnn.tune.space import check_space
+
+    with pytest.raises(TypeError, match=r"^methods\.a\.space must be a mapping of "
+                       r"hyper-parameter names to distributions, got list$"):
+        check_space("methods.a.space", [])
+    with pytest.raises(TypeError, match=r"^s\['x'\] must be LogUniform, Uniform, IntRange or "
+                       r"Categorical, got float$"):
+        check_space("s", {"x": 0.5})
