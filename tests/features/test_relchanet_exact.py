@@ -50,3 +50,36 @@ def test_fit_uses_the_given_lr_and_weight_decay(monkeypatch, lr, weight_decay) -
           weight_decay=weight_decay)
     (opt,) = made
     assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(lr, weight_decay)]
+
+
+def test_constructor_defaults_and_errors() -> None:
+    m = RelChaNet(6, 2)
+    assert (m.interval, m.num_candidates, m.task, m.seed) == (10, 4, "classification", 0)
+    with pytest.raises(ValueError, match=r"^num_outputs must be >= 1, got num_outputs=0$"):
+        RelChaNet(6, 2, num_outputs=0)
+    with pytest.raises(TypeError, match=r"^seed must be an int"):
+        RelChaNet(6, 2, seed=1.5)
+
+
+def test_one_candidate_is_swapped_every_round() -> None:
+    torch.manual_seed(0)
+    m = RelChaNet(4, 1, num_candidates=1, interval=1, hidden=(3,))
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    masks = [m.mask.clone()]
+    for _ in range(3):
+        m.fit(x, y, epochs=1, batch_size=8)
+        masks.append(m.mask.clone())
+    assert all(int(k.sum()) == 2 for k in masks)
+    assert all(not torch.equal(a, b) for a, b in zip(masks, masks[1:], strict=False))
+
+
+def test_regrowth_draws_come_from_the_selectors_seed_only() -> None:
+    x, y = torch.randn(16, 10), torch.arange(16) % 2
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # must not matter
+        m = RelChaNet(10, 2, num_candidates=3, interval=1, hidden=(4,), seed=7)
+        m.fit(x, y, epochs=3, batch_size=4)
+        results.append((m.mask.clone(), m.scores.clone()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
