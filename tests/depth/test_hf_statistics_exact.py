@@ -59,3 +59,10 @@ def test_hidden_states_passed_by_keyword_are_seen() -> None:
             assert abs(float(span[a, b]) - want) < 1e-6
     assert torch.equal(cos_io, span.diagonal())
     assert model.training  # left in its mode
+
+
+def test_no_tokens_is_an_error() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match=r"^batches held no tokens$"):
+        layer_io_statistics(_Decoder(), [])
