@@ -66,3 +66,48 @@ def test_no_tokens_is_an_error() -> None:
 
     with pytest.raises(ValueError, match=r"^batches held no tokens$"):
         layer_io_statistics(_Decoder(), [])
+
+
+def test_consecutive_angular_distance_reads_the_span_of_each_run(monkeypatch) -> None:
+    import pytest
+
+    from compactnn.depth import consecutive_angular_distance
+    from compactnn.depth import hf as hf_mod
+
+    model = _Decoder(n=4)
+    nan = math.nan
+    span = torch.tensor([[0.5, 0.2, 0.1, 0.0],
+                         [nan, 0.6, 0.9, 0.3],
+                         [nan, nan, 1.0 + 1e-7, -0.5],  # rounding past 1 is clamped
+                         [nan, nan, nan, -1.0 - 1e-7]], dtype=torch.float64)
+    monkeypatch.setattr(hf_mod, "layer_io_statistics", lambda m, b: (span.diagonal(), span))
+    names, dist = consecutive_angular_distance(model, [], 2)
+    assert names == ["layers.1", "layers.2"]
+    assert dist == pytest.approx({0: math.acos(0.2) / math.pi, 1: math.acos(0.9) / math.pi,
+                                  2: math.acos(-0.5) / math.pi}, abs=1e-12)
+    names, dist = consecutive_angular_distance(model, [], 1)
+    assert names == ["layers.2"] and dist[2] == 0.0 and dist[3] == 1.0
+    with pytest.raises(ValueError, match=r"^n must be <= 3, got n=4$"):
+        consecutive_angular_distance(model, [], 4)
+    with pytest.raises(ValueError, match=r"^not an HF decoder model$"):
+        consecutive_angular_distance(nn.Linear(2, 2), [], 1)
+
+
+def test_remove_decoder_layers_checks_indices_and_shrinks_per_layer_lists() -> None:
+    import pytest
+
+    from compactnn.depth import remove_decoder_layers
+
+    model = _Decoder(n=2)
+    model.config.architectures = ["ToyForCausalLM", "ToyModel"]  # not per layer
+    model.config.layer_types = ["full", "sliding"]
+    with pytest.raises(ValueError, match=r"^index must be <= 1, got index=2$"):
+        remove_decoder_layers(model, [2])
+    with pytest.raises(ValueError, match=r"^Linear is not an HF decoder model with a list of "
+                       r"config\.num_hidden_layers layers$"):
+        remove_decoder_layers(nn.Linear(2, 2), [0])
+    assert len(model.layers) == 2
+    remove_decoder_layers(model, [0])
+    assert len(model.layers) == 1 and model.config.num_hidden_layers == 1
+    assert model.config.layer_types == ["sliding"]
+    assert model.config.architectures == ["ToyForCausalLM", "ToyModel"]
