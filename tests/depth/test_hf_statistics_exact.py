@@ -111,3 +111,21 @@ def test_remove_decoder_layers_checks_indices_and_shrinks_per_layer_lists() -> N
     assert len(model.layers) == 1 and model.config.num_hidden_layers == 1
     assert model.config.layer_types == ["sliding"]
     assert model.config.architectures == ["ToyForCausalLM", "ToyModel"]
+
+
+def test_layers_nested_two_levels_deep_are_removed_in_place() -> None:
+    from compactnn.depth import remove_decoder_layers
+
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = SimpleNamespace(num_hidden_layers=3)
+            self.outer = nn.Module()
+            self.outer.inner = nn.Module()
+            self.outer.inner.layers = nn.ModuleList(_Layer(2) for _ in range(3))
+
+    model = Deep()
+    kept = model.outer.inner.layers[2]
+    remove_decoder_layers(model, [0, 1])
+    assert list(model.outer.inner.layers) == [kept]
+    assert not hasattr(model.outer, "layers")
