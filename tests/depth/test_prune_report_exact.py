@@ -1,0 +1,43 @@
+"""prune_layers' report text and its refusal of attached scales, exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from compactnn.depth import LayerScales, prune_layers
+from compactnn.depth.hf import decoder_layers
+from compactnn.depth.prune import LayerPruneReport
+from compactnn.models import ResNet, ResNetConfig
+
+
+def test_report_lists_each_removed_block_with_its_kind_and_score() -> None:
+    report = LayerPruneReport(removed=["a", "b", "c"], kept=["d"],
+                              scores={"a": 0.012345, "c": 2.0}, kinds={"a": "plain", "b": "branch"},
+                              params_before=12000, params_after=9000)
+    assert str(report) == ("removed 3 of 4 blocks; params 12,000 -> 9,000 (x0.750)\n"
+                           "  - a (plain) score=0.01235\n"
+                           "  - b (branch)\n"
+                           "  - c (?) score=2")
+
+
+def test_attached_scales_are_refused_with_the_fix() -> None:
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(depth=8, widths=(4, 4, 4)))
+    clean = copy.deepcopy(model)
+    scales = LayerScales(model)  # still attached to model, scoring the clean copy
+    with pytest.raises(ValueError, match=r"^these LayerScales are still attached; call "
+                       r"remove\(fold=True\) first$"):
+        prune_layers(clean, 1, scores=scales)
+
+
+def test_decoder_layers_may_be_called_blocks() -> None:
+    from types import SimpleNamespace
+
+    model = nn.Module()
+    model.config = SimpleNamespace(num_hidden_layers=2)
+    model.blocks = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+    assert decoder_layers(model) == ("blocks", model.blocks)
