@@ -41,3 +41,16 @@ def test_decoder_layers_may_be_called_blocks() -> None:
     model.config = SimpleNamespace(num_hidden_layers=2)
     model.blocks = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
     assert decoder_layers(model) == ("blocks", model.blocks)
+
+
+def test_score_maps_are_checked_by_name() -> None:
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(depth=8, widths=(4, 4, 4)))
+    with pytest.raises(TypeError, match=r"^scores keys must be module names, got 1$"):
+        prune_layers(model, 1, scores={1: 0.5})
+    with pytest.raises(TypeError, match=r"^scores\['layer1\.0'\] must be a number, got 'x'$"):
+        prune_layers(model, 1, scores={"layer1.0": "x"})
+    with pytest.raises(TypeError, match=r"^scores\['layer1\.0'\] must be a number, got True$"):
+        prune_layers(model, 1, scores={"layer1.0": True})
+    with pytest.raises(ValueError, match=r"^scores is empty$"):
+        prune_layers(model, 1, scores={})
