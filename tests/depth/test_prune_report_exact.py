@@ -54,3 +54,25 @@ def test_score_maps_are_checked_by_name() -> None:
         prune_layers(model, 1, scores={"layer1.0": True})
     with pytest.raises(ValueError, match=r"^scores is empty$"):
         prune_layers(model, 1, scores={})
+
+
+def test_prune_layers_argument_errors() -> None:
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(depth=8, widths=(4, 4, 4)))
+    with pytest.raises(TypeError, match=r"^inplace must be a bool, got 1 \(int\)$"):
+        prune_layers(model, 1, inplace=1)
+    for extra in ({"ratio": 0.5}, {"num_layers": 1}, {"scores": {"layer1.0": 1.0}}):
+        with pytest.raises(ValueError, match=r"^names= chooses the blocks itself; do not also "
+                           r"pass scores, num_layers or ratio$"):
+            prune_layers(model, names=["layer1.0"], **extra)
+    with pytest.raises(ValueError, match=r"^names \['layer1\.0'\] are outside the "
+                       r"include/exclude selection$"):
+        prune_layers(model, names=["layer1.0"], include=["layer2.0"], exclude=["layer1.0"])
+    # include and exclude both apply to names=
+    _, report = prune_layers(model, names=["layer2.0"], include=["layer2.0", "layer3.0"],
+                             exclude=["layer3.0"])
+    assert report.removed == ["layer2.0"] and report.kept == []
+    LayerScales(model)
+    with pytest.raises(ValueError, match=r"^model carries attached LayerScales; call "
+                       r"scales\.remove\(fold=True\) before prune_layers$"):
+        prune_layers(model, 1)
