@@ -76,3 +76,10 @@ def test_prune_layers_argument_errors() -> None:
     with pytest.raises(ValueError, match=r"^model carries attached LayerScales; call "
                        r"scales\.remove\(fold=True\) before prune_layers$"):
         prune_layers(model, 1)
+
+
+def test_prune_layers_needs_names_or_scores() -> None:
+    model = ResNet(ResNetConfig(depth=8, widths=(4, 4, 4)))
+    with pytest.raises(ValueError, match=r"^give names= \(the blocks to remove\) or scores= "
+                       r"\(a score per block; the smallest are removed\)$"):
+        prune_layers(model, 1)
