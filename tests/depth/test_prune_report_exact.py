@@ -83,3 +83,17 @@ def test_prune_layers_needs_names_or_scores() -> None:
     with pytest.raises(ValueError, match=r"^give names= \(the blocks to remove\) or scores= "
                        r"\(a score per block; the smallest are removed\)$"):
         prune_layers(model, 1)
+
+
+def test_scores_are_restricted_to_the_include_exclude_selection() -> None:
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(depth=8, widths=(4, 4, 4)))
+    scores = {"layer1.0": 0.1, "layer2.0": 0.2, "layer3.0": 0.3}
+    _, report = prune_layers(model, 1, scores=scores, exclude=["layer1.0"])
+    assert report.removed == ["layer2.0"] and report.kept == ["layer3.0"]
+    assert report.scores == {"layer2.0": 0.2, "layer3.0": 0.3}
+    _, report = prune_layers(model, 1, scores=scores, include=["layer3.0"])
+    assert report.removed == ["layer3.0"] and report.kept == []
+    with pytest.raises(ValueError, match=r"^no scored block is inside the include/exclude "
+                       r"selection$"):
+        prune_layers(model, 1, scores={"layer1.0": 0.1}, include=["layer3.0"])
