@@ -19,3 +19,13 @@ def test_l1_penalty_is_coef_times_the_sum_of_absolute_scales() -> None:
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"^coef must be "):
             scales.l1_penalty(bad)
+
+
+def test_difference_penalty_checks_its_coefficient_and_the_tracking() -> None:
+    torch.manual_seed(0)
+    scales = LayerScales(ResNet(ResNetConfig(depth=8, widths=(4, 4, 4))))
+    with pytest.raises(ValueError, match=r"^coef must be >= 0\.0, got coef=-0\.1$"):
+        scales.difference_penalty(-0.1)
+    with pytest.raises(RuntimeError, match=r"^no block is tracked: call track\(names\) before "
+                       r"the forward pass$"):
+        scales.difference_penalty(0.1)
