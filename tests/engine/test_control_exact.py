@@ -1,0 +1,20 @@
+"""The interruption exception and exit codes exactly."""
+
+from __future__ import annotations
+
+import signal
+
+from compactnn.engine import RunInterrupted, exit_code
+
+
+def test_exit_codes_are_128_plus_the_signal() -> None:
+    assert exit_code(signal.SIGINT) == 130 and exit_code(signal.SIGTERM) == 143
+    assert exit_code(9) == 137
+
+
+def test_run_interrupted_names_its_signal() -> None:
+    e = RunInterrupted(signal.SIGTERM)
+    assert str(e) == "stopped by SIGTERM" and e.signum == 15 and type(e.signum) is int
+    assert str(RunInterrupted()) == "stopped by SIGINT" and RunInterrupted().signum == 2
+    assert str(RunInterrupted(signal.SIGTERM, "saved at epoch 3")) == "saved at epoch 3"
+    assert isinstance(e, KeyboardInterrupt)
