@@ -18,3 +18,15 @@ def test_run_interrupted_names_its_signal() -> None:
     assert str(RunInterrupted()) == "stopped by SIGINT" and RunInterrupted().signum == 2
     assert str(RunInterrupted(signal.SIGTERM, "saved at epoch 3")) == "saved at epoch 3"
     assert isinstance(e, KeyboardInterrupt)
+
+
+def test_run_clock_adds_the_recorded_seconds_to_the_elapsed_ones(monkeypatch) -> None:
+    import time
+
+    from compactnn.engine import RunClock
+
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    fresh, resumed, bare = RunClock(None), RunClock({"seconds": 12.5}), RunClock({"epoch": 3})
+    now[0] = 101.23456
+    assert (fresh(), resumed(), bare()) == (1.235, 13.735, 1.235)
