@@ -30,3 +30,20 @@ def test_run_clock_adds_the_recorded_seconds_to_the_elapsed_ones(monkeypatch) ->
     fresh, resumed, bare = RunClock(None), RunClock({"seconds": 12.5}), RunClock({"epoch": 3})
     now[0] = 101.23456
     assert (fresh(), resumed(), bare()) == (1.235, 13.735, 1.235)
+
+
+def test_stop_flag_state_and_handlers() -> None:
+    import os
+
+    from compactnn.engine import StopFlag
+
+    flag = StopFlag()
+    assert (flag.enabled, flag.raised, flag.signum) == (True, False, None)
+    before = signal.getsignal(signal.SIGTERM)
+    with flag:
+        # checked before any signal is sent: a missing handler would end the test run
+        assert signal.getsignal(signal.SIGINT) == flag._handle
+        assert signal.getsignal(signal.SIGTERM) == flag._handle
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.raised is True and flag.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
