@@ -47,3 +47,24 @@ def test_stop_flag_state_and_handlers() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         assert flag.raised is True and flag.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_seed_everything_seeds_python_numpy_and_torch() -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    from compactnn.engine import seed_everything
+
+    def draws():
+        return (random.random(), np.random.rand(), float(torch.rand(())))  # noqa: NPY002
+
+    seed_everything(5)
+    first = draws()
+    seed_everything(5)
+    assert draws() == first
+    random.seed(5)
+    np.random.seed(5)  # noqa: NPY002
+    torch.manual_seed(5)
+    assert draws() == first
