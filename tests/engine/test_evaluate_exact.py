@@ -1,0 +1,58 @@
+"""Batching, prediction and classification metrics exactly: slices of every size,
+concatenated outputs (one tensor or a list), the model's mode, closed-form metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compactnn.engine import batched, classification_metrics, evaluate, predict
+
+
+def test_batched_slices_every_row_once_in_order() -> None:
+    x, y = torch.arange(7), torch.arange(7) * 10
+    for size in (1, 2, 3, 7, 9):
+        got = list(batched(x, None, y, batch_size=size))
+        want_x = [x[i:i + size] for i in range(0, 7, size)]
+        assert len(got) == len(want_x)
+        for (bx, none, by), wx in zip(got, want_x, strict=True):
+            assert none is None and torch.equal(bx, wx) and torch.equal(by, wx * 10)
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        list(batched(x, batch_size=0))
+
+
+class _Two(nn.Module):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x * 2, x.sum(-1)]
+
+
+def test_predict_concatenates_tensors_or_lists_and_restores_the_mode() -> None:
+    model = _Two().train()
+    x = torch.arange(12.0).reshape(6, 2)
+    out = predict(model, batched(x, batch_size=4))
+    assert torch.equal(out[0], x * 2) and torch.equal(out[1], x.sum(-1)) and model.training
+    lin = nn.Linear(2, 3).eval()
+    out = predict(lin, batched(x, batch_size=4))
+    assert torch.allclose(out, lin(x)) and not lin.training
+    empty = predict(lin, [])
+    assert empty.shape == (0,)
+
+
+def test_metrics_are_the_mean_cross_entropy_and_accuracy() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    targets = torch.tensor([0, 0, 1])
+    m = classification_metrics(logits, targets)
+    want = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(1)) + math.log(1 + math.exp(2))) / 3
+    assert m["loss"] == pytest.approx(want, rel=1e-6) and m["accuracy"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match=r"^cannot evaluate on an empty split$"):
+        classification_metrics(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+    lin = nn.Linear(2, 2)
+    x, y = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
+    got = evaluate(lin, batched(x, y, batch_size=2))
+    with torch.no_grad():
+        assert got["loss"] == pytest.approx(float(F.cross_entropy(lin(x), y)), rel=1e-6)
+        assert got["accuracy"] == float((lin(x).argmax(-1) == y).double().mean())
