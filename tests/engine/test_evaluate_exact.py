@@ -56,3 +56,8 @@ def test_metrics_are_the_mean_cross_entropy_and_accuracy() -> None:
     with torch.no_grad():
         assert got["loss"] == pytest.approx(float(F.cross_entropy(lin(x), y)), rel=1e-6)
         assert got["accuracy"] == float((lin(x).argmax(-1) == y).double().mean())
+
+
+def test_one_example_is_a_split() -> None:
+    m = classification_metrics(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    assert m["accuracy"] == 1.0 and m["loss"] == pytest.approx(math.log(1 + math.exp(-1)))
