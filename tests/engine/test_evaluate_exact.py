@@ -61,3 +61,25 @@ def test_metrics_are_the_mean_cross_entropy_and_accuracy() -> None:
 def test_one_example_is_a_split() -> None:
     m = classification_metrics(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
     assert m["accuracy"] == 1.0 and m["loss"] == pytest.approx(math.log(1 + math.exp(-1)))
+
+
+class _Spy(nn.Module):
+    """Records where its inputs live; answers with CPU logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.device] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.device)
+        return torch.zeros(len(x), 2)
+
+
+def test_evaluate_moves_inputs_to_the_device_and_refuses_no_data() -> None:
+    spy = _Spy()
+    x, y = torch.randn(3, 2), torch.tensor([0, 0, 1])
+    got = evaluate(spy, batched(x, y, batch_size=2), device="meta")
+    assert spy.seen == [torch.device("meta")] * 2
+    assert got["accuracy"] == pytest.approx(2 / 3) and got["loss"] == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match=r"^cannot evaluate on an empty split$"):
+        evaluate(spy, [])
