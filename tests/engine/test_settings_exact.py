@@ -37,7 +37,7 @@ def test_each_check_names_its_key(change, message) -> None:
 def test_loop_config_carries_every_run_key() -> None:
     stop = EarlyStopConfig()
     c = RunConfig(seed=7, device="cpu", out="o", resume=False, checkpoint_every=3,
-                  stop_after_steps=5, deterministic=False, progress=False, save_model=False,
+                  stop_after_steps=5, deterministic=False, progress=True, save_model=False,
                   early_stop=stop)
 
     def hook(row):
@@ -46,7 +46,7 @@ def test_loop_config_carries_every_run_key() -> None:
     lc = loop_config(c, epochs=4, batch_size=16, desc="d", tensorboard=False, on_epoch_end=hook)
     assert (lc.epochs, lc.batch_size, lc.seed, lc.out, lc.resume, lc.checkpoint_every,
             lc.stop_after_steps, lc.progress, lc.desc, lc.device, lc.deterministic,
-            lc.tensorboard, lc.save_model) == (4, 16, 7, "o", False, 3, 5, False, "d", "cpu",
+            lc.tensorboard, lc.save_model) == (4, 16, 7, "o", False, 3, 5, True, "d", "cpu",
                                                False, False, False)
     assert lc.early_stop is stop and lc.on_epoch_end is hook and lc.run_keys == RUN_KEYS
     assert lc.config["seed"] == 7 and lc.config["out"] == "o"
