@@ -1,0 +1,59 @@
+"""Training checkpoints exactly: a numpy generator position of the wrong type is
+refused before anything is applied, the mismatch message says what to do, and a file
+without a state entry loads as an empty state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import safetensors.torch as sf
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from compactnn.engine import load_checkpoint, lr_scheduler, save_checkpoint
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, opt, lr_scheduler(opt, "cosine", 10)
+
+
+def _tamper(path, edit) -> None:
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta = json.loads(raw["json"])
+    edit(meta)
+    sf.save_file(tensors, str(path), metadata={**raw, "json": json.dumps(meta)})
+
+
+def test_a_malformed_numpy_position_is_refused_before_anything_changes(tmp_path) -> None:
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, *_setup())
+    _tamper(path, lambda m: m["rng"]["numpy"].__setitem__(1, "x"))
+    model, opt, sched = _setup(seed=7)
+    before = (torch.get_rng_state(), [p.detach().clone() for p in model.parameters()])
+    with pytest.raises(ValueError, match=r": the random generators' state is malformed$"):
+        load_checkpoint(path, model, opt, sched)
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert all(torch.equal(a, b) for a, b in zip(before[1], model.parameters(), strict=True))
+
+
+def test_another_models_checkpoint_says_what_to_do(tmp_path) -> None:
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, *_setup())
+    with pytest.raises(ValueError, match=r"^checkpoint .* does not fit this model \(.*\); use a "
+                       r"fresh output folder or the matching config$"):
+        load_checkpoint(path, nn.Linear(4, 2))
+
+
+def test_a_checkpoint_without_a_state_entry_has_an_empty_state(tmp_path) -> None:
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, *_setup(), state={"epoch": 3})
+    _tamper(path, lambda m: m.pop("state"))
+    state, extra = load_checkpoint(path, *_setup())
+    assert state == {} and extra == {}
