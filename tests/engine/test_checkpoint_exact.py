@@ -57,3 +57,12 @@ def test_a_checkpoint_without_a_state_entry_has_an_empty_state(tmp_path) -> None
     _tamper(path, lambda m: m.pop("state"))
     state, extra = load_checkpoint(path, *_setup())
     assert state == {} and extra == {}
+
+
+@pytest.mark.parametrize("items", [[[True, 1]], [[1, 2, 3]], [["a"]], [[1.5, 0]], ["ab"]])
+def test_a_malformed_table_of_items_is_refused(items) -> None:
+    from compactnn.engine.checkpoint import unflatten_state
+
+    with pytest.raises(ValueError, match=r"^malformed table of items$"):
+        unflatten_state({"__items__": items}, {})
+    assert unflatten_state({"__items__": [[1, "x"], ["k", 2]]}, {}) == {1: "x", "k": 2}
