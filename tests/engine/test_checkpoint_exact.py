@@ -66,3 +66,27 @@ def test_a_malformed_table_of_items_is_refused(items) -> None:
     with pytest.raises(ValueError, match=r"^malformed table of items$"):
         unflatten_state({"__items__": items}, {})
     assert unflatten_state({"__items__": [[1, "x"], ["k", 2]]}, {}) == {1: "x", "k": 2}
+
+
+def test_a_save_cut_short_leaves_the_temp_name_the_run_folder_cleans(tmp_path, monkeypatch):
+    from compactnn.engine.run_folder import OUTPUT_FILES
+
+    def half_written(table, name, metadata=None):
+        with open(name, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sf, "save_file", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "checkpoint.safetensors", *_setup())
+    (left,) = tmp_path.iterdir()
+    stem, dot_tmp, _ = left.name.partition(".tmp")
+    assert left.name == "checkpoint.safetensors.tmp" and stem in OUTPUT_FILES
+
+
+def test_state_keys_that_look_like_markers_round_trip() -> None:
+    from compactnn.engine.checkpoint import flatten_state, unflatten_state
+
+    state = {"__tensor__": "not a tensor", "__items__": 3, "__x": [1, 2]}
+    tensors: dict[str, torch.Tensor] = {}
+    assert unflatten_state(flatten_state(state, tensors, "s"), tensors) == state
