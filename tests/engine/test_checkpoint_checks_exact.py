@@ -34,3 +34,52 @@ def test_a_tensor_where_a_table_belongs_is_described_by_its_shape() -> None:
     with pytest.raises(ValueError, match=r"^w: scheduler state must be a table, got a tensor "
                        r"of shape \(2, 3\)$"):
         check_scheduler_state(torch.zeros(2, 3), sched, "w")
+
+
+class _Half:
+    """A learning-rate function object: LambdaLR saves its __dict__."""
+
+    def __init__(self) -> None:
+        self.factor = 0.5
+
+    def __call__(self, epoch: int) -> float:
+        return self.factor
+
+
+def _opt():
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+
+
+def test_scheduler_states_are_checked_entry_by_entry() -> None:
+    lam = torch.optim.lr_scheduler.LambdaLR(_opt(), lambda e: 0.5)
+    good = lam.state_dict()
+    assert check_scheduler_state(good, lam, "w") == good
+    with pytest.raises(ValueError, match=r"^w: scheduler\.last_epoch must be >= -1, got -2$"):
+        check_scheduler_state(dict(good, last_epoch=-2), lam, "w")
+    with pytest.raises(ValueError, match=r"^w: scheduler\.lr_lambdas\[0\] must be null, got "
+                       r"\{'a': 1\}$"):
+        check_scheduler_state(dict(good, lr_lambdas=[{"a": 1}]), lam, "w")
+    obj = torch.optim.lr_scheduler.LambdaLR(_opt(), _Half())
+    with pytest.raises(ValueError, match=r"^w: scheduler\.lr_lambdas\[0\] holds a dict, which "
+                       r"a checkpoint cannot restore$"):
+        check_scheduler_state(obj.state_dict(), obj, "w")
+
+
+def test_values_are_checked_against_the_live_ones() -> None:
+    from compactnn.engine.checkpoint_checks import _like
+
+    t = torch.ones(2)
+    assert _like("w", "k", t, torch.zeros(2)) is t and _like("w", "k", "a", "b") == "a"
+    with pytest.raises(ValueError, match=r"^w: k must be a string, got 3$"):
+        _like("w", "k", 3, "s")
+    for bad, shown in ((torch.zeros(3), "a tensor of shape \\(3,\\)"), (1.0, "1.0")):
+        with pytest.raises(ValueError, match=rf"^w: k must be a tensor of shape \(2,\), got "
+                           rf"{shown}$"):
+            _like("w", "k", bad, torch.zeros(2))
+
+
+@pytest.mark.parametrize("sums", [{1: 2.0}, {"loss": float("inf")}, {"loss": "x"}])
+def test_running_sums_must_be_named_and_finite(sums) -> None:
+    with pytest.raises(ValueError, match=r"^w: state\.running must hold a count and finite "
+                       r"sums$"):
+        check_loop_state(_state(running={"count": 1, "sums": sums}), "w")
