@@ -83,3 +83,18 @@ def test_running_sums_must_be_named_and_finite(sums) -> None:
     with pytest.raises(ValueError, match=r"^w: state\.running must hold a count and finite "
                        r"sums$"):
         check_loop_state(_state(running={"count": 1, "sums": sums}), "w")
+
+
+def test_optimizer_state_shape_errors() -> None:
+    from compactnn.engine.checkpoint_checks import check_optimizer_state
+
+    opt = _opt()
+    good = opt.state_dict()
+    check_optimizer_state(good, opt, "w")
+    with pytest.raises(ValueError, match=r"^w: optimizer state must have 'state' and "
+                       r"'param_groups'$"):
+        check_optimizer_state({"state": {}}, opt, "w")
+    group = dict(good["param_groups"][0], extra=1)
+    with pytest.raises(ValueError, match=r"^w: optimizer group 0 has other entries than this "
+                       r"optimizer's$"):
+        check_optimizer_state({"state": {}, "param_groups": [group]}, opt, "w")
