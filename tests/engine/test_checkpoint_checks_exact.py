@@ -98,3 +98,20 @@ def test_optimizer_state_shape_errors() -> None:
     with pytest.raises(ValueError, match=r"^w: optimizer group 0 has other entries than this "
                        r"optimizer's$"):
         check_optimizer_state({"state": {}, "param_groups": [group]}, opt, "w")
+
+
+def test_per_parameter_optimizer_entries_are_each_checked() -> None:
+    from compactnn.engine.checkpoint_checks import check_optimizer_state
+
+    opt = _opt()
+    groups = opt.state_dict()["param_groups"]
+    ok = {"state": {0: {"step": 3, "momentum_buffer": torch.zeros(2)}}, "param_groups": groups}
+    check_optimizer_state(ok, opt, "w")
+    bad = {0: {"step": 3, "momentum_buffer": torch.full((2,), float("inf"))}}
+    with pytest.raises(ValueError, match=r"non-finite"):
+        check_optimizer_state({"state": bad, "param_groups": groups}, opt, "w")
+    with pytest.raises(ValueError, match=r"^w: optimizer state for unknown parameter 5$"):
+        check_optimizer_state({"state": {5: {}}, "param_groups": groups}, opt, "w")
+    with pytest.raises(ValueError, match=r"^w: optimizer state 0\.x must be a tensor or a "
+                       r"number, got 'abc'$"):
+        check_optimizer_state({"state": {0: {"x": "abc"}}, "param_groups": groups}, opt, "w")
