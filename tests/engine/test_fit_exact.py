@@ -35,3 +35,11 @@ def test_batches_and_data_checks() -> None:
         TensorBatches(x, y, 0)
     with pytest.raises(ValueError, match=r"^fit: the training data has no batches$"):
         _FitTask(nn.Linear(1, 2), [], FitConfig()).steps_per_epoch(1, DistInfo())
+
+
+def test_config_limits_and_names() -> None:
+    FitConfig(epochs=1).validate()
+    with pytest.raises(ValueError, match=r"^epochs must be >= 1, got epochs=0$"):
+        FitConfig(epochs=0).validate()
+    with pytest.raises(ValueError, match=r"^lr must be > 0\.0, got lr=0\.0$"):
+        FitConfig(lr=0.0).validate()
