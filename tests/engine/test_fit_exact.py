@@ -43,3 +43,27 @@ def test_config_limits_and_names() -> None:
         FitConfig(epochs=0).validate()
     with pytest.raises(ValueError, match=r"^lr must be > 0\.0, got lr=0\.0$"):
         FitConfig(lr=0.0).validate()
+
+
+def test_config_errors_name_each_key() -> None:
+    FitConfig(optimizer="sgd").validate()
+    for key, bad, raised in (("optimizer", "adam", ValueError), ("momentum", 1.0, ValueError),
+                             ("factor_weight_decay", -0.1, ValueError),
+                             ("frobenius_decay", -0.1, ValueError),
+                             ("cosine", 1, TypeError)):
+        with pytest.raises(raised, match=f"^{key} must be"):
+            FitConfig(**{key: bad}).validate()
+
+
+def test_fit_shows_its_bar_on_request_in_a_single_process(capsys, monkeypatch) -> None:
+    from compactnn.engine.fit import fit
+
+    monkeypatch.setenv("RANK", "1")  # a torchrun variable: fit must not read the launch env
+    x, y = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    torch.manual_seed(0)
+    rows = fit(nn.Linear(2, 2), TensorBatches(x, y, 2), FitConfig(epochs=1, progress=True,
+                                                                   desc="fitbar"))
+    assert [r["step"] for r in rows] == [2]
+    assert "fitbar" in capsys.readouterr().err
+    with pytest.raises(TypeError, match=r"^model must be a Module, got str$"):
+        fit("m", TensorBatches(x, y, 2))
