@@ -74,3 +74,22 @@ def test_the_header_warning_points_at_the_log_call(tmp_path) -> None:
     lines, first = inspect.getsourcelines(MetricLogger.log)
     call = first + next(i for i, s in enumerate(lines) if "self._fix_header(" in s)
     assert caught[0].lineno == call
+
+
+def test_tensorboard_logs_go_to_the_run_folders_tensorboard_folder(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    made = []
+
+    class Writer(_Board):
+        def __init__(self, log_dir) -> None:
+            super().__init__()
+            made.append(log_dir)
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    logger = MetricLogger(tmp_path, tensorboard=True)
+    assert made == [str(tmp_path / "tensorboard")] and isinstance(logger._tb, Writer)
+    assert MetricLogger(tmp_path / "b", tensorboard=False)._tb is None
