@@ -74,3 +74,10 @@ def test_an_epoch_row_averages_over_the_examples_seen() -> None:
     row = _epoch_row(T(), 2, 9, 0.2, {"count": 4, "sums": {"loss": 3.0}})
     assert row["train_loss"] == 0.75 and row["epoch"] == 3
     assert _epoch_row(T(), 0, 0, 0.1, {"count": 0, "sums": {}})["val_mse"] == 0.5
+
+
+def test_a_fresh_run_records_its_config(tmp_path) -> None:
+    import json
+
+    run(_Line(), _cfg(tmp_path, config={"lr": 0.1, "name": "x"}), DistInfo())
+    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 0.1, "name": "x"}
