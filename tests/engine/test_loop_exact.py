@@ -81,3 +81,11 @@ def test_a_fresh_run_records_its_config(tmp_path) -> None:
 
     run(_Line(), _cfg(tmp_path, config={"lr": 0.1, "name": "x"}), DistInfo())
     assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 0.1, "name": "x"}
+
+
+def test_a_checkpoint_past_this_runs_end_is_refused_by_position(tmp_path) -> None:
+    run(_Line(), _cfg(tmp_path, epochs=2), DistInfo())
+    ckpt = tmp_path / "checkpoint.safetensors"
+    want = f"checkpoint {ckpt}: its position (epoch 2, batch 0) is outside this run"
+    with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
+        run(_Line(), _cfg(tmp_path, epochs=1), DistInfo())
