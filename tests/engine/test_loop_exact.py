@@ -89,3 +89,13 @@ def test_a_checkpoint_past_this_runs_end_is_refused_by_position(tmp_path) -> Non
     want = f"checkpoint {ckpt}: its position (epoch 2, batch 0) is outside this run"
     with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
         run(_Line(), _cfg(tmp_path, epochs=1), DistInfo())
+
+
+def test_a_resume_says_where_it_starts(tmp_path, capsys) -> None:
+    try:
+        run(_Line(), _cfg(tmp_path, epochs=2, stop_after_steps=3), DistInfo())
+    except KeyboardInterrupt:  # RunInterrupted: saved and stopped on request
+        pass
+    capsys.readouterr()
+    run(_Line(), _cfg(tmp_path, epochs=2), DistInfo())
+    assert f"resuming from epoch 2 (step 3) of {tmp_path}\n" in capsys.readouterr().err
