@@ -99,3 +99,25 @@ def test_a_resume_says_where_it_starts(tmp_path, capsys) -> None:
     capsys.readouterr()
     run(_Line(), _cfg(tmp_path, epochs=2), DistInfo())
     assert f"resuming from epoch 2 (step 3) of {tmp_path}\n" in capsys.readouterr().err
+
+
+def test_the_task_says_whether_ddp_must_find_unused_parameters(tmp_path, monkeypatch) -> None:
+    from compactnn.engine import loop as loop_mod
+
+    seen = []
+
+    def wrap(model, info, find_unused_parameters=False):
+        seen.append(find_unused_parameters)
+        return model
+
+    monkeypatch.setattr(loop_mod, "wrap_model", wrap)
+    task = _Line()
+    task.find_unused_parameters = True
+    run(task, _cfg(tmp_path), DistInfo())
+    assert seen == [True]
+
+
+def test_the_progress_bar_shows_the_running_loss(tmp_path, capsys) -> None:
+    run(_Line(), _cfg(tmp_path, progress=True, desc="linebar"), DistInfo())
+    err = capsys.readouterr().err
+    assert "linebar" in err and re.search(r"loss=\d+\.\d{4}", err)
