@@ -121,3 +121,10 @@ def test_the_progress_bar_shows_the_running_loss(tmp_path, capsys) -> None:
     run(_Line(), _cfg(tmp_path, progress=True, desc="linebar"), DistInfo())
     err = capsys.readouterr().err
     assert "linebar" in err and re.search(r"loss=\d+\.\d{4}", err)
+
+
+def test_only_the_main_process_writes_the_metrics_log(tmp_path) -> None:
+    run(_Line(), _cfg(tmp_path / "other"), DistInfo(rank=1))
+    assert not (tmp_path / "other" / "metrics.csv").exists()
+    run(_Line(), _cfg(tmp_path / "main"), DistInfo(rank=0))
+    assert (tmp_path / "main" / "metrics.csv").read_text().startswith("epoch,step,lr,")
