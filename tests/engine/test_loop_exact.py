@@ -128,3 +128,23 @@ def test_only_the_main_process_writes_the_metrics_log(tmp_path) -> None:
     assert not (tmp_path / "other" / "metrics.csv").exists()
     run(_Line(), _cfg(tmp_path / "main"), DistInfo(rank=0))
     assert (tmp_path / "main" / "metrics.csv").read_text().startswith("epoch,step,lr,")
+
+
+def test_a_resumed_run_counts_the_seconds_before_the_interruption(tmp_path, monkeypatch):
+    import time
+
+    from compactnn.engine import checkpoint_state
+
+    try:
+        run(_Line(), _cfg(tmp_path, epochs=2, stop_after_steps=3), DistInfo())
+    except KeyboardInterrupt:
+        pass
+    before = checkpoint_state(tmp_path / "checkpoint.safetensors")["seconds"]
+    monkeypatch.setattr(time, "perf_counter", lambda: 100.0)  # no time passes from here
+    result = run(_Line(), _cfg(tmp_path, epochs=2), DistInfo())
+    assert before > 0 and result.metrics["train_seconds"] == before
+
+
+def test_the_bar_counts_every_step_of_the_run(tmp_path, capsys) -> None:
+    run(_Line(), _cfg(tmp_path, epochs=2, progress=True), DistInfo())
+    assert "4/4" in capsys.readouterr().err
