@@ -29,3 +29,16 @@ def test_the_device_defaults_to_auto() -> None:
     assert inspect.signature(init_distributed).parameters["device"].default == "auto"
     info = init_distributed("cpu")
     assert (info.rank, info.world_size, info.device) == (0, 1, torch.device("cpu"))
+
+
+def test_the_launch_environment_is_read(monkeypatch) -> None:
+    import pytest
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = init_distributed("cpu")
+    assert (info.rank, info.local_rank, info.world_size, info.is_main) == (1, 1, 1, False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device='cuda' but CUDA is not available$"):
+            init_distributed("cuda")
