@@ -42,3 +42,20 @@ def test_the_launch_environment_is_read(monkeypatch) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^device='cuda' but CUDA is not available$"):
             init_distributed("cuda")
+
+
+def test_a_multi_process_launch_starts_one_gloo_group_on_cpu(monkeypatch) -> None:
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(backend))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    info = init_distributed("cpu")
+    assert calls == ["gloo"] and info.world_size == 2 and info.enabled
+    init_distributed("cpu", backend="mpi")
+    assert calls == ["gloo", "mpi"]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # started by the caller
+    init_distributed("cpu")
+    assert calls == ["gloo", "mpi"]
