@@ -59,3 +59,17 @@ def test_a_multi_process_launch_starts_one_gloo_group_on_cpu(monkeypatch) -> Non
     monkeypatch.setattr(dist, "is_initialized", lambda: True)  # started by the caller
     init_distributed("cpu")
     assert calls == ["gloo", "mpi"]
+
+
+def test_wrap_model_hands_ddp_the_model_and_the_unused_parameter_flag(monkeypatch) -> None:
+    import torch.nn.parallel
+
+    from compactnn.engine.distributed import wrap_model
+
+    made = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        lambda model, **kw: made.append((model, kw)) or "wrapped")
+    model = torch.nn.Linear(2, 2)
+    assert wrap_model(model, DistInfo()) is model and made == []
+    assert wrap_model(model, DistInfo(world_size=2), True) == "wrapped"
+    assert made == [(model, {"device_ids": None, "find_unused_parameters": True})]
