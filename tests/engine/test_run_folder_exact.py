@@ -1,0 +1,44 @@
+"""Run-folder writes exactly: the JSON text, the temp name a failed write leaves, and a
+folder that could not be locked leaves nothing behind."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from compactnn.engine import run_folder as rf
+from compactnn.engine.run_folder import OUTPUT_FILES, RunFolder, RunFolderError, write_json
+
+
+def test_json_is_indented_and_strict(tmp_path) -> None:
+    write_json(tmp_path / "r.json", {"a": 1, "b": [1.5, float("nan")]})
+    assert (tmp_path / "r.json").read_text() == (
+        '{\n  "a": 1,\n  "b": [\n    1.5,\n    null\n  ]\n}\n')
+    folder = RunFolder(tmp_path)
+    folder.write_text("factorize_report.md", "# report\n")
+    assert (tmp_path / "factorize_report.md").read_text() == "# report\n"
+
+
+def test_a_failed_write_is_named_and_leaves_a_cleanable_temp_file(tmp_path, monkeypatch):
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rf.os, "replace", fail)
+    want = f"cannot write {tmp_path / 'result.json'}: No space left on device"
+    with pytest.raises(RunFolderError, match="^" + re.escape(want) + "$"):
+        write_json(tmp_path / "result.json", {"a": 1})
+    (left,) = tmp_path.iterdir()
+    assert left.name == "result.json.tmp" and left.name.partition(".tmp")[0] in OUTPUT_FILES
+
+
+def test_a_folder_that_cannot_be_locked_is_removed_again(tmp_path, monkeypatch) -> None:
+    def no_lock(path, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rf, "open", no_lock, raising=False)
+    out = tmp_path / "a" / "b"
+    with pytest.raises(RunFolderError, match=r"^cannot write to the run folder "):
+        with RunFolder(out):
+            pass
+    assert list(tmp_path.iterdir()) == []
