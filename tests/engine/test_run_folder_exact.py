@@ -42,3 +42,13 @@ def test_a_folder_that_cannot_be_locked_is_removed_again(tmp_path, monkeypatch) 
         with RunFolder(out):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_unfinished_save_next_to_an_output_is_cleaned(tmp_path) -> None:
+    names = ["metrics.csv.tmp", "model.safetensors.tmp.tmp", "result.json.tmpab12",
+             "notes.txt.tmp", "keep.csv"]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    with RunFolder(tmp_path):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "keep.csv", "notes.txt.tmp"]
