@@ -52,3 +52,28 @@ def test_every_unfinished_save_next_to_an_output_is_cleaned(tmp_path) -> None:
     with RunFolder(tmp_path):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "keep.csv", "notes.txt.tmp"]
+
+
+def test_release_twice_and_an_empty_out(tmp_path) -> None:
+    with RunFolder(tmp_path) as folder:
+        folder.release()  # __exit__ releases again: harmless
+    with pytest.raises(RunFolderError, match=r"^out must name a folder, got an empty string$"):
+        RunFolder("  ")
+
+
+def test_a_stale_file_removed_by_someone_else_meanwhile_is_fine(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    (tmp_path / "metrics.csv.tmp").write_text("x")
+    real = Path.is_file
+
+    def vanish(self):  # another process removes it between the check and the unlink
+        found = real(self)
+        if self.name == "metrics.csv.tmp":
+            self.unlink()
+        return found
+
+    monkeypatch.setattr(Path, "is_file", vanish)
+    with RunFolder(tmp_path):
+        pass
+    assert not (tmp_path / "metrics.csv.tmp").exists()
