@@ -38,7 +38,8 @@ def test_a_folder_that_cannot_be_locked_is_removed_again(tmp_path, monkeypatch) 
 
     monkeypatch.setattr(rf, "open", no_lock, raising=False)
     out = tmp_path / "a" / "b"
-    with pytest.raises(RunFolderError, match=r"^cannot write to the run folder "):
+    want = f"cannot write to the run folder {str(out)!r}: Permission denied"
+    with pytest.raises(RunFolderError, match="^" + re.escape(want) + "$"):
         with RunFolder(out):
             pass
     assert list(tmp_path.iterdir()) == []
@@ -77,3 +78,20 @@ def test_a_stale_file_removed_by_someone_else_meanwhile_is_fine(tmp_path, monkey
     with RunFolder(tmp_path):
         pass
     assert not (tmp_path / "metrics.csv.tmp").exists()
+
+
+def test_busy_and_uncreatable_folders_are_named(tmp_path) -> None:
+    from compactnn.engine.run_folder import RunFolderBusy
+
+    with RunFolder(tmp_path):
+        want = (f"another run is using {str(tmp_path)!r} (it holds {tmp_path / '.lock'}); "
+                "wait for it to finish or choose another out")
+        with pytest.raises(RunFolderBusy, match="^" + re.escape(want) + "$"):
+            with RunFolder(tmp_path):
+                pass
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "run"
+    want = f"cannot create the run folder {str(out)!r}: Not a directory"
+    with pytest.raises(RunFolderError, match="^" + re.escape(want) + "$"):
+        with RunFolder(out):
+            pass
