@@ -1,0 +1,24 @@
+"""A study edited outside compactnn is refused with the trial and the reason named."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from compactnn.tune.search import _check_trials  # noqa: E402
+from compactnn.tune.space import Uniform  # noqa: E402
+
+
+def test_a_complete_trial_with_an_infinite_score_is_named() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(
+        params={"x": 0.5}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+        value=float("inf"), user_attrs={"slot": 0}))
+    want = ("study 'm' in w, trial 0 is complete with a non-finite score inf: the study was "
+            "changed outside compactnn; delete it, or choose another out_dir, to search afresh")
+    with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
+        _check_trials(study, "m", "w", {"x": Uniform(0.0, 1.0)})
