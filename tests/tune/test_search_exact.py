@@ -22,3 +22,23 @@ def test_a_complete_trial_with_an_infinite_score_is_named() -> None:
             "changed outside compactnn; delete it, or choose another out_dir, to search afresh")
     with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
         _check_trials(study, "m", "w", {"x": Uniform(0.0, 1.0)})
+
+
+def test_a_race_creating_the_study_is_retried(monkeypatch) -> None:
+    from compactnn.tune import search
+
+    class IntegrityError(Exception):
+        pass
+
+    real, calls = optuna.create_study, []
+
+    def racy(**kw):
+        calls.append(kw["study_name"])
+        if len(calls) < 3:  # another process created the tables first, twice
+            raise IntegrityError("UNIQUE constraint failed")
+        return real(**kw)
+
+    monkeypatch.setattr(optuna, "create_study", racy)
+    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    _, study = search._load("m", "sqlite:///:memory:", "minimize", 0, 2)
+    assert calls == ["m", "m", "m"] and study.study_name == "m"
