@@ -42,3 +42,17 @@ def test_a_race_creating_the_study_is_retried(monkeypatch) -> None:
     monkeypatch.setattr(search.time, "sleep", lambda s: None)
     _, study = search._load("m", "sqlite:///:memory:", "minimize", 0, 2)
     assert calls == ["m", "m", "m"] and study.study_name == "m"
+
+
+def test_other_settings_are_listed_and_the_way_out_named() -> None:
+    from compactnn.tune.search import _check_settings
+
+    study = optuna.create_study()
+    _check_settings(study, "m", "w", {"seed": 1, "fixed": {"a": 1, "b": 2}})
+    want = ("study 'm' in w was searched with other settings (fixed: added ['c'], removed "
+            "['b'], changed ['a']; seed: 1 then, 2 now), so its trials are not draws of this "
+            "search: restore the settings to resume it, or choose another out_dir (or delete "
+            "the study file) to search afresh")
+    with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
+        _check_settings(study, "m", "w", {"seed": 2, "fixed": {"a": 3, "c": 4}})
+    _check_settings(study, "m", "w", {"fixed": {"b": 2, "a": 1}, "seed": 1})  # same
