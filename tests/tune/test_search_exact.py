@@ -56,3 +56,15 @@ def test_other_settings_are_listed_and_the_way_out_named() -> None:
     with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
         _check_settings(study, "m", "w", {"seed": 2, "fixed": {"a": 3, "c": 4}})
     _check_settings(study, "m", "w", {"fixed": {"b": 2, "a": 1}, "seed": 1})  # same
+
+
+def test_a_search_needs_at_least_one_trial(tmp_path) -> None:
+    from compactnn.tune.search import run_search, storage_url
+
+    def never(method, params, seed):
+        raise AssertionError("nothing may run")
+
+    with pytest.raises(ValueError, match=r"^n_trials must be >= 1, got n_trials=0$"):
+        run_search("m", {"x": Uniform(0.0, 1.0)}, never, storage_url(tmp_path / "s.db"),
+                   n_trials=0, tune_seed=0)
+    assert list(tmp_path.iterdir()) == []
