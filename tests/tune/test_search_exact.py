@@ -64,7 +64,14 @@ def test_a_search_needs_at_least_one_trial(tmp_path) -> None:
     def never(method, params, seed):
         raise AssertionError("nothing may run")
 
+    url = storage_url(tmp_path / "s.db")
     with pytest.raises(ValueError, match=r"^n_trials must be >= 1, got n_trials=0$"):
-        run_search("m", {"x": Uniform(0.0, 1.0)}, never, storage_url(tmp_path / "s.db"),
-                   n_trials=0, tune_seed=0)
+        run_search("m", {"x": Uniform(0.0, 1.0)}, never, url, n_trials=0, tune_seed=0)
+    with pytest.raises(TypeError, match=r"^sampler_seed must be an int"):
+        run_search("m", {"x": Uniform(0.0, 1.0)}, never, url, n_trials=1, tune_seed=0,
+                   sampler_seed=0.5)
+    with pytest.raises(ValueError, match=r"^n_startup_trials must be >= 0, got "
+                       r"n_startup_trials=-1$"):
+        run_search("m", {"x": Uniform(0.0, 1.0)}, never, url, n_trials=1, tune_seed=0,
+                   n_startup_trials=-1)
     assert list(tmp_path.iterdir()) == []
