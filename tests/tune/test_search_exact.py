@@ -75,3 +75,13 @@ def test_a_search_needs_at_least_one_trial(tmp_path) -> None:
         run_search("m", {"x": Uniform(0.0, 1.0)}, never, url, n_trials=1, tune_seed=0,
                    n_startup_trials=-1)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("start", [{"x": 0.5}, 3, None])
+def test_start_must_be_a_sequence_of_configurations(tmp_path, start) -> None:
+    from compactnn.tune.search import run_search, storage_url
+
+    with pytest.raises(TypeError, match=r"^m: start must be a sequence of configurations, got "):
+        run_search("m", {"x": Uniform(0.0, 1.0)}, lambda *a: {"val": 0.0},
+                   storage_url(tmp_path / "s.db"), n_trials=1, tune_seed=0, start=start)
+    assert list(tmp_path.iterdir()) == []
