@@ -95,3 +95,20 @@ def test_busy_and_uncreatable_folders_are_named(tmp_path) -> None:
     with pytest.raises(RunFolderError, match="^" + re.escape(want) + "$"):
         with RunFolder(out):
             pass
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    real = Path.write_text
+
+    def refuse_probe(self, *args, **kwargs):
+        if self.name == ".write-test":
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", refuse_probe)
+    want = f"cannot write to the run folder {str(tmp_path)!r}: Permission denied"
+    with pytest.raises(RunFolderError, match="^" + re.escape(want) + "$"):
+        with RunFolder(tmp_path):
+            pass
