@@ -83,3 +83,21 @@ def test_evaluate_moves_inputs_to_the_device_and_refuses_no_data() -> None:
     assert got["accuracy"] == pytest.approx(2 / 3) and got["loss"] == pytest.approx(math.log(2))
     with pytest.raises(ValueError, match=r"^cannot evaluate on an empty split$"):
         evaluate(spy, [])
+
+
+def test_classification_metrics_moves_the_targets_to_the_logits_device() -> None:
+    """On a machine with one device the move is invisible in the values, so the call
+    itself is recorded: the targets go to exactly the logits' device."""
+    from compactnn.engine.evaluate import classification_metrics
+
+    seen: list[tuple] = []
+
+    class Recording(torch.Tensor):
+        def to(self, *args, **kwargs):
+            seen.append(args)
+            return torch.Tensor.to(self.as_subclass(torch.Tensor), *args, **kwargs)
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    out = classification_metrics(logits, torch.tensor([0, 0]).as_subclass(Recording))
+    assert seen == [(logits.device,)]
+    assert out["accuracy"] == 0.5
