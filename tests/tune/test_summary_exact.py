@@ -113,6 +113,12 @@ def test_table_is_the_closed_form_of_the_record():
         "| all | 3 | 2.0 | 2 | 1.5 | 43 |",  # (123 + 90) / 5 = 42.6; "zz" is no method
     ]
     assert wall_time_table(_record({}, {})).splitlines()[-1] == "| all | 0 | 0.0 | 0 | 0.0 | - |"
+    # minutes are seconds / 60 (6000 s is 100.0 min), and the totals start from zero
+    big = _record({"m": {"search_seconds": 6000, "n_trials": 0}}, {"m": [{"seconds": 6000}]})
+    assert wall_time_table(big).splitlines()[2:] == ["| m | 0 | 100.0 | 1 | 100.0 | 12000 |",
+                                                     "| all | 0 | 100.0 | 1 | 100.0 | 12000 |"]
+    zero = _record({"m": {"search_seconds": 0, "n_trials": 0}}, {"m": [{"seconds": 0}]})
+    assert wall_time_table(zero).splitlines()[-1] == "| all | 0 | 0.0 | 1 | 0.0 | 0 |"
 
 
 def test_cli_prints_every_folder_in_order_and_stops_at_the_first_bad(tmp_path, capsys):
