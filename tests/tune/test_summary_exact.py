@@ -142,3 +142,14 @@ def test_cli_needs_a_folder(capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: python -m compactnn.tune [-h] folders [folders ...]")
     assert "the following arguments are required: folders" in err
+
+
+def test_cli_help_describes_the_command_and_its_argument(capsys):
+    import compactnn.tune.__main__ as cli
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert " ".join(cli.__doc__.split()) in out
+    assert "folders tuning folders (holding tuning.json)" in out
