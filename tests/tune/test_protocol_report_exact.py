@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from compactnn.tune import LogUniform, Method, tune
+from compactnn.tune import LogUniform, Method, run_search, storage_url, tune
 from compactnn.tune.protocol import TuneReport, _jsonable, markdown_table
 from compactnn.tune.storage import TuneStorageError
 
@@ -154,3 +154,29 @@ def test_bad_methods_refused_exactly(tmp_path):
         tune({"a": Method(SPACE)}, _run, tmp_path, n_trials=1, seeds=[0], direction="max")
     assert "direction" in str(e.value) and "'max'" in str(e.value)
     assert not (tmp_path / "tune.sqlite3").exists()
+
+
+def test_a_final_file_the_study_never_wrote_is_rerun_with_a_message(tmp_path):
+    run = lambda m, p, s: {"val": p["lr"], "test": float(s)}  # noqa: E731
+    tune({"a": Method(SPACE)}, run, tmp_path, n_trials=1, seeds=[0])
+    rec = json.loads((tmp_path / "final" / "a__s0.json").read_text())
+    planted = tmp_path / "final" / "a__s1.json"
+    planted.write_text(json.dumps({**rec, "seed": 1, "test": 99.0}))
+    said: list[str] = []
+    rep = tune({"a": Method(SPACE)}, run, tmp_path, n_trials=1, seeds=[0, 1], log=said.append)
+    assert f"{planted} was not written by this study's search; re-running it" in said
+    assert [r["test"] for r in rep.final["a"]] == [0.0, 1.0]
+
+
+def test_the_sampler_seed_reaches_the_search(tmp_path):
+    def trials(sampler_seed, where):
+        rep = tune({"a": Method(SPACE)}, lambda m, p, s: {"val": p["lr"]}, tmp_path / where,
+                   n_trials=3, seeds=[0], tune_seed=4, sampler_seed=sampler_seed,
+                   n_startup_trials=3)
+        return [t["params"] for t in rep.methods["a"]["trials"]]
+
+    direct = run_search("a", SPACE, lambda m, p, s: {"val": p["lr"]},
+                        storage_url(tmp_path / "direct.sqlite3"), n_trials=3, tune_seed=4,
+                        sampler_seed=5, n_startup_trials=3)
+    assert trials(5, "five") == [t["params"] for t in direct.trials]
+    assert trials(0, "zero") != trials(5, "five-again")
