@@ -1,15 +1,19 @@
 """Compress a causal language model by rank in one call, with any of the published
 methods or compactnn's own, and fine-tune the factors afterwards.
 
-Budgets follow the LLM compression papers: ``removed`` is the fraction of the
-selected linear layers' parameters removed (embeddings and a tied output head are
-left alone and not counted), every layer keeping the same fraction of its own
-parameters (rank ``floor((1 - removed) m n / (m + n))``).
+Budgets follow the LLM compression papers: ``removed`` is the fraction of the linear
+layers' parameters removed (embeddings and a tied output head are left alone and not
+counted), every compressed layer keeping the same fraction of its own parameters
+(rank ``floor(q m n / (m + n))``). When every linear layer is compressed,
+``q = 1 - removed``; when some are kept dense (``keep_attention_dense``, or
+``include``/``exclude``), the others take the whole budget (``budget_over="linear"``,
+the default) or only their own share of it (``"selected"``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +27,7 @@ from compactnn.lowrank import LowRankLayer
 from compactnn.surgery import factorize
 from compactnn.surgery.report import FactorizeReport
 
-__all__ = ["METHODS", "Method", "compress_lm", "finetune_factors"]
+__all__ = ["METHODS", "Method", "attention_layers", "compress_lm", "finetune_factors"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,25 @@ METHODS: dict[str, Method] = {
 }
 
 
+def attention_layers(model: nn.Module) -> list[str]:
+    """Names of the linear layers inside the model's attention modules (those whose
+    class name contains ``Attention``: ``LlamaAttention``, ``GPT2Attention``,
+    ``BertAttention``, ``T5Attention``, ...): the query, key, value and output
+    projections."""
+    from compactnn.lowrank.dense import is_factorizable
+
+    check_module("model", model)
+    found: list[str] = []
+    for name, mod in model.named_modules():
+        if "Attention" in type(mod).__name__ and not isinstance(mod, nn.MultiheadAttention):
+            found += [f"{name}.{sub}" if name else sub for sub, m in mod.named_modules()
+                      if sub and is_factorizable(m)]
+    return list(dict.fromkeys(found))
+
+
 def compress_lm(model: nn.Module, method: str, removed: float, calibration: Tensor | None = None,
                 *, sequential: bool = True, include: Any = None, exclude: Any = None,
+                keep_attention_dense: bool = False, budget_over: str = "linear",
                 progress: bool = False, **options: Any) -> tuple[nn.Module, FactorizeReport]:
     """A copy of ``model`` with ``removed`` of its selected linear layers' parameters
     removed by ``method`` (a name of :data:`METHODS`), and the factorize report.
@@ -71,12 +92,30 @@ def compress_lm(model: nn.Module, method: str, removed: float, calibration: Tens
             (default) or on the dense model's.
         include, exclude: name patterns of the layers to compress (default: every linear
             layer; a tied output head stays dense).
+        keep_attention_dense: leave the attention projections (:func:`attention_layers`)
+            dense; the other layers then take the budget. Small projections (the
+            grouped-query key/value ones) are often not faster when factorized at a
+            mild budget, so this can make the compressed model faster at a cost in
+            quality (docs/transformers.md).
+        budget_over: ``"linear"``: ``removed`` is a fraction of all linear layers,
+            those kept dense included; ``"selected"``: of the compressed layers only.
         options: passed to the initializer, over the method's own.
     """
     check_module("model", model)
     check_choice("method", method, tuple(METHODS))
     check_float("removed", removed, 0.0, 1.0, min_inclusive=False, max_inclusive=False)
     check_bool("sequential", sequential)
+    check_bool("keep_attention_dense", keep_attention_dense)
+    check_choice("budget_over", budget_over, ("linear", "selected"))
+    if keep_attention_dense:
+        attention = attention_layers(model)
+        if not attention:
+            raise ValueError("keep_attention_dense=True, but the model has no attention "
+                             "module (no module class named *Attention*) with linear layers")
+        if isinstance(exclude, str):  # a regex: keep it one, full-matched like the names
+            exclude = "|".join([f"(?:{exclude})", *map(re.escape, attention)])
+        else:
+            exclude = [*(exclude or []), *attention]
     spec = METHODS[method]
     if spec.data_aware:
         if not isinstance(calibration, Tensor) or calibration.dim() != 2 or \
@@ -94,7 +133,7 @@ def compress_lm(model: nn.Module, method: str, removed: float, calibration: Tens
     kwargs = {**dict(spec.options), **options}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="budget met only")
-        return factorize(model, param_ratio=1.0 - removed, budget_over="selected",
+        return factorize(model, param_ratio=1.0 - removed, budget_over=budget_over,
                          allocation="layerwise", init=spec.init, calibration=batches,
                          sequential=sequential, include=include, exclude=exclude,
                          progress=progress, **kwargs)

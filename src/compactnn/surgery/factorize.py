@@ -55,6 +55,23 @@ def unique_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def linear_params(model: nn.Module) -> int:
+    """Entries of the parameters of the model's linear layers (``nn.Linear`` and its
+    subclasses, Hugging Face ``Conv1D``, ``nn.Conv1d``/``Conv2d``, low-rank layers), each
+    once. A weight also used by a module of another kind is not counted: the output head
+    tied to the input embedding counts as the embedding it reads, as the LLM compression
+    papers count it."""
+    inside: set[int] = set()
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear | LowRankLayer) or is_factorizable(mod):
+            inside.update(id(m) for m in mod.modules())
+    owners: dict[int, tuple[nn.Parameter, list[nn.Module]]] = {}
+    for mod in model.modules():
+        for p in mod.parameters(recurse=False):
+            owners.setdefault(id(p), (p, []))[1].append(mod)
+    return sum(p.numel() for p, mods in owners.values() if all(id(m) in inside for m in mods))
+
+
 def _candidates(model: nn.Module, names: list[str], scheme: str
                 ) -> tuple[list[Candidate], dict[str, str]]:
     """Group the selected modules by the weight they use, and the modules left dense
@@ -154,9 +171,12 @@ def _check_budget(rank: Any, param_ratio: Any, flop_ratio: Any) -> None:
 
 def _plan(cands: list[Candidate], rank: int | float | None, param_ratio: float | None,
           flop_ratio: float | None, allocation: str, scheme: str, params_before: int,
-          macs_before: float | None, budget_over: str = "model") -> list[int | None]:
+          macs_before: float | None, budget_over: str = "model",
+          linear_before: int | None = None) -> list[int | None]:
     """The rank of each candidate (None: kept dense). With ``budget_over="selected"``
-    the ratio is of the candidates' own cost, else of the whole model's."""
+    the ratio is of the candidates' own cost, with ``"linear"`` of every linear layer's
+    parameters (``linear_before``; for MACs, the model's count, which is already one of
+    linear layers), else of the whole model's."""
     macs = flop_ratio is not None
     if macs and macs_before is None:
         raise ValueError("flop_ratio needs example_inputs for models with Conv2d layers "
@@ -182,6 +202,10 @@ def _plan(cands: list[Candidate], rank: int | float | None, param_ratio: float |
         whole = sum(cost(c, None) for c in cands)
         if not whole:
             return [None] * len(cands)
+    elif budget_over == "linear" and not macs:
+        assert linear_before is not None
+        whole = linear_before
+    scope = {"selected": "selected layers", "linear": "linear layers"}.get(budget_over, "model")
     fixed = whole - sum(cost(c, None) for c in cands)
     target = ratio * whole
     floor = fixed + sum(min(cost(c, c.groups), cost(c, None)) for c in cands)
@@ -190,15 +214,13 @@ def _plan(cands: list[Candidate], rank: int | float | None, param_ratio: float |
         hint = ("" if budget_over == "selected" else "; or pass budget_over='selected' to "
                 "count the selected layers only (embeddings and other layers excluded)")
         raise ValueError(f"{what}={ratio} cannot be met: the selected layers at rank 1 "
-                         f"still give a ratio of {floor / whole:.4f} of the "
-                         f"{'selected layers' if budget_over == 'selected' else 'model'}; "
+                         f"still give a ratio of {floor / whole:.4f} of the {scope}; "
                          f"factorize more layers (include/exclude) or raise the budget{hint}")
     energies = spectral_energies(cands, scheme) if allocation == "energy" else None
     ranks = allocate_ranks(cands, cost, fixed, target, allocation, energies)
     achieved = fixed + sum(cost(c, r) for c, r in zip(cands, ranks, strict=True))
     if abs(achieved - target) > BUDGET_TOLERANCE * target and allocation != "layerwise":
-        warnings.warn(f"budget met only to {achieved / whole:.4f} of the "
-                      f"{'selected layers' if budget_over == 'selected' else 'model'} for a "
+        warnings.warn(f"budget met only to {achieved / whole:.4f} of the {scope} for a "
                       f"target of {ratio}: the rank granularity of the selected layers "
                       "is too coarse", stacklevel=3)
     return ranks
@@ -238,8 +260,11 @@ def factorize(
     of cost; for trained weights) or ``"layerwise"`` (every layer keeps the same
     fraction of its own parameters, rank ``floor(q m n / (m + n))``: the convention
     of SVD-LLM and ASVD). ``budget_over="model"`` (default) takes the ratio of the
-    whole model, embeddings included; ``"selected"`` of the selected layers only,
-    as the LLM compression papers count it (the report gives both). A layer whose
+    whole model, embeddings included; ``"selected"`` of the selected layers only;
+    ``"linear"`` of all linear layers, those left dense included (a head tied to the
+    embedding not counted), as the LLM compression papers count it: with a selection
+    of some layers, those take the whole budget (the report gives all three ratios;
+    for ``flop_ratio`` the MAC count is of the linear layers in every case). A layer whose
     factors would cost as much as the dense layer (rank at or above break-even) is
     kept dense. Parameters are counted once however often they are shared.
 
@@ -280,7 +305,7 @@ def factorize(
         error ``model`` is left as it was.
     """
     _check_budget(rank, param_ratio, flop_ratio)
-    check_choice("budget_over", budget_over, ("model", "selected"))
+    check_choice("budget_over", budget_over, ("model", "selected", "linear"))
     check_bool("sequential", sequential)
     check_choice("conv_scheme", conv_scheme, CONV_SCHEMES)
     check_choice("allocation", allocation, ALLOCATIONS)
@@ -318,14 +343,14 @@ def factorize(
             if shapes is not None and mod not in shapes:
                 warnings.warn(f"{name!r} did not run on example_inputs; its MACs count as 0",
                               stacklevel=2)
-    params_before = unique_params(model)
+    params_before, linear_before = unique_params(model), linear_params(model)
     # every Linear/Conv2d counts, low-rank layers already in the model included
     macs_all = [layer_macs(m, shapes) for m in model.modules()
                 if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | LowRankLayer)
                 or is_linear_like(m)]
     macs_before = None if any(v is None for v in macs_all) else sum(macs_all)
     ranks = _plan(cands, rank, param_ratio, flop_ratio, allocation, conv_scheme,
-                  params_before, macs_before, budget_over)
+                  params_before, macs_before, budget_over, linear_before)
     if cands and all(r is None for r in ranks) and (rank is not None or
                                                      (param_ratio or flop_ratio) < 1):
         warnings.warn("nothing to factorize: every selected layer is at or above its "
@@ -342,6 +367,7 @@ def factorize(
              sequential, init_kwargs, timings)
     report = _report(cands, ranks, params_before, unique_params(model), macs_before)
     report.timings = timings
+    report.linear_params_before, report.linear_params_after = linear_before, linear_params(model)
     _add_fates(report, model, fates)
     return model, report
 

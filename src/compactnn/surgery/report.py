@@ -48,6 +48,9 @@ class FactorizeReport:
     #: seconds of block-wise calibration: running blocks (``calibration_s``) and
     #: fitting factors (``decomposition_s``); empty for other paths
     timings: dict[str, float] = field(default_factory=dict)
+    #: parameters of every linear layer, selected or not (``factorize.linear_params``)
+    linear_params_before: int = 0
+    linear_params_after: int = 0
 
     HEADER = ["layer", "type", "shape", "rank", "params", "params after", "MACs",
               "MACs after", "note"]
@@ -62,6 +65,12 @@ class FactorizeReport:
         the LLM compression papers, which count the linear layers, not embeddings)."""
         rows = [lr for lr in self.layers if lr.selected]
         return _ratio(sum(lr.params_after for lr in rows), sum(lr.params_before for lr in rows))
+
+    @property
+    def linear_param_ratio(self) -> float:
+        """Parameters after / before over all linear layers, the selected ones and those
+        left dense (a head tied to the embedding not counted)."""
+        return _ratio(self.linear_params_after, self.linear_params_before)
 
     @property
     def flop_ratio(self) -> float | None:
@@ -82,7 +91,8 @@ class FactorizeReport:
         out.append(["total", "", "", "", fmt(self.params_before), fmt(self.params_after),
                     fmt(self.macs_before), fmt(self.macs_after),
                     f"params x{self.param_ratio:.3f} (selected layers "
-                    f"x{self.selected_param_ratio:.3f}), MACs x{ratio}"])
+                    f"x{self.selected_param_ratio:.3f}, linear layers "
+                    f"x{self.linear_param_ratio:.3f}), MACs x{ratio}"])
         return out
 
     def __str__(self) -> str:
