@@ -133,6 +133,14 @@ def test_study_cells_resume_and_report(tmp_path):
     assert len(cells) == 2 + len(data_aware) * 4  # svd at one seed, the others at two
     assert "| svd_llm | 40% | 2 |" in res.markdown and "p (Holm)" in res.markdown
     assert "Fine-tuning the factors only" in res.markdown and "ideal" in res.markdown
+    # the attention-dense part: its cell at the quick ratio and its speed rows
+    attn = sorted(p.stem for p in (tmp_path / "cells" / "attention").glob("*.json"))
+    assert attn == ["nonlinear_r40_s0", "speed"]
+    row = next(line for line in res.markdown.splitlines() if line.startswith("| 40% | 0 |"))
+    every, dense_attn, linear = float(row.split("|")[3]), float(row.split("|")[4]), \
+        float(row.split("|")[7])
+    assert math.isfinite(every) and math.isfinite(dense_attn) and 0.55 < linear <= 0.6
+    assert "| 40% attention dense | 1 | 1 |" in res.markdown
     # a second run reads every cell back: nothing is recomputed
     calls = []
 
@@ -157,5 +165,6 @@ def test_report_only_reads_the_finished_cells_without_a_model(tmp_path):
         warnings.simplefilter("ignore")
         full = run_study(tmp_path, quick=True, log=lambda m: None, setting=TinySetting())
     only = run_study(tmp_path, quick=True, report_only=True)
-    rows = [line for line in full.markdown.splitlines() if line.startswith("| svd_llm | 40%")]
-    assert rows and all(r in only.markdown for r in rows)
+    rows = [line for line in full.markdown.splitlines() if line.startswith(("| svd_llm | 40%",
+                                                                          "| 40% | 0 |"))]
+    assert len(rows) == 4 and all(r in only.markdown for r in rows)

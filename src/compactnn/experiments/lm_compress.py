@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from compactnn.experiments import ExperimentResult, register
+from compactnn.experiments import lm_compress_attention as attention
 from compactnn.experiments.cells import CellStore
 from compactnn.experiments.reporting import (
     geometric_mean_ci,
@@ -46,11 +47,12 @@ SCALES: dict[bool, dict[str, Any]] = {
     True: {"include": r"model\.layers\.[01]\..*", "calib_n": 8, "calib_len": 128,
            "eval_tokens": 1024, "seq_len": 128, "ratios": (0.4,), "seeds": (0,),
            "finetune_steps": 0, "finetune_ratio": 0.4, "speed_batches": (1,),
-           "speed_threads": (1,), "prompt": 32, "new_tokens": 8, "repeats": 2},
+           "speed_threads": (1,), "prompt": 32, "new_tokens": 8, "repeats": 2,
+           "attention_ratios": (0.4,)},
     False: {"include": None, "calib_n": 32, "calib_len": 256, "eval_tokens": 8192,
             "seq_len": 256, "ratios": RATIOS, "seeds": (0, 1, 2), "finetune_steps": 20,
             "finetune_ratio": 0.4, "speed_batches": (1, 16), "speed_threads": (1, 2),
-            "prompt": 64, "new_tokens": 16, "repeats": 3},
+            "prompt": 64, "new_tokens": 16, "repeats": 3, "attention_ratios": (0.2, 0.4)},
 }
 
 
@@ -109,7 +111,7 @@ def _compress(setting: Setting, method: str, ratio: float, seed: int):
     from compactnn.lm.compress import METHODS, compress_lm
 
     calib = setting.calibration(seed) if METHODS[method].data_aware else None
-    model, report = compress_lm(setting.model, method, ratio, calib,
+    model, report = compress_lm(setting.model, method, ratio, calib, budget_over="selected",
                                 include=setting.scale.get("include"))
     return model, report, calib
 
@@ -155,7 +157,7 @@ def _speed(setting: Setting) -> list[list[Any]]:
     prompt = setting.test["shakespeare"][: s["prompt"]]
     models = {"dense": setting.model}
     for r in s["ratios"]:
-        models[f"{int(r * 100)}%"] = compress_lm(setting.model, "svd", r,
+        models[f"{int(r * 100)}%"] = compress_lm(setting.model, "svd", r, budget_over="selected",
                                                 include=s.get("include"))[0]
     x = prompt.unsqueeze(0)
     macs = {k: count_macs(m, x) for k, m in models.items()}
@@ -194,7 +196,8 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
     from compactnn.lm.compress import METHODS
 
     # in order of value to a run cut short: every method at the middle ratio, the speed
-    # table, the fine-tunes, the other ratios, then the further calibration seeds
+    # table, the fine-tunes, the attention-dense fix, the other ratios, then the further
+    # calibration seeds
     tasks: list[tuple[str, Any]] = []
     for seed in s["seeds"]:
         for ratio in order:
@@ -204,11 +207,27 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                 tasks.append(("speed", None))
                 if s["finetune_steps"] > 0:
                     tasks += [("finetune", (m, s["finetune_ratio"], seed)) for m in methods()]
+                tasks += [("attn_speed", None)] + [("attn", (r, seed))
+                                                   for r in s["attention_ratios"]]
     speed: list[list[Any]] = []
+    attn_speed: list[list[Any]] = []
+    attn: dict[tuple[float, int], dict[str, Any]] = {}
     for kind, key in tasks:
         if kind == "speed":
             speed = store.run("speed", "speed", {"quick": quick},
                               lambda _p: {"rows": _speed(setting)}, log)["result"]["rows"]
+            continue
+        if kind == "attn_speed":
+            attn_speed = store.run("attention", "speed", {"quick": quick},
+                                   lambda _p: {"rows": attention.speed(setting)},
+                                   log)["result"]["rows"]
+            continue
+        if kind == "attn":
+            ratio, seed = key
+            attn[key] = store.run("attention", f"{attention.METHOD}_r{int(ratio * 100)}_s{seed}",
+                                  {"method": attention.METHOD, "ratio": ratio, "seed": seed,
+                                   "quick": quick},
+                                  lambda _p, k=key: attention.cell(setting, *k), log)["result"]
             continue
         method, ratio, seed = key
         name = f"{method}_r{int(ratio * 100)}_s{seed}"
@@ -221,7 +240,7 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
             rec = store.run("finetune", name, {**params, "steps": s["finetune_steps"]},
                             lambda _p, k=key: _finetuned(setting, *k), log)
             cells[key].update(rec["result"])
-    return _report(out_dir, quick, s, dense, cells, speed)
+    return _report(out_dir, quick, s, dense, cells, speed, attn, attn_speed)
 
 
 def _stored_report(out_dir: Path, store: CellStore, quick: bool) -> ExperimentResult:
@@ -236,14 +255,21 @@ def _stored_report(out_dir: Path, store: CellStore, quick: bool) -> ExperimentRe
         p = rec["params"]
         cells.setdefault((p["method"], p["ratio"], p["seed"]), {}).update(rec["result"])
     speed = store.load("speed", "speed")
+    attn, attn_speed = {}, []
+    for name, rec in store.finished("attention").items():
+        if name == "speed":
+            attn_speed = rec["result"]["rows"]
+        else:
+            attn[(rec["params"]["ratio"], rec["params"]["seed"])] = rec["result"]
     return _report(out_dir, quick, SCALES[quick], dense["result"],
                    {k: v for k, v in cells.items() if "ppl" in v},
-                   [] if speed is None else speed["result"]["rows"])
+                   [] if speed is None else speed["result"]["rows"], attn, attn_speed)
 
 
 def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any],
-            cells: dict[tuple[str, float, int], dict[str, Any]], speed: list[list[Any]]
-            ) -> ExperimentResult:
+            cells: dict[tuple[str, float, int], dict[str, Any]], speed: list[list[Any]],
+            attn: dict[tuple[float, int], dict[str, Any]] | None = None,
+            attn_speed: list[list[Any]] | None = None) -> ExperimentResult:
     files = []
     rows, csv_rows = [], []
     for method in methods():
@@ -283,6 +309,9 @@ def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any]
            "inverse ratio of linear-layer multiply-adds):", "",
            markdown_table(["model", "threads", "batch", "prefill tok/s", "x dense",
                            "generate tok/s", "x dense", "ideal"], speed)]
+    extra = attention.report(cells, attn or {}, dense, attn_speed or [])
+    if extra:
+        md += ["", extra]
     fig = _plot(out_dir, s, cells, dense)
     if fig is not None:
         files.append(fig)
