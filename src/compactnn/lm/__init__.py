@@ -7,7 +7,7 @@ through the data registry (``compactnn data list``). Importing this package need
 torch: a missing extra is an :class:`LMUnavailable` error when a loader is called.
 """
 
-from compactnn.lm.compress import METHODS, compress_lm, finetune_factors
+from compactnn.lm.compress import METHODS, attention_layers, compress_lm, finetune_factors
 from compactnn.lm.deps import INSTALL_HINT, LMUnavailable, require
 from compactnn.lm.evaluate import perplexity, perplexity_windows
 from compactnn.lm.pretrained import load_pretrained, save_pretrained
@@ -32,6 +32,7 @@ __all__ = [
     "SHAKESPEARE_POEMS",
     "SHAKESPEARE_SPLIT",
     "SMOLLM2_FILE",
+    "attention_layers",
     "calibration_batches",
     "clean_text",
     "compress_lm",
