@@ -81,6 +81,7 @@ class EncoderLayerFusion(nn.Module):
         self._hidden: list[Tensor] = []
         self._states: Tensor | None = None
         self._memories: list[Tensor] | None = None
+        self._decoder_enc_pos = 0  # position of encoder_hidden_states, set by install()
 
     # -- encoder side ------------------------------------------------------------------
 
@@ -142,7 +143,7 @@ class EncoderLayerFusion(nn.Module):
         fused = self.fusion(states.transpose(0, 1))
         self._memories = list(fused.unbind(0))
 
-    def _decoder_layer_start(self, index: int, layer: nn.Module, signature: inspect.Signature,
+    def _decoder_layer_start(self, index: int, signature: inspect.Signature,
                              args: Any, kwargs: dict[str, Any]) -> Any:
         if self._memories is None:
             return None
@@ -167,9 +168,9 @@ class EncoderLayerFusion(nn.Module):
         for j, layer in enumerate(dec_layers):
             sig = inspect.signature(layer.forward)
 
-            def hook(mod: nn.Module, args: Any, kwargs: dict[str, Any], j: int = j,
+            def hook(_mod: nn.Module, args: Any, kwargs: dict[str, Any], j: int = j,
                      sig: inspect.Signature = sig) -> Any:
-                return self._decoder_layer_start(j, mod, sig, args, kwargs)
+                return self._decoder_layer_start(j, sig, args, kwargs)
 
             h.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
 
