@@ -152,3 +152,15 @@ def test_the_studys_quick_mode_budget_equals_the_library_default():
     _, quick = compress(model, "svd", 0.3, None, r"model\.layers\.\d+\..*")
     assert [(r.name, r.rank) for r in lib.layers] == [(r.name, r.rank) for r in quick.layers]
     assert any(r.rank is not None for r in lib.layers)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (5, TypeError, "got 5$"), ([3], TypeError, r"got \[3\]$"),
+    ("(", ValueError, "exclude='\\(' is not a valid regex"),
+    ("nomatch", ValueError, "'nomatch' matched no module"),
+    (["nomatch"], ValueError, "'nomatch' matched no module")])
+def test_keep_attention_dense_reports_the_users_own_exclude(bad, error, message):
+    # the attention names are joined to exclude only after the user's value is checked,
+    # so an error names what the user passed, not the joined pattern
+    with pytest.raises(error, match=message):
+        compress_lm(llama(), "svd", 0.2, keep_attention_dense=True, exclude=bad)

@@ -108,6 +108,9 @@ def compress_lm(model: nn.Module, method: str, removed: float, calibration: Tens
     check_bool("keep_attention_dense", keep_attention_dense)
     check_choice("budget_over", budget_over, ("linear", "selected"))
     if keep_attention_dense:
+        from compactnn.surgery.select import layer_fates
+
+        layer_fates(model, include, exclude)  # the user's patterns checked as given
         attention = attention_layers(model)
         if not attention:
             raise ValueError("keep_attention_dense=True, but the model has no attention "
