@@ -147,18 +147,27 @@ def _finetuned(setting: Setting, method: str, ratio: float, seed: int) -> dict[s
 
 def _speed(setting: Setting) -> list[list[Any]]:
     """Prefill and generation tokens/s of the compressed shapes of each ratio against the
-    dense model, interleaved; the ideal is the inverse ratio of multiply-adds of all
-    linear layers (the output head included; attention scores not counted)."""
-    from compactnn.lm import generation_speed, prefill_speed
+    dense model (:func:`speed_rows`)."""
     from compactnn.lm.compress import compress_lm
-    from compactnn.surgery.budget import count_macs
 
     s = setting.scale
-    prompt = setting.test["shakespeare"][: s["prompt"]]
     models = {"dense": setting.model}
     for r in s["ratios"]:
         models[f"{int(r * 100)}%"] = compress_lm(setting.model, "svd", r, budget_over="selected",
                                                 include=s.get("include"))[0]
+    return speed_rows(setting, models)
+
+
+def speed_rows(setting: Any, models: dict[str, torch.nn.Module]) -> list[list[Any]]:
+    """Prefill and generation tokens/s of ``models`` (``"dense"`` among them) at each of
+    the scale's thread counts and batch sizes, timed interleaved; the ideal is the
+    inverse ratio of multiply-adds of all linear layers (the output head included;
+    attention scores not counted)."""
+    from compactnn.lm import generation_speed, prefill_speed
+    from compactnn.surgery.budget import count_macs
+
+    s = setting.scale
+    prompt = setting.test["shakespeare"][: s["prompt"]]
     x = prompt.unsqueeze(0)
     macs = {k: count_macs(m, x) for k, m in models.items()}
     rows = []
@@ -173,7 +182,6 @@ def _speed(setting: Setting) -> list[list[Any]]:
                              f"{gen[k]:.1f}", f"{gen[k] / gen['dense']:.2f}",
                              f"{macs['dense'] / macs[k]:.2f}"])
     return rows
-
 
 
 def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = None,

@@ -72,33 +72,18 @@ def cell(setting: Any, ratio: float, seed: int) -> dict[str, Any]:
 
 def speed(setting: Any) -> list[list[Any]]:
     """Prefill and generation tokens/s of dense, every-layer and attention-dense models
-    at each ratio, timed interleaved; the ideal is the inverse MAC ratio."""
-    from compactnn.lm import generation_speed, prefill_speed
+    at each ratio, timed interleaved (``lm_compress.speed_rows``)."""
+    from compactnn.experiments.lm_compress import speed_rows
     from compactnn.lm.compress import compress_lm
-    from compactnn.surgery.budget import count_macs
 
     s = setting.scale
-    prompt = setting.test["shakespeare"][: s["prompt"]]
     models = {"dense": setting.model}
     for r in s["ratios"]:  # plain SVD: speed depends on the shapes alone
         models[f"{int(r * 100)}% every layer"] = compress_lm(
             setting.model, "svd", r, include=s.get("include"), budget_over="selected")[0]
         models[f"{int(r * 100)}% attention dense"] = compress(
             setting.model, "svd", r, None, s.get("include"))[0]
-    x = prompt.unsqueeze(0)
-    macs = {k: count_macs(m, x) for k, m in models.items()}
-    rows = []
-    for threads in s["speed_threads"]:
-        for batch in s["speed_batches"]:
-            pre = prefill_speed(models, prompt, batch_size=batch, threads=threads,
-                                repeats=s["repeats"])
-            gen = generation_speed(models, prompt, s["new_tokens"], batch_size=batch,
-                                   threads=threads, repeats=s["repeats"])
-            for k in models:
-                rows.append([k, threads, batch, f"{pre[k]:.0f}", f"{pre[k] / pre['dense']:.2f}",
-                             f"{gen[k]:.1f}", f"{gen[k] / gen['dense']:.2f}",
-                             f"{macs['dense'] / macs[k]:.2f}"])
-    return rows
+    return speed_rows(setting, models)
 
 
 def report(cells: dict[tuple[str, float, int], dict[str, Any]],
