@@ -133,14 +133,18 @@ def test_study_cells_resume_and_report(tmp_path):
     assert len(cells) == 2 + len(data_aware) * 4  # svd at one seed, the others at two
     assert "| svd_llm | 40% | 2 |" in res.markdown and "p (Holm)" in res.markdown
     assert "Fine-tuning the factors only" in res.markdown and "ideal" in res.markdown
-    # the attention-dense part: its cell at the quick ratio and its speed rows
+    # the layers-kept-dense part: a cell of each variant at the quick ratio, and the speed
     attn = sorted(p.stem for p in (tmp_path / "cells" / "attention").glob("*.json"))
-    assert attn == ["nonlinear_r40_s0", "speed"]
+    kv = sorted(p.stem for p in (tmp_path / "cells" / "kv_dense").glob("*.json"))
+    assert attn == ["nonlinear_r40_s0", "speed"] and kv == ["nonlinear_r40_s0"]
     row = next(line for line in res.markdown.splitlines() if line.startswith("| 40% | 0 |"))
-    every, dense_attn, linear = float(row.split("|")[3]), float(row.split("|")[4]), \
-        float(row.split("|")[7])
-    assert math.isfinite(every) and math.isfinite(dense_attn) and 0.55 < linear <= 0.6
-    assert "| 40% attention dense | 1 | 1 |" in res.markdown
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    ppl = [float(c) for c in cols[2:8]]  # every layer, attention dense, k/v dense; twice
+    ratios = [float(c) for c in cols[8:10]]
+    assert all(math.isfinite(v) for v in ppl) and all(0.55 < r <= 0.6 for r in ratios)
+    assert len({ppl[0], ppl[1], ppl[2]}) == 3  # three different models
+    for label in ("40% every layer", "40% attention dense", "40% k/v dense"):
+        assert f"| {label} | 1 | 1 |" in res.markdown
     # a second run reads every cell back: nothing is recomputed
     calls = []
 

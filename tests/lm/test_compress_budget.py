@@ -142,16 +142,22 @@ def test_keep_attention_dense_and_budget_over_are_checked():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_the_studys_quick_mode_budget_equals_the_library_default():
+@pytest.mark.parametrize("variant", ["attention", "kv"])
+def test_the_studys_quick_mode_budget_equals_the_library_default(variant):
     # lm_compress's quick mode restricts the blocks (include) and converts the budget to
-    # the feed-forward share by hand; over every block that gives the library's ranks
-    from compactnn.experiments.lm_compress_attention import compress
+    # the share of the compressed layers by hand; over every block that gives the
+    # library's ranks
+    from compactnn.experiments.lm_compress_attention import compress, dense_layers
 
     model = llama()
-    _, lib = compress(model, "svd", 0.3, None, None)
-    _, quick = compress(model, "svd", 0.3, None, r"model\.layers\.\d+\..*")
+    _, lib = compress(model, "svd", 0.3, None, None, variant)
+    _, quick = compress(model, "svd", 0.3, None, r"model\.layers\.\d+\..*", variant)
     assert [(r.name, r.rank) for r in lib.layers] == [(r.name, r.rank) for r in quick.layers]
-    assert any(r.rank is not None for r in lib.layers)
+    kept = {r.name for r in lib.layers if r.rank is None and r.name != "lm_head"}
+    assert kept == set(dense_layers(model, variant))
+    assert lib.linear_param_ratio <= 0.7 < lib.linear_param_ratio + 0.05
+    if variant == "kv":
+        assert kept == {f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "kv"}
 
 
 @pytest.mark.parametrize("bad, error, message", [

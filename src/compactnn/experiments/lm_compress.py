@@ -215,11 +215,12 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                 tasks.append(("speed", None))
                 if s["finetune_steps"] > 0:
                     tasks += [("finetune", (m, s["finetune_ratio"], seed)) for m in methods()]
-                tasks += [("attn_speed", None)] + [("attn", (r, seed))
+                tasks += [("attn_speed", None)] + [("attn", (v, r, seed))
+                                                   for v in attention.VARIANTS
                                                    for r in s["attention_ratios"]]
     speed: list[list[Any]] = []
     attn_speed: list[list[Any]] = []
-    attn: dict[tuple[float, int], dict[str, Any]] = {}
+    attn: dict[str, dict[tuple[float, int], dict[str, Any]]] = {}
     for kind, key in tasks:
         if kind == "speed":
             speed = store.run("speed", "speed", {"quick": quick},
@@ -231,11 +232,11 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                                    log)["result"]["rows"]
             continue
         if kind == "attn":
-            ratio, seed = key
-            attn[key] = store.run("attention", f"{attention.METHOD}_r{int(ratio * 100)}_s{seed}",
-                                  {"method": attention.METHOD, "ratio": ratio, "seed": seed,
-                                   "quick": quick},
-                                  lambda _p, k=key: attention.cell(setting, *k), log)["result"]
+            variant, ratio, seed = key
+            attn.setdefault(variant, {})[(ratio, seed)] = store.run(
+                attention.PARTS[variant], f"{attention.METHOD}_r{int(ratio * 100)}_s{seed}",
+                {"method": attention.METHOD, "ratio": ratio, "seed": seed, "quick": quick},
+                lambda _p, k=key: attention.cell(setting, *k), log)["result"]
             continue
         method, ratio, seed = key
         name = f"{method}_r{int(ratio * 100)}_s{seed}"
@@ -263,12 +264,15 @@ def _stored_report(out_dir: Path, store: CellStore, quick: bool) -> ExperimentRe
         p = rec["params"]
         cells.setdefault((p["method"], p["ratio"], p["seed"]), {}).update(rec["result"])
     speed = store.load("speed", "speed")
-    attn, attn_speed = {}, []
-    for name, rec in store.finished("attention").items():
-        if name == "speed":
-            attn_speed = rec["result"]["rows"]
-        else:
-            attn[(rec["params"]["ratio"], rec["params"]["seed"])] = rec["result"]
+    attn: dict[str, dict[tuple[float, int], dict[str, Any]]] = {}
+    attn_speed: list[list[Any]] = []
+    for variant, part in attention.PARTS.items():
+        for name, rec in store.finished(part).items():
+            if name == "speed":
+                attn_speed = rec["result"]["rows"]
+            else:
+                attn.setdefault(variant, {})[(rec["params"]["ratio"],
+                                              rec["params"]["seed"])] = rec["result"]
     return _report(out_dir, quick, SCALES[quick], dense["result"],
                    {k: v for k, v in cells.items() if "ppl" in v},
                    [] if speed is None else speed["result"]["rows"], attn, attn_speed)
@@ -276,7 +280,7 @@ def _stored_report(out_dir: Path, store: CellStore, quick: bool) -> ExperimentRe
 
 def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any],
             cells: dict[tuple[str, float, int], dict[str, Any]], speed: list[list[Any]],
-            attn: dict[tuple[float, int], dict[str, Any]] | None = None,
+            attn: dict[str, dict[tuple[float, int], dict[str, Any]]] | None = None,
             attn_speed: list[list[Any]] | None = None) -> ExperimentResult:
     files = []
     rows, csv_rows = [], []
