@@ -170,3 +170,14 @@ def test_keep_attention_dense_reports_the_users_own_exclude(bad, error, message)
     # so an error names what the user passed, not the joined pattern
     with pytest.raises(error, match=message):
         compress_lm(llama(), "svd", 0.2, keep_attention_dense=True, exclude=bad)
+
+
+def test_linear_scope_of_a_flop_budget_is_the_models_mac_count():
+    # MACs are counted over the linear layers in every scope, so "linear" and "model"
+    # plan the same ranks for a FLOP budget
+    model = llama(tie=False)
+    x = torch.zeros(1, 8, dtype=torch.long)
+    _, lin = factorize(model, flop_ratio=0.6, budget_over="linear", example_inputs=x)
+    _, mod = factorize(model, flop_ratio=0.6, budget_over="model", example_inputs=x)
+    assert [r.rank for r in lin.layers] == [r.rank for r in mod.layers]
+    assert lin.flop_ratio <= 0.6
