@@ -172,3 +172,25 @@ def test_report_only_reads_the_finished_cells_without_a_model(tmp_path):
     rows = [line for line in full.markdown.splitlines() if line.startswith(("| svd_llm | 40%",
                                                                           "| 40% | 0 |"))]
     assert len(rows) == 4 and all(r in only.markdown for r in rows)
+
+
+def test_a_reverse_worker_runs_the_cells_last_to_first_with_the_same_report(tmp_path):
+    from compactnn.experiments.lm_compress import run_study
+
+    order = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fwd = run_study(tmp_path / "a", quick=True, log=order.append, setting=TinySetting())
+        rev_order = []
+        rev = run_study(tmp_path / "b", quick=True, log=rev_order.append, reverse=True,
+                        setting=TinySetting())
+    assert order[0] == rev_order[0] == "running dense/dense"
+    assert rev_order[1:] == order[:0:-1] and len(order) > 10
+
+    def perplexities(md):  # method, removed, seeds, perplexities: no timings
+        return [[c.strip() for c in line.split("|")[1:8]] for line in md.splitlines()
+                if line.startswith(tuple(f"| {m} |" for m in METHODS))]
+
+    # the fine-tunes run before their cells in reverse and still land in the report
+    assert perplexities(rev.markdown) == perplexities(fwd.markdown)
+    assert sum("Fine-tuning the factors only" in md for md in (fwd.markdown, rev.markdown)) == 2

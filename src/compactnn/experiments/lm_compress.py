@@ -185,7 +185,7 @@ def speed_rows(setting: Any, models: dict[str, torch.nn.Module]) -> list[list[An
 
 
 def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = None,
-              report_only: bool = False) -> ExperimentResult:
+              report_only: bool = False, reverse: bool = False) -> ExperimentResult:
     """Run (or resume) every cell under ``out_dir`` and build the report. ``setting``
     replaces the real model and text (the tests pass a tiny one). ``report_only``
     builds the report from the finished cells alone, running nothing."""
@@ -218,6 +218,8 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                 tasks += [("attn_speed", None)] + [("attn", (v, r, seed))
                                                    for v in attention.VARIANTS
                                                    for r in s["attention_ratios"]]
+    if reverse:  # a second worker on the same folder: meets the first once, at most
+        tasks.reverse()  # one cell run twice (cells are deterministic given their seed)
     speed: list[list[Any]] = []
     attn_speed: list[list[Any]] = []
     attn: dict[str, dict[tuple[float, int], dict[str, Any]]] = {}
@@ -244,11 +246,11 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
         if kind == "cell":
             rec = store.run("cells", name, params,
                             lambda _p, k=key: _cell(setting, *k), log)
-            cells[key] = dict(rec["result"])
+            cells.setdefault(key, {}).update(rec["result"])
         else:
             rec = store.run("finetune", name, {**params, "steps": s["finetune_steps"]},
                             lambda _p, k=key: _finetuned(setting, *k), log)
-            cells[key].update(rec["result"])
+            cells.setdefault(key, {}).update(rec["result"])
     return _report(out_dir, quick, s, dense, cells, speed, attn, attn_speed)
 
 
@@ -379,7 +381,9 @@ def _comparisons(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str
 def _finetune(s: dict[str, Any], cells: dict[tuple[str, float, int], dict[str, Any]],
               dense: dict[str, Any]) -> str:
     rows = []
-    for (m, r, sd), c in cells.items():
+    order = {m: i for i, m in enumerate(methods())}
+    for (m, r, sd), c in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], 99),
+                                                               *kv[0][1:])):
         if "ppl_finetuned" in c:
             rows.append([m, f"{int(r * 100)}%", sd, f"{c['ppl']['shakespeare']:.2f}",
                          f"{c['ppl_finetuned']['shakespeare']:.2f}", f"{c['ppl']['kjv']:.2f}",
@@ -428,11 +432,15 @@ def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     flags = {a for a in args[1:]}
-    if not args or not flags <= {"quick", "--report"} or len(flags) != len(args) - 1:
+    if not args or not flags <= {"quick", "--report", "--reverse"} or \
+            len(flags) != len(args) - 1:
         raise SystemExit("usage: python -m compactnn.experiments.lm_compress OUT [quick] "
-                         "[--report]  (--report: the report of the finished cells only)")
+                         "[--report] [--reverse]  (--report: the report of the finished "
+                         "cells only; --reverse: run the cells last to first, for a second "
+                         "worker on the same folder)")
     out = Path(args[0])
     result = run_study(out, quick="quick" in flags, report_only="--report" in flags,
+                       reverse="--reverse" in flags,
                        log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     (out / "report.md").write_text(result.markdown + "\n")
     print(result.markdown)
