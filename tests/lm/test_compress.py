@@ -133,6 +133,10 @@ def test_study_cells_resume_and_report(tmp_path):
     assert len(cells) == 2 + len(data_aware) * 4  # svd at one seed, the others at two
     assert "| svd_llm | 40% | 2 |" in res.markdown and "p (Holm)" in res.markdown
     assert "Fine-tuning the factors only" in res.markdown and "ideal" in res.markdown
+    # every method fine-tuned at the first seed, the goal's two at the others
+    tuned = sorted(p.stem for p in (tmp_path / "cells" / "finetune").glob("*.json"))
+    assert tuned == sorted([f"{m}_r40_s0" for m in METHODS]
+                           + ["nonlinear_r40_s1", "svd_llm_r40_s1"])
     # the layers-kept-dense part: a cell of each variant at the quick ratio, and the speed
     attn = sorted(p.stem for p in (tmp_path / "cells" / "attention").glob("*.json"))
     kv = sorted(p.stem for p in (tmp_path / "cells" / "kv_dense").glob("*.json"))
@@ -171,7 +175,7 @@ def test_report_only_reads_the_finished_cells_without_a_model(tmp_path):
     only = run_study(tmp_path, quick=True, report_only=True)
     rows = [line for line in full.markdown.splitlines() if line.startswith(("| svd_llm | 40%",
                                                                           "| 40% | 0 |"))]
-    assert len(rows) == 4 and all(r in only.markdown for r in rows)
+    assert len(rows) == 5 and all(r in only.markdown for r in rows)  # 2 fine-tunes
 
 
 def test_a_reverse_worker_runs_the_cells_last_to_first_with_the_same_report(tmp_path):

@@ -56,6 +56,11 @@ SCALES: dict[bool, dict[str, Any]] = {
 }
 
 
+#: the methods fine-tuned at every calibration seed (the others at the first only): the
+#: best of compactnn's and the best published one
+FINETUNE_SEEDS = ("nonlinear", "svd_llm")
+
+
 def methods() -> list[str]:
     from compactnn.lm.compress import METHODS
 
@@ -218,6 +223,9 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                 tasks += [("attn_speed", None)] + [("attn", (v, r, seed))
                                                    for v in attention.VARIANTS
                                                    for r in s["attention_ratios"]]
+        if seed != s["seeds"][0] and s["finetune_steps"] > 0:
+            # further seeds fine-tune the two methods the study's goal compares
+            tasks += [("finetune", (m, s["finetune_ratio"], seed)) for m in FINETUNE_SEEDS]
     if reverse:  # a second worker on the same folder: meets the first once, at most
         tasks.reverse()  # one cell run twice (cells are deterministic given their seed)
     speed: list[list[Any]] = []
