@@ -1,6 +1,7 @@
 """compress_lm and finetune_factors on a tiny random LLaMA, and the lm_compress study's
 cells, resume and report with the real model replaced by that tiny one."""
 
+import json
 import math
 import warnings
 
@@ -137,6 +138,14 @@ def test_study_cells_resume_and_report(tmp_path):
     tuned = sorted(p.stem for p in (tmp_path / "cells" / "finetune").glob("*.json"))
     assert tuned == sorted([f"{m}_r40_s0" for m in METHODS]
                            + ["nonlinear_r40_s1", "svd_llm_r40_s1"])
+    # their summary over the two seeds: geometric means and the paired difference
+    summary = res.markdown.split("Over calibration seeds, after the fine-tune:")[1]
+    row = next(line for line in summary.splitlines() if line.startswith("| nonlinear | 40% | 2"))
+    vals = {sd: json.loads((tmp_path / "cells" / "finetune" / f"nonlinear_r40_s{sd}.json")
+                           .read_text())["result"]["ppl_finetuned"]["shakespeare"]
+            for sd in (0, 1)}
+    assert row.split("|")[4].strip().startswith(f"{math.sqrt(vals[0] * vals[1]):.2f} [")
+    assert "nonlinear - svd_llm after the fine-tune" in summary
     # the layers-kept-dense part: a cell of each variant at the quick ratio, and the speed
     attn = sorted(p.stem for p in (tmp_path / "cells" / "attention").glob("*.json"))
     kv = sorted(p.stem for p in (tmp_path / "cells" / "kv_dense").glob("*.json"))
@@ -175,7 +184,7 @@ def test_report_only_reads_the_finished_cells_without_a_model(tmp_path):
     only = run_study(tmp_path, quick=True, report_only=True)
     rows = [line for line in full.markdown.splitlines() if line.startswith(("| svd_llm | 40%",
                                                                           "| 40% | 0 |"))]
-    assert len(rows) == 5 and all(r in only.markdown for r in rows)  # 2 fine-tunes
+    assert len(rows) == 6 and all(r in only.markdown for r in rows)  # + fine-tunes
 
 
 def test_a_reverse_worker_runs_the_cells_last_to_first_with_the_same_report(tmp_path):
