@@ -146,16 +146,24 @@ def test_study_cells_resume_and_report(tmp_path):
             for sd in (0, 1)}
     assert row.split("|")[4].strip().startswith(f"{math.sqrt(vals[0] * vals[1]):.2f} [")
     assert "nonlinear - svd_llm after the fine-tune" in summary
-    # the layers-kept-dense part: a cell of each variant at the quick ratio, and the speed
+    # the layers-kept-dense part: each variant with function matching at the first seed,
+    # the k/v one with SVD-LLM too and at the second seed; the speed at the first
     attn = sorted(p.stem for p in (tmp_path / "cells" / "attention").glob("*.json"))
     kv = sorted(p.stem for p in (tmp_path / "cells" / "kv_dense").glob("*.json"))
-    assert attn == ["nonlinear_r40_s0", "speed"] and kv == ["nonlinear_r40_s0"]
-    row = next(line for line in res.markdown.splitlines() if line.startswith("| 40% | 0 |"))
+    assert attn == ["nonlinear_r40_s0", "speed"]
+    assert kv == ["nonlinear_r40_s0", "nonlinear_r40_s1", "svd_llm_r40_s0"]
+    table = res.markdown.split("Layers kept dense")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| nonlinear | 40% | 0 |"))
     cols = [c.strip() for c in row.strip("|").split("|")]
-    ppl = [float(c) for c in cols[2:8]]  # every layer, attention dense, k/v dense; twice
-    ratios = [float(c) for c in cols[8:10]]
+    ppl = [float(c) for c in cols[3:9]]  # every layer, attention dense, k/v dense; twice
+    ratios = [float(c) for c in cols[9:11]]
     assert all(math.isfinite(v) for v in ppl) and all(0.55 < r <= 0.6 for r in ratios)
     assert len({ppl[0], ppl[1], ppl[2]}) == 3  # three different models
+    svd_llm = next(line for line in table.splitlines() if line.startswith("| svd_llm | 40% |"))
+    assert svd_llm.count("not run") == 2  # attention dense, on both texts
+    # k/v dense against every layer, paired over the two seeds
+    paired = table.split("k/v dense minus every layer")[1]
+    assert "| nonlinear | 40% | shakespeare | 2 |" in paired
     for label in ("40% every layer", "40% attention dense", "40% k/v dense"):
         assert f"| {label} | 1 | 1 |" in res.markdown
     # a second run reads every cell back: nothing is recomputed
@@ -182,9 +190,8 @@ def test_report_only_reads_the_finished_cells_without_a_model(tmp_path):
         warnings.simplefilter("ignore")
         full = run_study(tmp_path, quick=True, log=lambda m: None, setting=TinySetting())
     only = run_study(tmp_path, quick=True, report_only=True)
-    rows = [line for line in full.markdown.splitlines() if line.startswith(("| svd_llm | 40%",
-                                                                          "| 40% | 0 |"))]
-    assert len(rows) == 6 and all(r in only.markdown for r in rows)  # + fine-tunes
+    rows = [line for line in full.markdown.splitlines() if line.startswith("| svd_llm | 40%")]
+    assert len(rows) == 6 and all(r in only.markdown for r in rows)  # + fine-tunes, k/v
 
 
 def test_a_reverse_worker_runs_the_cells_last_to_first_with_the_same_report(tmp_path):

@@ -204,17 +204,18 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                 tasks.append(("speed", None))
                 if s["finetune_steps"] > 0:
                     tasks += [("finetune", (m, s["finetune_ratio"], seed)) for m in methods()]
-                tasks += [("attn_speed", None)] + [("attn", (v, r, seed))
-                                                   for v in attention.VARIANTS
-                                                   for r in s["attention_ratios"]]
-        if seed != s["seeds"][0] and s["finetune_steps"] > 0:
-            # further seeds fine-tune the two methods the study's goal compares
-            tasks += [("finetune", (m, s["finetune_ratio"], seed)) for m in FINETUNE_SEEDS]
+                tasks += [("attn_speed", None)] + [
+                    ("attn", t) for t in attention.tasks(seed, s["attention_ratios"], True)]
+        if seed != s["seeds"][0]:
+            tasks += [("attn", t) for t in attention.tasks(seed, s["attention_ratios"], False)]
+            if s["finetune_steps"] > 0:
+                # further seeds fine-tune the two methods the study's goal compares
+                tasks += [("finetune", (m, s["finetune_ratio"], seed)) for m in FINETUNE_SEEDS]
     if reverse:  # a second worker on the same folder: meets the first once, at most
         tasks.reverse()  # one cell run twice (cells are deterministic given their seed)
     speed: list[list[Any]] = []
     attn_speed: list[list[Any]] = []
-    attn: dict[str, dict[tuple[float, int], dict[str, Any]]] = {}
+    attn: dict[str, attention.Cells] = {}
     for kind, key in tasks:
         if kind == "speed":
             speed = store.run("speed", "speed", {"quick": quick},
@@ -226,10 +227,10 @@ def run_study(out_dir: Path, quick: bool, log=print, setting: Setting | None = N
                                    log)["result"]["rows"]
             continue
         if kind == "attn":
-            variant, ratio, seed = key
-            attn.setdefault(variant, {})[(ratio, seed)] = store.run(
-                attention.PARTS[variant], f"{attention.METHOD}_r{int(ratio * 100)}_s{seed}",
-                {"method": attention.METHOD, "ratio": ratio, "seed": seed, "quick": quick},
+            variant, method, ratio, seed = key
+            attn.setdefault(variant, {})[(method, ratio, seed)] = store.run(
+                attention.PARTS[variant], f"{method}_r{int(ratio * 100)}_s{seed}",
+                {"method": method, "ratio": ratio, "seed": seed, "quick": quick},
                 lambda _p, k=key: attention.cell(setting, *k), log)["result"]
             continue
         method, ratio, seed = key
@@ -258,15 +259,15 @@ def _stored_report(out_dir: Path, store: CellStore, quick: bool) -> ExperimentRe
         p = rec["params"]
         cells.setdefault((p["method"], p["ratio"], p["seed"]), {}).update(rec["result"])
     speed = store.load("speed", "speed")
-    attn: dict[str, dict[tuple[float, int], dict[str, Any]]] = {}
+    attn: dict[str, attention.Cells] = {}
     attn_speed: list[list[Any]] = []
     for variant, part in attention.PARTS.items():
         for name, rec in store.finished(part).items():
             if name == "speed":
                 attn_speed = rec["result"]["rows"]
             else:
-                attn.setdefault(variant, {})[(rec["params"]["ratio"],
-                                              rec["params"]["seed"])] = rec["result"]
+                p = rec["params"]
+                attn.setdefault(variant, {})[(p["method"], p["ratio"], p["seed"])] = rec["result"]
     return _report(out_dir, quick, SCALES[quick], dense["result"],
                    {k: v for k, v in cells.items() if "ppl" in v},
                    [] if speed is None else speed["result"]["rows"], attn, attn_speed)
@@ -274,7 +275,7 @@ def _stored_report(out_dir: Path, store: CellStore, quick: bool) -> ExperimentRe
 
 def _report(out_dir: Path, quick: bool, s: dict[str, Any], dense: dict[str, Any],
             cells: dict[tuple[str, float, int], dict[str, Any]], speed: list[list[Any]],
-            attn: dict[str, dict[tuple[float, int], dict[str, Any]]] | None = None,
+            attn: dict[str, attention.Cells] | None = None,
             attn_speed: list[list[Any]] | None = None) -> ExperimentResult:
     files = []
     rows, csv_rows = [], []

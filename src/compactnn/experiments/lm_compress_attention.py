@@ -30,7 +30,7 @@ import torch
 from compactnn.experiments.reporting import markdown_table
 
 __all__ = ["METHOD", "PARTS", "VARIANTS", "cell", "compress", "dense_layers", "report",
-           "speed"]
+           "speed", "tasks"]
 
 #: the method whose quality is measured with layers kept dense (the study's best)
 METHOD = "nonlinear"
@@ -81,13 +81,24 @@ def compress(model: torch.nn.Module, method: str, removed: float, calibration: A
                        calibration, include=include, budget_over="selected", **how)
 
 
-def cell(setting: Any, variant: str, ratio: float, seed: int) -> dict[str, Any]:
-    """Perplexity of :data:`METHOD` at ``ratio`` with ``variant``'s layers dense."""
+def tasks(seed: int, ratios: tuple[float, ...], first: bool) -> list[tuple[str, str, float, int]]:
+    """The ``(variant, method, ratio, seed)`` cells of one calibration seed: at the first
+    seed every variant with :data:`METHOD` and the k/v variant with SVD-LLM too (does the
+    allocation help the baseline as well?); at the others the k/v variant with
+    :data:`METHOD` (its paired comparison over seeds)."""
+    if first:
+        return ([(v, METHOD, r, seed) for v in VARIANTS for r in ratios]
+                + [("kv", "svd_llm", r, seed) for r in ratios])
+    return [("kv", METHOD, r, seed) for r in ratios]
+
+
+def cell(setting: Any, variant: str, method: str, ratio: float, seed: int) -> dict[str, Any]:
+    """Perplexity of ``method`` at ``ratio`` with ``variant``'s layers dense."""
     from compactnn.lm.compress import METHODS
 
     t0 = time.perf_counter()
-    calib = setting.calibration(seed) if METHODS[METHOD].data_aware else None
-    model, rep = compress(setting.model, METHOD, ratio, calib, setting.scale.get("include"),
+    calib = setting.calibration(seed) if METHODS[method].data_aware else None
+    model, rep = compress(setting.model, method, ratio, calib, setting.scale.get("include"),
                           variant)
     t_comp = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -114,17 +125,19 @@ def speed(setting: Any) -> list[list[Any]]:
     return speed_rows(setting, models)
 
 
-def report(cells: dict[tuple[str, float, int], dict[str, Any]],
-           variants: dict[str, dict[tuple[float, int], dict[str, Any]]],
-           dense: dict[str, Any], speed_rows: list[list[Any]]) -> str:
-    """The quality table (each variant against every layer, same method and seed) and
-    the speed table."""
+Cells = dict[tuple[str, float, int], dict[str, Any]]
+
+
+def report(cells: Cells, variants: dict[str, Cells], dense: dict[str, Any],
+           speed_rows: list[list[Any]]) -> str:
+    """The quality table (each variant against every layer, same method and seed), the
+    k/v variant against every layer paired over seeds, and the speed table. ``variants``
+    maps a variant to its cells by ``(method, ratio, seed)``."""
     keys = sorted({k for v in variants.values() for k in v})
     rows = []
-    for ratio, seed in keys:
-        got = [cells.get((METHOD, ratio, seed))] + [variants.get(v, {}).get((ratio, seed))
-                                                     for v in VARIANTS]
-        row: list[Any] = [f"{int(ratio * 100)}%", seed]
+    for key in keys:
+        got = [cells.get(key)] + [variants.get(v, {}).get(key) for v in VARIANTS]
+        row: list[Any] = [key[0], f"{int(key[1] * 100)}%", key[2]]
         for task in ("shakespeare", "kjv"):
             row += [f"{c['ppl'][task]:.2f}" if c else "not run" for c in got]
         row += [f"{c['linear_ratio']:.3f}" if c else "-" for c in got[1:]]
@@ -132,16 +145,47 @@ def report(cells: dict[tuple[str, float, int], dict[str, Any]],
     labels = ["every layer", *VARIANTS.values()]
     parts = []
     if rows:
-        parts.append(f"Layers kept dense, the others taking the budget ({METHOD}; dense "
+        parts.append(f"Layers kept dense, the others taking the budget (dense "
                      f"{dense['ppl']['shakespeare']:.2f} / {dense['ppl']['kjv']:.2f}; "
                      "perplexity, then the linear-layer ratio of each variant):\n\n"
-                     + markdown_table(["removed", "seed",
+                     + markdown_table(["method", "removed", "seed",
                                        *[f"Shakespeare {v}" for v in labels],
                                        *[f"KJV {v}" for v in labels],
                                        *[f"ratio {v}" for v in VARIANTS.values()]], rows))
+    paired = _paired(cells, variants.get("kv", {}))
+    if paired:
+        parts.append(paired)
     if speed_rows:
         parts.append("Speed with layers kept dense (tokens/s, interleaved in one run; "
                      "ideal = inverse MAC ratio):\n\n"
                      + markdown_table(["model", "threads", "batch", "prefill tok/s", "x dense",
                                        "generate tok/s", "x dense", "ideal"], speed_rows))
     return "\n\n".join(parts)
+
+
+def _paired(cells: Cells, kv: Cells) -> str:
+    """k/v dense minus every layer, log perplexity paired by calibration seed, per method
+    and ratio with at least 2 seeds (Holm over the rows)."""
+    import math
+
+    from compactnn.experiments.stats import holm, paired_difference
+
+    tests = []
+    for method, ratio in sorted({(m, r) for m, r, _ in kv}):
+        seeds = [sd for m, r, sd in kv if (m, r) == (method, ratio) and (m, r, sd) in cells]
+        if len(seeds) < 2:
+            continue
+        for task in ("shakespeare", "kjv"):
+            a = [math.log(kv[(method, ratio, sd)]["ppl"][task]) for sd in sorted(seeds)]
+            b = [math.log(cells[(method, ratio, sd)]["ppl"][task]) for sd in sorted(seeds)]
+            tests.append([method, f"{int(ratio * 100)}%", task, len(seeds),
+                          *paired_difference(a, b)])
+    if not tests:
+        return ""
+    adj = holm([t[-1] if not math.isnan(t[-1]) else 1.0 for t in tests])
+    rows = [[m, r, t, n, f"{d:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", f"{p:.3g}", f"{q:.3g}"]
+            for (m, r, t, n, d, lo, hi, p), q in zip(tests, adj, strict=True)]
+    return ("k/v dense minus every layer (log perplexity, paired by calibration seed; "
+            "negative: keeping k/v dense is better):\n\n"
+            + markdown_table(["method", "removed", "text", "seeds", "mean diff", "95% CI",
+                              "p", "p (Holm)"], rows))
