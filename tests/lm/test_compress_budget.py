@@ -181,3 +181,12 @@ def test_linear_scope_of_a_flop_budget_is_the_models_mac_count():
     _, mod = factorize(model, flop_ratio=0.6, budget_over="model", example_inputs=x)
     assert [r.rank for r in lin.layers] == [r.rank for r in mod.layers]
     assert lin.flop_ratio <= 0.6
+
+
+def test_the_documented_kv_recipe_is_the_studys_kv_variant():
+    from compactnn.experiments.lm_compress_attention import compress
+
+    model = llama()
+    _, recipe = compress_lm(model, "svd", 0.3, exclude=["k_proj", "v_proj"])
+    _, study = compress(model, "svd", 0.3, None, None, "kv")
+    assert [(r.name, r.rank) for r in recipe.layers] == [(r.name, r.rank) for r in study.layers]
