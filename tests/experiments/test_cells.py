@@ -69,3 +69,26 @@ def test_hostile_files_are_refused_by_name(tmp_path, text, match):
 def test_bad_names_are_refused(tmp_path, name):
     with pytest.raises(ValueError, match="name"):
         CellStore(tmp_path).path("p", name)
+
+
+def test_study_main_parses_its_command_line_before_running_anything(tmp_path, capsys):
+    from compactnn.experiments.cells import study_main
+
+    calls = []
+
+    def run_study(out, quick, scale, log):
+        calls.append((out, quick, scale))
+        return type("R", (), {"markdown": "report"})()
+
+    settings = {"quick": 1, "full": 2}
+    # help, an option-looking folder and an unknown scale never start a study
+    for argv, code in ((["--help"], 0), (["-h"], 0), (["-x"], 2), ([], 2),
+                       ([str(tmp_path), "bogus"], 2), ([str(tmp_path), "quick", "x"], 2)):
+        with pytest.raises(SystemExit) as e:
+            study_main("m", settings, run_study, argv)
+        assert e.value.code == code, argv
+    assert calls == []
+    study_main("m", settings, run_study, [str(tmp_path), "quick"])
+    study_main("m", settings, run_study, [str(tmp_path)])
+    assert calls == [(tmp_path, False, "quick"), (tmp_path, False, None)]
+    assert capsys.readouterr().out.endswith("report\n")

@@ -214,3 +214,16 @@ def test_a_reverse_worker_runs_the_cells_last_to_first_with_the_same_report(tmp_
     # the fine-tunes run before their cells in reverse and still land in the report
     assert perplexities(rev.markdown) == perplexities(fwd.markdown)
     assert sum("Fine-tuning the factors only" in md for md in (fwd.markdown, rev.markdown)) == 2
+
+
+def test_the_command_line_never_takes_an_option_for_the_results_folder(tmp_path, monkeypatch):
+    from compactnn.experiments import lm_compress
+
+    monkeypatch.chdir(tmp_path)
+    for argv, code in ((["--help"], 0), (["-x"], 2), ([], 2), (["out", "full"], 2)):
+        with pytest.raises(SystemExit) as e:
+            lm_compress.main(argv)
+        assert e.value.code == code, argv
+    assert list(tmp_path.iterdir()) == []  # no folder made, nothing run
+    with pytest.raises(SystemExit, match="no finished cells"):
+        lm_compress.main(["out", "--report"])

@@ -126,13 +126,19 @@ def study_main(module: str, settings: Mapping[str, Any], run_study: Callable[...
                argv: list[str]) -> None:
     """The command line of a resumable study: ``python -m MODULE OUT [SCALE]`` with
     ``SCALE`` a key of ``settings``; one thread, timestamped progress, the report printed."""
+    import argparse
     import time
 
     import torch
 
-    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] not in settings):
-        raise SystemExit(f"usage: python -m {module} OUT [{'|'.join(settings)}]")
+    ap = argparse.ArgumentParser(prog=f"python -m {module}",
+                                 description="Run or resume the study, one cell at a time; "
+                                             "finished cells are skipped.")
+    ap.add_argument("out", type=Path, help="the results folder (cells and report)")
+    ap.add_argument("scale", nargs="?", choices=list(settings), default=None,
+                    help="the setting (default: the full one)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    result = run_study(Path(argv[0]), quick=False, scale=argv[1] if len(argv) == 2 else None,
+    result = run_study(args.out, quick=False, scale=args.scale,
                        log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     print(result.markdown)

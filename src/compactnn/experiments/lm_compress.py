@@ -335,19 +335,23 @@ def run(out_dir: Path, quick: bool, seed: int) -> ExperimentResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    flags = {a for a in args[1:]}
-    if not args or not flags <= {"quick", "--report", "--reverse"} or \
-            len(flags) != len(args) - 1:
-        raise SystemExit("usage: python -m compactnn.experiments.lm_compress OUT [quick] "
-                         "[--report] [--reverse]  (--report: the report of the finished "
-                         "cells only; --reverse: run the cells last to first, for a second "
-                         "worker on the same folder)")
-    out = Path(args[0])
-    result = run_study(out, quick="quick" in flags, report_only="--report" in flags,
-                       reverse="--reverse" in flags,
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m compactnn.experiments.lm_compress",
+                                 description="Run or resume the SmolLM2 compression study, "
+                                             "one cell at a time; finished cells are skipped.")
+    ap.add_argument("out", type=Path, help="the results folder (cells and report.md)")
+    ap.add_argument("scale", nargs="?", choices=["quick"], default=None,
+                    help="quick: two blocks, one ratio and seed (default: the full study)")
+    ap.add_argument("--report", action="store_true",
+                    help="the report of the finished cells only, running nothing")
+    ap.add_argument("--reverse", action="store_true",
+                    help="run the cells last to first, for a second worker on the same folder")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    result = run_study(args.out, quick=args.scale == "quick", report_only=args.report,
+                       reverse=args.reverse,
                        log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
-    (out / "report.md").write_text(result.markdown + "\n")
+    (args.out / "report.md").write_text(result.markdown + "\n")
     print(result.markdown)
 
 
