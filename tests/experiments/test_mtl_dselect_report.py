@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from compactnn.experiments import mtl_dselect as M
-from compactnn.experiments.mtl_dselect_report import mean_curve, paired_values, report
+from compactnn.experiments.mtl_dselect_report import (
+    _best_epochs,
+    late_gain,
+    mean_curve,
+    paired_values,
+    report,
+)
 
 
 def test_mean_curve_holds_the_last_value_of_a_stopped_run():
@@ -81,3 +87,20 @@ def test_tuned_part_is_reported_once_finished(tiny, tmp_path, monkeypatch):
     M.Study(root, log=lambda _m: None).run_part("planted_tuned")
     md = report(root)
     assert "| dselect_k | 15 |" in md and "**exact support**" in md
+
+
+def test_late_gain_is_what_stopping_ten_percent_earlier_would_lose():
+    # 20 epochs: the first 18 reach 1.0 at best, the last two 0.9 -> 10% lower
+    h = [2.0] * 10 + [1.0] * 8 + [0.95, 0.9]
+    assert late_gain(h) == pytest.approx(0.1 / 0.9)
+    assert late_gain([3.0] * 5 + [1.0] * 15) == 0.0  # the best came early
+    assert late_gain([1.0] * 9) is None and late_gain([1.0] * 9 + [float("nan")]) is None
+    # 11 epochs: the first ceil(9.9) = 10 count as "before"
+    assert late_gain([1.0] * 10 + [0.5]) == pytest.approx(1.0)
+    recs = [{"result": {"best_epoch": 19, "best_in_last_10pct": True, "val_history": h}},
+            {"result": {"best_epoch": 5, "best_in_last_10pct": False,
+                        "val_history": [3.0] * 5 + [1.0] * 15}}]
+    line = _best_epochs(recs)
+    assert line.startswith("median 12, max 19 (1 in the last 10%; the last 10% of epochs")
+    assert "median 5.56%, at most 11.11%)" in line
+    assert _best_epochs(recs[1:]) == "median 5, max 5"

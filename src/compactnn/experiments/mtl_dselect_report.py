@@ -60,13 +60,31 @@ def mean_curve(histories: Sequence[Sequence[float]]) -> np.ndarray:
     return padded.mean(axis=0)
 
 
+def late_gain(history: Sequence[float]) -> float | None:
+    """How much lower (relatively) the best validation loss is than the best one before
+    the last 10% of the epochs run: what stopping 10% earlier would have lost. None for
+    a history too short to tell or not finite."""
+    h = [float(v) for v in history]
+    if len(h) < 10 or not all(math.isfinite(v) for v in h):
+        return None
+    before = min(h[: math.ceil(0.9 * len(h))])
+    best = min(h)
+    return (before - best) / abs(best) if best else None
+
+
 def _best_epochs(records: Sequence[Mapping[str, Any]]) -> str:
     best = [int(r["result"].get("best_epoch", 0)) for r in records]
     late = sum(bool(r["result"].get("best_in_last_10pct")) for r in records)
     if not best:
         return "-"
-    return f"median {int(np.median(best))}, max {max(best)}" + (
-        f" ({late} in the last 10%)" if late else "")
+    gains = [g for r in records if (g := late_gain(r["result"].get("val_history") or []))
+             is not None]
+    out = f"median {int(np.median(best))}, max {max(best)}" + (
+        f" ({late} in the last 10%" if late else "")
+    if late and gains:
+        out += (f"; the last 10% of epochs lowered the validation loss by a median "
+                f"{100 * float(np.median(gains)):.2f}%, at most {100 * max(gains):.2f}%")
+    return out + (")" if late else "")
 
 
 def _cpu_hours(records: Mapping[str, Mapping[str, Any]]) -> float:
