@@ -62,7 +62,8 @@ def _share_removed(model: torch.nn.Module, removed: float, include: Any,
 
     sizes = {n: model.get_submodule(n).weight.numel()
              for n in select_layers(model, include, None, warn=False)}
-    rest = sum(v for n, v in sizes.items() if n not in set(keep))
+    kept = set(keep)
+    rest = sum(v for n, v in sizes.items() if n not in kept)
     return removed * sum(sizes.values()) / rest
 
 
