@@ -102,8 +102,13 @@ def test_structured_qnet_equal_connections(learn):
     for s, net in nets.items():
         assert net(torch.zeros(2, 4, 10, 10)).shape == (2, 6)
         trainable = {name for name, p in net.named_parameters() if p.requires_grad}
-        assert trainable == ({"hidden.weight", "hidden.bias", "head.weight", "head.bias"}
+        weight = "hidden.values" if s in ("random", "local") else "hidden.weight"
+        assert trainable == ({weight, "hidden.bias", "head.weight", "head.bias"}
                              if learn else {"head.weight", "head.bias"}), s
+        # the parameter count is the hidden layer's distinct weights plus biases
+        total = sum(p.numel() for p in net.parameters())
+        hidden_bias = 16 if s == "conv" else net.width  # a conv has one bias per filter
+        assert total == net.hidden_weights() + hidden_bias + net.width * 6 + 6, s
 
 
 def test_bad_arguments():

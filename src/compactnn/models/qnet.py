@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from compactnn._checks import check_bool, check_choice, check_int
 from compactnn.sparse.fixed import (
-    MaskedLinear,
+    FixedSparseLinear,
     conv_connections,
     equal_dense_width,
     local_mask,
@@ -57,11 +57,12 @@ class StructuredQNet(nn.Module):
             self.hidden = conv
             width = units * (h - kernel + 1) * (w - kernel + 1)
         elif structure == "local":
-            self.hidden = MaskedLinear(local_mask((c, h, w), kernel, units))
+            self.hidden = FixedSparseLinear(local_mask((c, h, w), kernel, units))
             width = self.hidden.out_features
         elif structure == "random":
             width = units * (h - kernel + 1) * (w - kernel + 1)
-            self.hidden = MaskedLinear(random_mask(width, n_in, self.connections, generator))
+            self.hidden = FixedSparseLinear(
+                random_mask(width, n_in, self.connections, generator))
         else:
             width = equal_dense_width(self.connections, n_in)
             self.hidden = nn.Linear(n_in, width)
@@ -76,7 +77,7 @@ class StructuredQNet(nn.Module):
 
     def hidden_connections(self) -> int:
         """Nonzero entries of the hidden layer's unrolled input-to-unit matrix."""
-        if isinstance(self.hidden, MaskedLinear):
+        if isinstance(self.hidden, FixedSparseLinear):
             return self.hidden.nonzeros()
         if isinstance(self.hidden, nn.Conv2d):
             return conv_connections(self.hidden, self.in_shape)
@@ -84,6 +85,6 @@ class StructuredQNet(nn.Module):
 
     def hidden_weights(self) -> int:
         """Distinct weights of the hidden layer that can be nonzero (a conv shares them)."""
-        if isinstance(self.hidden, MaskedLinear):
+        if isinstance(self.hidden, FixedSparseLinear):
             return self.hidden.nonzeros()
         return self.hidden.weight.numel()

@@ -24,7 +24,9 @@ The baselines that low-rank models are compared with at equal parameter count:
 * **Fixed sparse connectivity** (:mod:`compactnn.sparse.fixed`): :class:`MaskedLinear`,
   a linear layer multiplied by a constant mask in every forward pass (so weights off
   the mask get zero gradient), with random, spatially local (a convolution's
-  connectivity without weight sharing) masks at a given number of nonzeros; the
+  connectivity without weight sharing) masks at a given number of nonzeros;
+  :class:`FixedSparseLinear`, the same function with only the connected weights as
+  parameters (optimizer cost and parameter count in proportion to the connections); the
   structures compared in the deep-RL sparsity experiment (``minatar_sparse``).
 
 Conventions shared by the two pruning baselines:
@@ -55,6 +57,7 @@ Conventions shared by the two pruning baselines:
 """
 
 from compactnn.sparse.fixed import (
+    FixedSparseLinear,
     MaskedLinear,
     conv_connections,
     equal_dense_width,
@@ -80,6 +83,7 @@ __all__ = [
     "SCOPES",
     "IterativeHardThresholding",
     "IterativeMagnitudePruning",
+    "FixedSparseLinear",
     "MaskedLinear",
     "SparsityMasks",
     "conv_connections",

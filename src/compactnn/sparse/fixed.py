@@ -10,6 +10,11 @@ RMSprop, Adam, weight decay) leaves them at zero. :func:`fixed_masks` collects t
 as :class:`~compactnn.sparse.masks.SparsityMasks`, so a model's unpruned parameter count
 is ``fixed_masks(model).num_params(model)``, the convention of the other baselines.
 
+:class:`FixedSparseLinear` computes the same function with only the connected weights
+as parameters (a vector of ``mask.sum()`` values): its parameter count is its number of
+connections, and an optimizer's step costs in proportion to the connections, not to
+``out_features * in_features``. At 9% density that is most of a small network's step.
+
 Masks over a flattened ``(C, H, W)`` image (``C``-major, as ``Tensor.flatten`` lays it):
 
 - :func:`random_mask`: exactly ``nonzeros`` entries, uniformly at random;
@@ -33,8 +38,16 @@ from compactnn._checks import check_bool, check_int, check_module, check_tensor
 from compactnn._modules import unwrap
 from compactnn.sparse.masks import SparsityMasks
 
-__all__ = ["MaskedLinear", "conv_connections", "equal_dense_width", "fixed_masks", "local_mask",
-           "random_mask"]
+__all__ = ["FixedSparseLinear", "MaskedLinear", "conv_connections", "equal_dense_width",
+           "fixed_masks", "local_mask", "random_mask"]
+
+
+def _check_mask(mask: Tensor) -> None:
+    check_tensor("mask", mask, ndim=2)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.numel() == 0:
+        raise ValueError(f"mask must not be empty, got shape {tuple(mask.shape)}")
 
 
 class MaskedLinear(nn.Linear):
@@ -46,11 +59,7 @@ class MaskedLinear(nn.Linear):
     scale of a dense unit of the same fan-in."""
 
     def __init__(self, mask: Tensor, bias: bool = True, device=None, dtype=None) -> None:
-        check_tensor("mask", mask, ndim=2)
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-        if mask.numel() == 0:
-            raise ValueError(f"mask must not be empty, got shape {tuple(mask.shape)}")
+        _check_mask(mask)
         check_bool("bias", bias)
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias, device, dtype)
@@ -91,6 +100,88 @@ class MaskedLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, nonzeros={self.nonzeros()}"
+
+
+class FixedSparseLinear(nn.Module):
+    """A linear layer on the fixed connectivity ``mask`` (``(out_features,
+    in_features)``, ``True`` = connected) whose parameters are the connected weights
+    only: ``values[i]`` is the weight of the ``i``-th ``True`` entry of ``mask`` in
+    row-major order, and :attr:`weight` is the dense ``(out_features, in_features)``
+    matrix they fill (zeros elsewhere).
+
+    The same function, gradients and initialization law as :class:`MaskedLinear`
+    (``nn.Linear``'s uniform law with each unit's fan-in taken as its connections), so
+    ``FixedSparseLinear.from_masked(m)`` continues ``m`` exactly; what differs is the
+    storage, hence the optimizer's cost. Loading a state with another mask of the same
+    number of connections is allowed and takes effect at the next call."""
+
+    def __init__(self, mask: Tensor, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        _check_mask(mask)
+        check_bool("bias", bias)
+        self.out_features, self.in_features = mask.shape
+        mask = mask.detach().to(device=device).clone()
+        self.register_buffer("mask", mask)
+        factory = {"device": mask.device, "dtype": dtype}
+        self.values = nn.Parameter(torch.empty(int(mask.sum()), **factory))
+        self.bias = nn.Parameter(torch.empty(self.out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fan_in = self.mask.sum(1).clamp_min(1).to(self.values.dtype)
+        bound = 1.0 / fan_in.sqrt()
+        rows = self.mask.nonzero(as_tuple=True)[0]
+        with torch.no_grad():
+            self.values.uniform_(-1.0, 1.0).mul_(bound[rows])
+            if self.bias is not None:
+                self.bias.uniform_(-1.0, 1.0).mul_(bound)
+
+    @classmethod
+    def from_masked(cls, layer: MaskedLinear) -> FixedSparseLinear:
+        """The same layer (mask, connected weights, bias) with values as parameters."""
+        check_module("layer", layer, MaskedLinear)
+        new = cls(layer.mask, layer.bias is not None, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            new.values.copy_(layer.weight[layer.mask])
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        return new
+
+    def _flat_index(self) -> Tensor:
+        """Row-major positions of the connections, cached on the mask's version (a
+        loaded or edited mask is seen at the next call)."""
+        mask = self.mask
+        key = (mask._version, mask.data_ptr(), mask.device)
+        cached = self.__dict__.get("_index_cache")
+        if cached is None or cached[0] != key:
+            index = mask.flatten().nonzero().squeeze(1)
+            if index.numel() != self.values.numel():
+                raise ValueError(f"mask has {index.numel()} connections but values has "
+                                 f"{self.values.numel()}; load a mask and values together")
+            cached = (key, index)
+            self.__dict__["_index_cache"] = cached
+        return cached[1]
+
+    @property
+    def weight(self) -> Tensor:
+        """The dense ``(out_features, in_features)`` weight (differentiable in values)."""
+        flat = self.values.new_zeros(self.out_features * self.in_features)
+        flat.index_put_((self._flat_index(),), self.values)  # in place: no copy of zeros
+        return flat.view(self.out_features, self.in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"input must end in {self.in_features} features, got shape "
+                             f"{tuple(x.shape)}")
+        return F.linear(x, self.weight, self.bias)
+
+    def nonzeros(self) -> int:
+        """Connections of the mask (the number of weight parameters)."""
+        return self.values.numel()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, nonzeros={self.nonzeros()}")
 
 
 def fixed_masks(model: nn.Module) -> SparsityMasks:
