@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from compactnn.data import cache_files, registry
 from compactnn.data import fetch as fetch_mod
-from compactnn.data import registry
 from compactnn.data.errors import CacheError, DataIntegrityError, FetchError
 from compactnn.data.fashion_mnist import load_fashion_mnist, write_idx
 from compactnn.data.fetch import fetch
@@ -243,7 +243,7 @@ def test_read_only_cache_folder(tiny, tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(folder))
 
     # the write probe, as a non-root user would see it
-    monkeypatch.setattr(fetch_mod.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(cache_files.tempfile, "mkstemp", denied)
     with pytest.raises(CacheError, match="cannot write to the cache folder .*COMPACTNN_CACHE"):
         fetch("fashion_mnist", progress=False, echo=quiet)
 
@@ -364,7 +364,7 @@ def test_not_enough_space_is_refused_before_downloading(tiny, file_server, monke
     import collections
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(fetch_mod.shutil, "disk_usage", lambda p: usage(10, 10, 100))
+    monkeypatch.setattr(cache_files.shutil, "disk_usage", lambda p: usage(10, 10, 100))
     with pytest.raises(CacheError, match="not enough space"):
         fetch("fashion_mnist", progress=False, echo=quiet)
     assert file_server.requests == []

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from compactnn.data import cache_files, transfer
 from compactnn.data import fetch as fetch_mod
 from compactnn.data.errors import CacheError, FetchError
 from compactnn.data.registry import Download
@@ -29,18 +30,18 @@ def test_http_and_https_urls_pass_and_others_are_refused_with_the_reason() -> No
 
 def test_a_cache_folder_is_created_with_its_parents(tmp_path) -> None:
     folder = tmp_path / "a" / "b" / "c"
-    fetch_mod._prepare(folder)
+    cache_files.prepare_folder(folder)
     assert folder.is_dir() and list(folder.iterdir()) == []
 
 
 def test_a_file_appearing_during_an_exclusive_create_is_named(tmp_path, monkeypatch) -> None:
     path = tmp_path / "x.part"
     path.write_bytes(b"theirs")
-    monkeypatch.setattr(fetch_mod, "_regular_size", lambda p: None)  # it appears "late"
+    monkeypatch.setattr(cache_files, "regular_size", lambda p: None)  # it appears "late"
     with pytest.raises(CacheError, match="^" + re.escape(
             f"{path} appeared while compactnn was writing it; is another program writing to "
             "the cache? Run the command again") + "$"):
-        fetch_mod._create(path)
+        cache_files.create_exclusive(path)
     assert path.read_bytes() == b"theirs"
 
 
@@ -48,8 +49,8 @@ def test_progress_is_on_by_default_and_the_bar_does_not_stay() -> None:
     assert inspect.signature(fetch_mod.fetch).parameters["progress"].default is True
     pytest.importorskip("tqdm")
     dl = Download("f.bin", ("https://example.org/f.bin",), 2048, "0" * 64)
-    assert fetch_mod._bar(dl, 0, False) is None
-    bar = fetch_mod._bar(dl, 1024, True)
+    assert transfer._bar(dl, 0, False) is None
+    bar = transfer._bar(dl, 1024, True)
     try:
         assert (bar.total, bar.n, bar.leave, bar.desc, bar.unit_divisor) == (2048, 1024, False,
                                                                              "f.bin", 1024)
@@ -64,7 +65,7 @@ def test_the_header_deadline_shuts_the_attached_socket(fire_first: bool) -> None
     ours, server = socket.socketpair()
     try:
         ours.settimeout(5.0)  # a socket left open would block; shut down it reads b""
-        watch = fetch_mod._HeaderDeadline()
+        watch = transfer._HeaderDeadline()
         if fire_first:  # the deadline passed while connecting
             watch.fire()
             watch.attach(ours)
@@ -130,7 +131,7 @@ def test_a_body_longer_than_the_pin_is_deleted_and_named(tmp_path) -> None:
         with pytest.raises(DataIntegrityError, match="^" + re.escape(
                 f"{server.url} sent more than the pinned 10 bytes of f.bin; it was deleted "
                 "and nothing was installed") + "$"):
-            fetch_mod._get(server.url, part, 0, dl, False)
+            transfer.get(server.url, part, 0, dl, False)
     finally:
         server.close()
     assert not part.exists()
@@ -139,14 +140,14 @@ def test_a_body_longer_than_the_pin_is_deleted_and_named(tmp_path) -> None:
 
 def test_a_download_making_progress_in_every_window_completes(tmp_path, monkeypatch) -> None:
     # each piece arrives after a whole stall window: the window must be renewed each time
-    monkeypatch.setattr(fetch_mod, "STALL_WINDOW_S", 0.05)
-    monkeypatch.setattr(fetch_mod, "STALL_BYTES", 1)
+    monkeypatch.setattr(transfer, "STALL_WINDOW_S", 0.05)
+    monkeypatch.setattr(transfer, "STALL_BYTES", 1)
     body = bytes(range(40))
     server = _Server(body, pieces=4, gap=0.1)
     dl = Download("f.bin", (server.url,), len(body), "0" * 64)
     part = tmp_path / ".f.bin.part"
     try:
-        fetch_mod._get(server.url, part, 0, dl, False)
+        transfer.get(server.url, part, 0, dl, False)
     finally:
         server.close()
     assert part.read_bytes() == body
@@ -155,7 +156,7 @@ def test_a_download_making_progress_in_every_window_completes(tmp_path, monkeypa
 def test_the_https_handler_opens_the_request_it_is_given() -> None:
     import urllib.request
 
-    opener = fetch_mod._opener(fetch_mod._HeaderDeadline())
+    opener = transfer._opener(transfer._HeaderDeadline())
     handler = next(h for h in opener.handlers if isinstance(h, urllib.request.HTTPSHandler))
     seen = []
     handler.do_open = lambda cls, req, **kw: seen.append((cls.__name__, req, kw))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from test_fetch import archive_bytes, idx_files, leftovers, quiet, sha
 
 from compactnn.data import fetch as fetch_mod
-from compactnn.data import registry
+from compactnn.data import registry, transfer
 from compactnn.data.errors import CacheError, FetchError
 from compactnn.data.fetch import fetch
 from compactnn.data.registry import DataFile, Download, cache_dir
@@ -256,8 +256,8 @@ def test_a_slow_drip_server_is_cut_as_stalled_and_the_part_kept(tmp_path, monkey
         ds = use_fashion_mnist(files, server.url, monkeypatch)
         # a window in which the drip sends at most window / gap = 15 bytes (fewer when
         # the machine is slow), far below the progress asked for
-        monkeypatch.setattr(fetch_mod, "STALL_WINDOW_S", 0.3)
-        monkeypatch.setattr(fetch_mod, "STALL_BYTES", 200)
+        monkeypatch.setattr(transfer, "STALL_WINDOW_S", 0.3)
+        monkeypatch.setattr(transfer, "STALL_BYTES", 200)
         monkeypatch.setattr(fetch_mod, "ATTEMPTS", 1)
         folder = cache_dir(ds)
         folder.mkdir(parents=True)
@@ -277,7 +277,7 @@ def test_a_server_dripping_its_headers_is_cut_as_stalled(tmp_path, monkeypatch):
     server = DripServer(b"", gap=0.02, limit=400, headers_too=True)
     try:
         ds = use_fashion_mnist(files, server.url, monkeypatch)
-        monkeypatch.setattr(fetch_mod, "STALL_WINDOW_S", 0.3)
+        monkeypatch.setattr(transfer, "STALL_WINDOW_S", 0.3)
         monkeypatch.setattr(fetch_mod, "ATTEMPTS", 1)
         folder = cache_dir(ds)
         folder.mkdir(parents=True)

@@ -15,7 +15,7 @@ Guarantees:
 - a server that stalls (sends fewer than ``STALL_BYTES`` of the file in
   ``STALL_WINDOW_S`` seconds, e.g. one byte every few seconds, or has not finished its
   response headers after ``STALL_WINDOW_S``) counts as a cut connection, as silence
-  for ``TIMEOUT_S`` does;
+  for ``TIMEOUT_S`` does (the three are in :mod:`compactnn.data.transfer`);
 - nothing is written through a symbolic link: the cache's own files (the downloads, the
   ``.part``, extraction and lock files) must be regular files or absent, and temporary
   files are created exclusively, so a planted link can never redirect a write elsewhere.
@@ -31,12 +31,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import socket
-import stat
 import tarfile
-import tempfile
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,6 +40,14 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from compactnn.data.cache_files import (
+    check_space,
+    create_exclusive,
+    fetch_lock,
+    prepare_folder,
+    refuse_links,
+    regular_size,
+)
 from compactnn.data.errors import CacheError, DataIntegrityError, DataNotFoundError, FetchError
 from compactnn.data.registry import (
     DataSet,
@@ -56,18 +59,12 @@ from compactnn.data.registry import (
     sha256_of,
     verify_file,
 )
+from compactnn.data.transfer import CHUNK, Cut, get
 
 __all__ = ["MIRROR_ENV", "download_urls", "fetch", "url_env_var"]
 
 MIRROR_ENV = "COMPACTNN_DATA_MIRROR"
-TIMEOUT_S = 30.0
 ATTEMPTS = 4  # per URL: the first try and up to three resumes after a cut connection
-STALL_WINDOW_S = 60.0  # a download must make ...
-STALL_BYTES = 16 * 1024  # ... this much progress in each such window, or it is cut
-_CHUNK = 1 << 16
-# never follow a link when opening the cache's files (O_NOFOLLOW is POSIX; Windows has
-# no symlinks a normal user can plant)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def url_env_var(ds: DataSet) -> str:
@@ -131,9 +128,9 @@ def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None
     for dl in ds.downloads:  # a malformed URL override fails before anything is written
         download_urls(ds, dl)
     folder = cache_dir(ds)
-    _prepare(folder)
-    with _lock(folder, ds):
-        _refuse_links(folder, ds)
+    prepare_folder(folder)
+    with fetch_lock(folder, ds):
+        refuse_links(folder, ds)
         found, _ = find_files(folder, ds)
         for dl in ds.downloads:
             wanted = [f for f in dl.provides()
@@ -146,7 +143,7 @@ def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None
                          "downloading it again")
                     found[f].unlink()
             part = folder / f".{dl.filename}.part"
-            _check_space(folder, dl, part, [ds.file(f).size for f in wanted])
+            check_space(folder, dl, part, [ds.file(f).size for f in wanted])
             _download(ds, dl, part, progress, echo)
             _place(ds, dl, part, folder, wanted)
     echo(f"{ds.name}: ready in {folder}")
@@ -156,123 +153,17 @@ def fetch(name: str | DataSet, progress: bool = True, echo: Callable[[str], None
     return folder
 
 
-# -- the cache folder ---------------------------------------------------------------------
-def _prepare(folder: Path) -> None:
-    hint = "or set COMPACTNN_CACHE to another folder"
-    if folder.is_symlink():
-        raise CacheError(f"cache folder {folder} is a symbolic link (to "
-                         f"{os.readlink(folder)}); the cache never writes through links: "
-                         f"remove it {hint}")
-    for p in (folder.parent, folder):
-        if p.exists() and not p.is_dir():
-            raise CacheError(f"cache folder {p} is a file, not a folder: move it away {hint}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)  # exclusive
-        os.close(fd)
-        os.unlink(probe)
-    except PermissionError as e:
-        raise CacheError(f"cannot write to the cache folder {folder} ({e.strerror}): fix "
-                         f"its permissions {hint}") from e
-    except OSError as e:
-        raise CacheError(f"cannot use the cache folder {folder} ({e.strerror or e}): "
-                         f"free it {hint}") from e
-
-
-def _check_space(folder: Path, dl: Download, part: Path, sizes: list[int]) -> None:
-    have = _regular_size(part) or 0
-    # an archive and its extracted members coexist until the archive is removed
-    need = max(dl.size - have, 0) + (sum(sizes) if dl.members else 0)
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise CacheError(f"not enough space in {folder} for {dl.filename}: need about "
-                         f"{need / 1e6:.0f} MB, {free / 1e6:.0f} MB free; free some space "
-                         "or set COMPACTNN_CACHE to another disk")
-
-
-def _regular_size(path: Path) -> int | None:
-    """The size of ``path`` when it is a regular file, None when it is absent; anything
-    else (a symbolic link, even a dangling one, a folder, ...) is refused naming it."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    if stat.S_ISLNK(st.st_mode):
-        what = f"a symbolic link (to {os.readlink(path)})"
-    elif stat.S_ISDIR(st.st_mode):
-        what = "a folder"
-    else:
-        what = "not a regular file"
-    raise CacheError(f"{path} is {what}; the cache holds only regular files and never "
-                     "writes through links: remove it and run the command again")
-
-
-def _refuse_links(folder: Path, ds: DataSet) -> None:
-    """Check every name the fetch may read or write in ``folder`` (see _regular_size)."""
-    for f in ds.files:
-        for c in f.candidates():
-            _regular_size(folder / c)
-            _regular_size(folder / f".{c}.tmp")
-    for dl in ds.downloads:
-        _regular_size(folder / f".{dl.filename}.part")
-
-
-def _create(path: Path) -> int:
-    """A new empty file at ``path`` for writing, created exclusively (a leftover regular
-    file is removed first; a link or anything else is refused)."""
-    if _regular_size(path) is not None:
-        path.unlink()
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
-    except FileExistsError:  # something appeared in between: name it, never follow it
-        _regular_size(path)
-        raise CacheError(f"{path} appeared while compactnn was writing it; is another "
-                         "program writing to the cache? Run the command again") from None
-
-
-@contextmanager
-def _lock(folder: Path, ds: DataSet):
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks (Windows): one fetch at a time is on the user
-        yield
-        return
-    path = folder / ".lock"
-    _regular_size(path)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
-    except OSError as e:
-        _regular_size(path)
-        raise CacheError(f"cannot open the lock file {path} ({e.strerror or e})") from e
-    with open(fd, "r+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise FetchError(f"another `{ds.command}` is running on {folder}; wait for it "
-                             "to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 # -- downloading --------------------------------------------------------------------------
-class _Cut(Exception):
-    """The connection ended before the whole file arrived (resumable)."""
-
-
 def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
               echo: Callable[[str], None]) -> None:
     """Complete ``part`` to the pinned bytes of ``dl`` or raise; never leaves a part file
     that is longer than ``dl.size`` or that fails the checksum."""
     errors: list[str] = []
-    if _regular_size(part) == dl.size and sha256_of(part) != dl.sha256:
+    if regular_size(part) == dl.size and sha256_of(part) != dl.sha256:
         part.unlink()  # a complete but wrong leftover: download it again, not resume it
     for url in download_urls(ds, dl):
         for _ in range(ATTEMPTS):
-            have = _regular_size(part) or 0
+            have = regular_size(part) or 0
             if have > dl.size:
                 part.unlink()
                 have = 0
@@ -281,11 +172,11 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
             if have:
                 echo(f"{ds.name}: resuming {dl.filename} at {have / 1e6:.1f} MB")
             try:
-                _get(url, part, have, dl, progress)
+                get(url, part, have, dl, progress)
                 break
             except (FetchError, CacheError):
                 raise
-            except _Cut as e:
+            except Cut as e:
                 errors.append(f"{url}: {e}")
             except urllib.error.HTTPError as e:
                 errors.append(f"{url}: HTTP {e.code} {e.reason}")
@@ -294,198 +185,21 @@ def _download(ds: DataSet, dl: Download, part: Path, progress: bool,
                 reason = getattr(e, "reason", None) or e
                 errors.append(f"{url}: {reason}")
                 break
-        if _regular_size(part) == dl.size:
+        if regular_size(part) == dl.size:
             if sha256_of(part) != dl.sha256:
                 part.unlink()
                 raise DataIntegrityError(
                     f"{dl.filename} from {url} does not match its pinned SHA-256 (a changed "
                     "or tampered file); it was deleted and nothing was installed")
             return
-    if _regular_size(part) == 0:
+    if regular_size(part) == 0:
         part.unlink()
-    left = _regular_size(part)
+    left = regular_size(part)
     kept = (f"; the partial download {part} ({left / 1e6:.1f} MB) is kept and resumed "
             "when you run the command again" if left is not None else "")
     raise FetchError(f"could not download {dl.filename} ({errors[-1] if errors else 'no URL'})"
                      f"; check the internet connection (and HTTPS_PROXY), or set "
                      f"{url_env_var(ds)} to a mirror{kept}")
-
-
-def _get(url: str, part: Path, have: int, dl: Download, progress: bool) -> None:
-    if not url.startswith(("http://", "https://")):
-        raise FetchError(f"refusing to download from {url!r}: only http(s) URLs are used")
-    headers = {"User-Agent": "compactnn-data-fetch"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    req = urllib.request.Request(url, headers=headers)
-    # the per-read timeout never fires on a server that drips its headers: close the
-    # connection when they are not complete within one stall window
-    watch = _HeaderDeadline()
-    timer = threading.Timer(STALL_WINDOW_S, watch.fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        resp = _opener(watch).open(req, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # the part does not fit the file: start over
-            part.unlink()
-            raise _Cut("range not satisfiable; restarting") from None
-        raise
-    except (OSError, http.client.HTTPException):
-        if watch.fired:
-            raise _Cut(f"stalled: no complete response headers within "
-                       f"{STALL_WINDOW_S:g} s") from None
-        raise
-    finally:
-        timer.cancel()
-    if watch.fired:  # headers cut short by the deadline may still parse: never trust them
-        resp.close()
-        raise _Cut(f"stalled: no complete response headers within {STALL_WINDOW_S:g} s")
-    with resp:
-        start = _resume_offset(resp, have)
-        total = _announced_size(resp, start)
-        if total is not None and total != dl.size:
-            part.unlink(missing_ok=True)
-            raise DataIntegrityError(
-                f"{url} serves {total} bytes but the pinned {dl.filename} has {dl.size} (a "
-                "different file); nothing was installed")
-        fd = _open_part(part) if start else _create(part)
-        bar = _bar(dl, start, progress)
-        try:
-            with open(fd, "r+b") as f:
-                f.seek(start)
-                f.truncate()
-                got = start
-                window_t, window_got = time.monotonic(), got
-                while True:
-                    try:  # read1: what has arrived, so a slow drip is seen as it drips
-                        chunk = resp.read1(_CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Cut(f"connection lost after {got} bytes ({e})") from None
-                    if not chunk:
-                        break
-                    got += len(chunk)
-                    if got > dl.size:
-                        f.close()
-                        part.unlink()
-                        raise DataIntegrityError(
-                            f"{url} sent more than the pinned {dl.size} bytes of "
-                            f"{dl.filename}; it was deleted and nothing was installed")
-                    f.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                    now = time.monotonic()
-                    if now - window_t >= STALL_WINDOW_S and got < dl.size:
-                        if got - window_got < STALL_BYTES:  # kept: resumed like a cut
-                            raise _Cut(f"stalled: {got - window_got} bytes in "
-                                       f"{now - window_t:.0f} s, after {got} bytes")
-                        window_t, window_got = now, got
-        finally:
-            if bar is not None:
-                bar.close()
-    if got < dl.size:
-        raise _Cut(f"connection closed after {got} of {dl.size} bytes")
-
-
-class _HeaderDeadline:
-    """The socket of one request, shut down by :meth:`fire` (from a timer thread)."""
-
-    def __init__(self) -> None:
-        self.sock: socket.socket | None = None
-        self.fired = False
-
-    def attach(self, sock: socket.socket) -> None:
-        self.sock = sock
-        if self.fired:  # the deadline passed while connecting
-            self._shut()
-
-    def fire(self) -> None:
-        self.fired = True
-        self._shut()
-
-    def _shut(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
-            except OSError:
-                pass
-
-
-def _opener(watch: _HeaderDeadline) -> urllib.request.OpenerDirector:
-    """urllib's opener (proxies from the environment included) whose connections hand
-    their socket to ``watch``."""
-
-    class HTTP(http.client.HTTPConnection):
-        def connect(self) -> None:
-            super().connect()
-            watch.attach(self.sock)
-
-    class HTTPS(http.client.HTTPSConnection):
-        def connect(self) -> None:
-            super().connect()
-            watch.attach(self.sock)
-
-    class HTTPHandler(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(HTTP, req)
-
-    class HTTPSHandler(urllib.request.HTTPSHandler):
-        def https_open(self, req):
-            return self.do_open(HTTPS, req, context=self._context)
-
-    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
-
-
-def _open_part(part: Path) -> int:
-    """The existing partial download, opened for writing without following a link."""
-    _regular_size(part)
-    try:
-        fd = os.open(part, os.O_RDWR | _NOFOLLOW)
-    except OSError as e:  # replaced by a link or removed since it was measured
-        _regular_size(part)
-        raise CacheError(f"cannot open the partial download {part} ({e.strerror or e}); "
-                         "remove it and run the command again") from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CacheError(f"{part} is not a regular file; the cache holds only regular "
-                         "files: remove it and run the command again")
-    return fd
-
-
-def _resume_offset(resp, have: int) -> int:
-    """Where the body of ``resp`` starts in the file: ``have`` for a matching partial
-    answer, 0 when the server sent the whole file."""
-    if have and resp.status == 206:
-        rng = resp.headers.get("Content-Range", "")
-        if rng.startswith(f"bytes {have}-"):
-            return have
-        raise _Cut(f"server answered an unexpected range {rng!r}")
-    if resp.status != 200:
-        raise _Cut(f"unexpected HTTP status {resp.status}")
-    return 0
-
-
-def _announced_size(resp, start: int) -> int | None:
-    """The whole file's size as the server states it, if it does."""
-    rng = resp.headers.get("Content-Range", "")
-    if rng and "/" in rng and not rng.endswith("/*"):
-        try:
-            return int(rng.rsplit("/", 1)[1])
-        except ValueError:
-            return None
-    length = resp.headers.get("Content-Length")
-    return start + int(length) if length and length.isdigit() else None
-
-
-def _bar(dl: Download, start: int, progress: bool):
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is an optional extra: no bar, same download
-        return None
-    return tqdm(total=dl.size, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dl.filename, leave=False)
 
 
 # -- placing verified files ---------------------------------------------------------------
@@ -504,10 +218,10 @@ def _place(ds: DataSet, dl: Download, part: Path, folder: Path, wanted: list[str
 
 def _extract(ds: DataSet, archive: Path, member: str, folder: Path, fname: str) -> None:
     tmp = folder / f".{fname}.tmp"
-    fd = _create(tmp)
+    fd = create_exclusive(tmp)
     try:
         with _open_member(archive, member) as src, open(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
+            shutil.copyfileobj(src, dst, CHUNK)
         if not verify_file(tmp, ds.file(fname)):
             raise DataIntegrityError(f"{fname} extracted from {archive.name} does not match "
                                      "its pinned SHA-256; nothing was installed")
