@@ -33,140 +33,14 @@ from torch import Tensor, nn
 from compactnn import __version__
 from compactnn._checks import check_bool, check_module
 from compactnn._modules import module_names, replace_module, unwrap
-from compactnn.lowrank import (
-    LowRankConv1d,
-    LowRankConv2d,
-    LowRankLayer,
-    LowRankLinear,
-    linear_view,
-)
+from compactnn.layer_schema import check_structure_arg, construct, layer_config, parse_structure
+from compactnn.lowrank import LowRankLayer, linear_view
 
 __all__ = ["FORMAT", "save_model", "load_model", "load_state", "layer_config",
            "model_structure", "read_metadata", "restore_structure", "tensor_headers"]
 
 FORMAT = "compactnn.lowrank.v1"
-_TYPES: dict[str, type[LowRankLayer]] = {"LowRankLinear": LowRankLinear,
-                                         "LowRankConv1d": LowRankConv1d,
-                                         "LowRankConv2d": LowRankConv2d}
-# No real layer has a dimension beyond this; refusing larger values early keeps
-# overflowing sizes out of the constructors (the tensor headers bound the rest).
-_MAX_DIM = 2**31 - 1
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle, a torch.save zip archive
-
-
-# -- layer <-> constructor arguments ------------------------------------------
-def layer_config(layer: LowRankLayer) -> dict[str, Any]:
-    """Constructor arguments that rebuild ``layer`` (JSON-serializable)."""
-    check_module("layer", layer, LowRankLayer)
-    if _TYPES.get(type(layer).__name__) is not type(layer):
-        raise TypeError(f"no saved form for {type(layer).__name__}; checkpoints hold "
-                        f"{', '.join(_TYPES)}")
-    return layer.config()
-
-
-def _construct(kind: str, config: dict[str, Any]) -> LowRankLayer:
-    return _TYPES[kind].from_config(config)
-
-
-def _size(v: Any, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"must be an int, got {v!r}")
-    if not minimum <= v <= _MAX_DIM:
-        raise ValueError(f"must lie in [{minimum}, {_MAX_DIM}], got {v}")
-    return v
-
-
-def _pair(check: Callable[[Any], int]) -> Callable[[Any], tuple[int, int] | int]:
-    def pair(v: Any) -> tuple[int, int] | int:
-        if isinstance(v, list | tuple):
-            if len(v) != 2:
-                raise ValueError(f"must be an int or a pair of ints, got {v!r}")
-            return (check(v[0]), check(v[1]))
-        return check(v)
-    return pair
-
-
-def _padding(v: Any) -> str | tuple[int, int] | int:
-    if isinstance(v, str):
-        return v  # the constructor checks the word
-    return _pair(lambda x: _size(x, minimum=0))(v)
-
-
-def _flag(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"must be true or false, got {v!r}")
-    return v
-
-
-def _text(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"must be a string, got {v!r}")
-    return v
-
-
-# Exactly the keys ``layer_config`` writes; never ``device``/``dtype``, which
-# the model decides.
-_SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "LowRankLinear": {"in_features": _size, "out_features": _size, "rank": _size,
-                      "bias": _flag},
-    "LowRankConv2d": {"in_channels": _size, "out_channels": _size,
-                      "kernel_size": _pair(_size), "stride": _pair(_size),
-                      "padding": _padding, "dilation": _pair(_size), "groups": _size,
-                      "bias": _flag, "padding_mode": _text, "rank": _size, "scheme": _text},
-    "LowRankConv1d": {"in_channels": _size, "out_channels": _size, "kernel_size": _size,
-                      "stride": _size, "padding": lambda v: v if isinstance(v, str)
-                      else _size(v, minimum=0), "dilation": _size, "groups": _size,
-                      "bias": _flag, "padding_mode": _text, "rank": _size},
-}
-
-
-def _check_structure(structure: Any) -> Any:
-    if not isinstance(structure, dict | str):
-        raise TypeError("structure must be a dict (from model_structure) or its JSON text, "
-                        f"got {type(structure).__name__}")
-    return structure
-
-
-def _parse_structure(raw: Any, where: str) -> dict[str, tuple[str, dict[str, Any]]]:
-    """``{name: (type, config)}`` from the recorded structure, every key and type
-    checked; raises ``ValueError`` naming ``where`` and the offending entry."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: 'lowrank_layers' is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: 'lowrank_layers' must map layer names to "
-                         f"{{'type', 'config'}}, got {type(raw).__name__}")
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for name, spec in raw.items():
-        at = f"{where}: layer {name!r}"
-        if not name:
-            raise ValueError(f"{at}: the model itself cannot be a recorded layer")
-        if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
-            got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
-            raise ValueError(f"{at}: entry must have exactly the keys 'type' and 'config', "
-                             f"got {got}")
-        kind, config = spec["type"], spec["config"]
-        if not isinstance(kind, str) or kind not in _SCHEMA:
-            raise ValueError(f"{at}: unknown low-rank layer type {kind!r}; known: "
-                             f"{', '.join(_SCHEMA)}")
-        if not isinstance(config, dict):
-            raise ValueError(f"{at}: 'config' must be an object, got {type(config).__name__}")
-        schema = _SCHEMA[kind]
-        unknown = sorted(set(config) - set(schema))
-        missing = sorted(set(schema) - set(config))
-        if unknown or missing:
-            raise ValueError(f"{at}: {kind} config has unknown keys {unknown} and lacks "
-                             f"{missing}; allowed: {', '.join(schema)}")
-        checked = {}
-        for key, check in schema.items():
-            try:
-                checked[key] = check(config[key])
-            except ValueError as e:
-                raise ValueError(f"{at}: {key} {e}") from None
-        out[name] = (kind, checked)
-    return out
 
 
 # -- the tensor table ---------------------------------------------------------
@@ -205,7 +79,7 @@ def _dense_twin(module: nn.Module) -> nn.Module:
     module itself otherwise."""
     if isinstance(module, LowRankLayer):
         with torch.device("meta"):
-            return _construct(type(module).__name__, layer_config(module)).to_dense()
+            return construct(type(module).__name__, layer_config(module)).to_dense()
     return linear_view(module)
 
 
@@ -245,7 +119,7 @@ def _plan(model: nn.Module, structure: dict[str, tuple[str, dict[str, Any]]],
         seen[id(slot)] = (name, kind, config)
         try:
             with torch.device("meta"):
-                new = _construct(kind, config)
+                new = construct(kind, config)
                 twin = new.to_dense()
         except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise ValueError(f"{at}: {kind} config {config} is invalid ({e})") from None
@@ -430,9 +304,9 @@ def restore_structure(model: nn.Module, structure: dict[str, Any] | str) -> nn.M
     error the model is unchanged. Prefer :func:`load_state`, which also bounds
     the layers by the tensors that are loaded into them."""
     check_module("model", model)
-    _check_structure(structure)
+    check_structure_arg(structure)
     inner = unwrap(model)
-    _commit(inner, _plan(inner, _parse_structure(structure, "structure"), None, True), None,
+    _commit(inner, _plan(inner, parse_structure(structure, "structure"), None, True), None,
             True)
     return model
 
@@ -447,11 +321,11 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor],
     if not isinstance(state, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise TypeError("state must map str keys to tensors")
-    _check_structure(structure)
+    check_structure_arg(structure)
     inner = unwrap(model)
     headers = {k: (tuple(v.shape), _kind(v.dtype)) for k, v in state.items()}
     table = _Table("state", headers, lambda keys: {k: state[k] for k in keys})
-    _commit(inner, _plan(inner, _parse_structure(structure, "state"), table, strict), table,
+    _commit(inner, _plan(inner, parse_structure(structure, "state"), table, strict), table,
             strict)
     return model
 
@@ -562,6 +436,6 @@ def load_model(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     if "lowrank_layers" not in meta:
         raise ValueError(f"{p}: the metadata lacks the 'lowrank_layers' entry")
     inner = unwrap(model)
-    _commit(inner, _plan(inner, _parse_structure(meta["lowrank_layers"], str(p)), table,
+    _commit(inner, _plan(inner, parse_structure(meta["lowrank_layers"], str(p)), table,
                          strict), table, strict)
     return model
