@@ -106,3 +106,33 @@ def test_bad_arguments_and_inconsistent_state():
     layer.mask[0, 0] = False  # a mask edited out of step with the values is refused
     with pytest.raises(ValueError, match="5 connections but values has 6"):
         layer(torch.randn(4, 3))
+
+
+def test_reused_weight_follows_every_change():
+    """Without autograd (a frozen layer, a target network, torch.no_grad) the dense
+    weight is reused; an in-place step on the values, a new mask, a dtype move, or an
+    edit of the returned matrix must still be seen by the next call."""
+    torch.manual_seed(0)
+    layer = FixedSparseLinear(random_mask(5, 6, 9, torch.Generator().manual_seed(0)))
+    x = torch.randn(3, 6)
+
+    def want() -> torch.Tensor:
+        w = torch.zeros(5, 6)
+        w[layer.mask] = layer.values.detach()
+        return x @ w.T + layer.bias.detach()
+
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), want())
+        assert layer.weight is layer.weight  # reused
+        layer.values.mul_(-2.0)  # an optimizer's in-place step
+        torch.testing.assert_close(layer(x), want())
+        layer.weight.fill_(7.0)  # an edit of the returned matrix is not kept
+        torch.testing.assert_close(layer(x), want())
+    layer.requires_grad_(False)  # frozen: reused with grad mode on too
+    torch.testing.assert_close(layer(x), want())
+    layer.load_state_dict(FixedSparseLinear(layer.mask.flip(0)).state_dict())
+    torch.testing.assert_close(layer(x), want())
+    layer.requires_grad_(True)
+    y = layer(x)
+    assert y.requires_grad  # with autograd on, the weight is built in the graph
+    torch.testing.assert_close(y, want())

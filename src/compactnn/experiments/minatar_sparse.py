@@ -50,7 +50,7 @@ class Setting:
 
 
 QUICK = Setting(("breakout",), 1, 600, units=4)
-FULL = Setting(("breakout", "space_invaders"), 5, 80_000)
+FULL = Setting(("breakout", "space_invaders"), 5, 40_000)
 
 
 def run_name(game: str, structure: str, regime: str, seed: int) -> str:

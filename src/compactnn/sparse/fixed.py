@@ -164,9 +164,26 @@ class FixedSparseLinear(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The dense ``(out_features, in_features)`` weight (differentiable in values)."""
-        flat = self.values.new_zeros(self.out_features * self.in_features)
-        flat.index_put_((self._flat_index(),), self.values)  # in place: no copy of zeros
+        """The dense ``(out_features, in_features)`` weight (differentiable in values).
+
+        Built afresh whenever autograd may need it; otherwise (a frozen layer, a target
+        network, ``torch.no_grad``) reused until the values or the mask change in place,
+        are replaced or moved: the key holds their version counters and storage."""
+        v, index = self.values, self._flat_index()
+        if torch.is_grad_enabled() and v.requires_grad:
+            return self._fill(v, index)
+        key = (v._version, v.data_ptr(), v.dtype, v.device, index.data_ptr())
+        cached = self.__dict__.get("_weight_cache")
+        # a caller who edits the returned matrix in place gets a fresh one next time
+        if cached is None or cached[0] != key or cached[1]._version != cached[2]:
+            w = self._fill(v.detach(), index)
+            cached = (key, w, w._version)
+            self.__dict__["_weight_cache"] = cached
+        return cached[1]
+
+    def _fill(self, values: Tensor, index: Tensor) -> Tensor:
+        flat = values.new_zeros(self.out_features * self.in_features)
+        flat.index_put_((index,), values)  # in place: no copy of the zeros
         return flat.view(self.out_features, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
