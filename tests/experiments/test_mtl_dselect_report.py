@@ -51,6 +51,9 @@ def test_report_of_a_tiny_study(tiny, tmp_path):
     assert "**test MSE** (2 seeds)" in md
     assert "DSelect-k gamma_ramp" in md and "frozen experts, 2 spare" in md
     assert "mean test accuracy: pending" in md
+    (tmp_path / "docs").mkdir()
+    md = report(root, tmp_path / "docs" / "figures" / "sat.png", doc_dir=tmp_path / "docs")
+    assert "![saturation](figures/sat.png)" in md  # the link resolves from the document
 
 
 def test_update_block_replaces_only_between_the_markers(tmp_path):

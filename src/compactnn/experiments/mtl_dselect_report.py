@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -264,6 +265,7 @@ def saturation_figure(study: Study, path: str | Path) -> Path | None:
     np.atleast_1d(axes)[0].set_ylabel("saturated fraction of z")
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
@@ -319,8 +321,11 @@ def _tuned(study: Study) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def report(root: str | Path, figure: str | Path | None = None) -> str:
-    """The markdown report of the finished cells under ``root``."""
+def report(root: str | Path, figure: str | Path | None = None,
+           doc_dir: str | Path | None = None) -> str:
+    """The markdown report of the finished cells under ``root``; the figure's link is
+    relative to ``doc_dir`` (the folder of the document it goes into; default: the
+    figure's own folder)."""
     study = Study(root, log=lambda _m: None)
     md = ["#### Progress\n", _progress(study), "\n#### Planted experts: chosen on validation "
           "(selection seed)\n", _choices(study), "\n#### Planted experts: matched settings, "
@@ -329,7 +334,9 @@ def report(root: str | Path, figure: str | Path | None = None) -> str:
     if figure is not None:
         png = saturation_figure(study, figure)
         if png is not None:
-            md.append(f"\n![saturation]({png.name})\n")
+            link = (Path(os.path.relpath(png, doc_dir)).as_posix() if doc_dir is not None
+                    else png.name)
+            md.append(f"\n![saturation]({link})\n")
     md += ["\n#### Planted experts: tuned comparison (15 random trials per gate)\n",
            _tuned(study)]
     md += ["\n#### Multi-Fashion-MNIST\n",
@@ -360,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update", default=None,
                     help="a markdown file whose report block to replace (else print)")
     args = ap.parse_args(argv)
-    md = report(args.root, args.figure)
+    md = report(args.root, args.figure,
+                Path(args.update).parent if args.update else Path.cwd())
     if args.update:
         update_block(args.update, md)
     else:
