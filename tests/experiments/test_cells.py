@@ -1,5 +1,6 @@
 """Resumable cells: atomic JSON records, skipped once finished, checked when read."""
 
+import importlib.util
 import json
 import math
 
@@ -92,3 +93,63 @@ def test_study_main_parses_its_command_line_before_running_anything(tmp_path, ca
     study_main("m", settings, run_study, [str(tmp_path)])
     assert calls == [(tmp_path, False, "quick"), (tmp_path, False, None)]
     assert capsys.readouterr().out.endswith("report\n")
+
+
+needs_flock = pytest.mark.skipif(importlib.util.find_spec("fcntl") is None,
+                                 reason="claims need POSIX locks")
+
+
+@needs_flock
+def test_a_claimed_cell_is_passed_over_or_waited_for(tmp_path):
+    import threading
+    import time
+
+    store, other = CellStore(tmp_path), CellStore(tmp_path)
+
+    def never(_p):
+        raise AssertionError("the cell ran twice")
+
+    # another worker holds the claim: try_run passes over it without running it
+    with store.claim("p", "c") as mine:
+        assert mine
+        assert other.try_run("p", "c", {}, never) is None
+        assert not other.path("p", "c").exists()
+    # run() waits for the worker that holds the claim and returns that worker's record
+    held, release = threading.Event(), threading.Event()
+
+    def worker():
+        with store.claim("p", "d"):
+            held.set()
+            release.wait(5)
+            time.sleep(0.05)
+            store.write("p", "d", {"k": 1}, {"val": 2.0})
+
+    t = threading.Thread(target=worker)
+    t.start()
+    held.wait(5)
+    release.set()
+    rec = other.run("p", "d", {"k": 1}, never)
+    t.join()
+    assert rec["result"] == {"val": 2.0}
+    # once free, the cell runs
+    assert other.try_run("p", "c", {"k": 3}, lambda p: {"val": p["k"]})["result"] == {"val": 3}
+
+
+@needs_flock
+def test_a_killed_worker_leaves_no_stale_claim(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from compactnn.experiments.cells import CellStore\n"
+            "with CellStore(sys.argv[1]).claim('p', 'c'):\n"
+            "    print('held', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert CellStore(tmp_path).try_run("p", "c", {}, lambda p: {"val": 1}) is None
+    finally:
+        proc.kill()
+        proc.wait()
+    rec = CellStore(tmp_path).try_run("p", "c", {}, lambda p: {"val": 1})
+    assert rec is not None and rec["result"] == {"val": 1}

@@ -107,3 +107,18 @@ def test_late_gain_is_what_stopping_ten_percent_earlier_would_lose():
     assert line.startswith("median 12, max 19 (1 in the last 10%; the last 10% of epochs")
     assert "median 5.56%, at most 11.11%)" in line
     assert _best_epochs(recs[1:]) == "median 5, max 5"
+
+
+def test_two_workers_share_a_study_without_running_a_cell_twice(tiny, tmp_path):
+    """A cell claimed by another worker is passed over (it is that worker's); the rest of
+    the part runs, and a second pass after the claim is gone completes it."""
+    root = tmp_path / "cells"
+    study = M.Study(root, log=lambda _m: None)
+    first = next(iter(study.cells("planted_select")))
+    name = M.cell_name(first)
+    with study.store.claim("planted_select", name):
+        study.run_part("planted_select")
+    done = study.store.finished("planted_select")
+    assert name not in done and len(done) >= 1
+    study.run_part("planted_select")
+    assert name in study.store.finished("planted_select")

@@ -5,6 +5,14 @@ cell is written atomically to ``root/<part>/<name>.json`` (a temporary file in t
 folder, then ``os.replace``), so an interrupted study leaves only whole files behind, and
 a restarted driver skips every cell whose file is already there. Files are read back
 with their structure checked (nothing read from a file is trusted before it is checked).
+
+Several workers may share one root: a cell is run only by the process holding its claim
+(an exclusive ``flock`` on ``root/.claims/<part>/<name>.lock``, released by the kernel
+however the process ends, so a killed worker leaves no stale claim). With
+:meth:`CellStore.try_run` a worker passes over cells another one is running and goes on
+with the next; :meth:`CellStore.run` waits for the other worker and returns its record.
+Where ``fcntl`` is missing
+(Windows) there are no claims, and one worker per root is the user's rule.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +107,64 @@ class CellStore:
             raise
         return _restore(json.loads(text))
 
+    @contextmanager
+    def claim(self, part: str, name: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the cell's claim for the block. Yields True when this process holds it;
+        with ``wait=False`` yields False at once when another process does (then
+        nothing is held), else waits for it."""
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks: no claims
+            yield True
+            return
+        folder = self.root / ".claims" / _check_name("part", part)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_check_name('name', name)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with open(fd, "r+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def run(self, part: str, name: str, params: Mapping[str, Any],
             fn: Callable[[Mapping[str, Any]], Mapping[str, Any]],
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """The cell's record: read back when finished, else ``fn(params)`` run and written."""
+        """The cell's record: read back when finished, else ``fn(params)`` run and written
+        under the cell's claim. When another worker is running the cell, this waits for
+        it and returns its record."""
+        record = self._run(part, name, params, fn, log, wait=True)
+        assert record is not None  # a waiting claim is always granted
+        return record
+
+    def try_run(self, part: str, name: str, params: Mapping[str, Any],
+                fn: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+                log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+        """As :meth:`run`, but None at once when another worker is running the cell."""
+        return self._run(part, name, params, fn, log, wait=False)
+
+    def _run(self, part: str, name: str, params: Mapping[str, Any],
+             fn: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+             log: Callable[[str], None] | None, wait: bool) -> dict[str, Any] | None:
         done = self.load(part, name)
         if done is not None:
             return done
-        if log:
-            log(f"running {part}/{name}")
-        return self.write(part, name, params, fn(params))
+        with self.claim(part, name, wait) as mine:
+            if not mine:
+                if log:
+                    log(f"skipping {part}/{name}: another worker is running it")
+                return None
+            done = self.load(part, name)  # finished while this worker waited for the claim
+            if done is not None:
+                return done
+            if log:
+                log(f"running {part}/{name}")
+            return self.write(part, name, params, fn(params))
 
     def finished(self, part: str) -> dict[str, dict[str, Any]]:
         """Every finished cell of ``part`` by name."""

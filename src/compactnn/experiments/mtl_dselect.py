@@ -27,7 +27,9 @@ validation cells of the stage before. The parts run in this order:
    weight categorical), last.
 
 ``python -m compactnn.experiments.mtl_dselect run [--root DIR] [--only PART ...]`` runs
-(or resumes) the study; ``... status`` prints how many cells are done per part.
+(or resumes) the study; ``... status`` prints how many cells are done per part. Workers
+may share a folder: each passes over the cells another is running (the cells' claims),
+and a later run completes what the others left.
 """
 
 from __future__ import annotations
@@ -308,7 +310,12 @@ class Study:
     def run_part(self, part: str) -> int:
         """Run every unfinished cell of ``part``; returns how many cells it has."""
         if part == "planted_tuned":
-            self.planted_tuned()
+            from compactnn.tune.storage import TuneFolderBusy
+
+            try:
+                self.planted_tuned()
+            except TuneFolderBusy:
+                self.log("skipping planted_tuned: another worker is running it")
             return 1
         fn = self.real_cell if part.split("_")[0] in REAL else self.planted_cell
         count, seen = 0, set()
@@ -321,7 +328,8 @@ class Study:
             for params in new:
                 seen.add(cell_name(params))
                 count += 1
-                self.store.run(part, cell_name(params), params, timed(fn), self.log)
+                # another worker's cell is passed over; a later pass or rerun finds it
+                self.store.try_run(part, cell_name(params), params, timed(fn), self.log)
 
     def planned(self) -> dict[str, int]:
         """How many cells each part has once every choice is made (what ``status``
