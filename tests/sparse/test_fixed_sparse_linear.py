@@ -32,6 +32,9 @@ def test_same_function_and_gradients_as_masked_linear(out, inp, frac, batch, see
     # d/d values is the masked weight's gradient at the connections, in row-major order
     torch.testing.assert_close(sparse.values.grad, masked.weight.grad[masked.mask])
     torch.testing.assert_close(sparse.bias.grad, masked.bias.grad)
+    back = sparse.to_masked()  # and back: the same mask, weights and bias, exactly
+    assert torch.equal(back.mask, masked.mask) and torch.equal(back.bias, masked.bias)
+    assert torch.equal(back.weight, masked.weight * masked.mask)
 
 
 def test_training_trajectory_equals_masked_linear():

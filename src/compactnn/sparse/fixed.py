@@ -111,9 +111,10 @@ class FixedSparseLinear(nn.Module):
 
     The same function, gradients and initialization law as :class:`MaskedLinear`
     (``nn.Linear``'s uniform law with each unit's fan-in taken as its connections), so
-    ``FixedSparseLinear.from_masked(m)`` continues ``m`` exactly; what differs is the
-    storage, hence the optimizer's cost. Loading a state with another mask of the same
-    number of connections is allowed and takes effect at the next call."""
+    ``FixedSparseLinear.from_masked(m)`` continues ``m`` exactly (and :meth:`to_masked`
+    goes back); what differs is the storage, hence the optimizer's cost. Loading a state
+    with another mask of the same number of connections is allowed and takes effect at
+    the next call."""
 
     def __init__(self, mask: Tensor, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
@@ -146,6 +147,15 @@ class FixedSparseLinear(nn.Module):
             if layer.bias is not None:
                 new.bias.copy_(layer.bias)
         return new
+
+    def to_masked(self) -> MaskedLinear:
+        """The same layer as a :class:`MaskedLinear` (the inverse of :meth:`from_masked`)."""
+        dense = MaskedLinear(self.mask, self.bias is not None, dtype=self.values.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.weight)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
 
     def _flat_index(self) -> Tensor:
         """Row-major positions of the connections, cached on the mask's version (a
