@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from compactnn import __version__
 from compactnn._checks import check_bool, check_module
+from compactnn._locks import hold_exclusive
 from compactnn._modules import module_names, replace_module, unwrap
 from compactnn.layer_schema import check_structure_arg, construct, layer_config, parse_structure
 from compactnn.lowrank import LowRankLayer, linear_view
@@ -361,7 +362,7 @@ def save_model(model: nn.Module, path: str | os.PathLike,
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        _hold(fd, block=True)  # marks this temporary file as in use until it is renamed
+        hold_exclusive(fd, block=True)  # marks this temporary file as in use until it is renamed
         _remove_stale_temps(path)
         st.save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
@@ -370,20 +371,6 @@ def save_model(model: nn.Module, path: str | os.PathLike,
         raise
     finally:
         os.close(fd)
-
-
-def _hold(fd: int, block: bool) -> bool:
-    """An exclusive lock on open file ``fd``: False when another holds it (with
-    ``block=False``); True, doing nothing, without POSIX locks."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover (Windows: no stale-file cleanup)
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _remove_stale_temps(path: str | os.PathLike) -> list[Path]:
@@ -405,7 +392,7 @@ def _remove_stale_temps(path: str | os.PathLike) -> list[Path]:
         except OSError:  # gone, or a link: not ours to remove
             continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode) and _hold(fd, block=False):
+            if stat.S_ISREG(os.fstat(fd).st_mode) and hold_exclusive(fd, block=False):
                 f.unlink(missing_ok=True)
                 removed.append(f)
         finally:

@@ -4,6 +4,7 @@ from torch import nn
 
 from compactnn.models.qnet import STRUCTURES, StructuredQNet
 from compactnn.sparse import (
+    FixedSparseLinear,
     MaskedLinear,
     conv_connections,
     equal_dense_width,
@@ -71,15 +72,21 @@ def test_masked_linear_stays_sparse_under_optimizers():
     assert bool((layer.weight[~mask] == 0).all())
 
 
-def test_masked_linear_init_uses_row_fan_in():
+@pytest.mark.parametrize("layer_cls", [MaskedLinear, FixedSparseLinear])
+def test_init_uses_each_units_connections_as_fan_in(layer_cls):
     mask = torch.zeros(2, 100, dtype=torch.bool)
     mask[0, :4] = True
     mask[1, :] = True
     torch.manual_seed(0)
-    w = MaskedLinear(mask).weight.detach()
+    w = layer_cls(mask).weight.detach()
     # row 0 has fan-in 4 (bound 1/2), row 1 fan-in 100 (bound 1/10); with in_features as
     # the fan-in both would be bounded by 1/10
     assert 0.1 < float(w[0].abs().max()) <= 0.5 and float(w[1].abs().max()) <= 0.1
+    assert bool((w[0, 4:] == 0).all())
+    torch.manual_seed(1)
+    a = layer_cls(mask).weight.detach()
+    torch.manual_seed(1)
+    assert torch.equal(a, layer_cls(mask).weight.detach())  # seeded
 
 
 def test_fixed_masks_count_parameters():

@@ -63,20 +63,6 @@ def test_parameters_are_the_connections():
     assert "nonzeros=100" in repr(layer)
 
 
-def test_init_law_uses_each_units_connections():
-    mask = torch.zeros(2, 100, dtype=torch.bool)
-    mask[0, :4] = True
-    mask[1, :] = True
-    torch.manual_seed(0)
-    w = FixedSparseLinear(mask).weight.detach()
-    assert 0.1 < float(w[0].abs().max()) <= 0.5 and float(w[1].abs().max()) <= 0.1
-    assert bool((w[0, 4:] == 0).all())
-    torch.manual_seed(1)
-    a = FixedSparseLinear(mask).values.detach()
-    torch.manual_seed(1)
-    assert torch.equal(a, FixedSparseLinear(mask).values.detach())
-
-
 def test_loaded_mask_and_copies_take_effect():
     torch.manual_seed(0)
     layer = FixedSparseLinear(random_mask(5, 6, 9, torch.Generator().manual_seed(0)))

@@ -11,8 +11,8 @@ Several workers may share one root: a cell is run only by the process holding it
 however the process ends, so a killed worker leaves no stale claim). With
 :meth:`CellStore.try_run` a worker passes over cells another one is running and goes on
 with the next; :meth:`CellStore.run` waits for the other worker and returns its record.
-Where ``fcntl`` is missing
-(Windows) there are no claims, and one worker per root is the user's rule.
+Where ``fcntl`` is missing (Windows) there are no claims, and one worker per root is the
+user's rule.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from compactnn._locks import hold_exclusive
 
 __all__ = ["CellStore", "study_main"]
 
@@ -112,25 +114,14 @@ class CellStore:
         """Hold the cell's claim for the block. Yields True when this process holds it;
         with ``wait=False`` yields False at once when another process does (then
         nothing is held), else waits for it."""
-        try:
-            import fcntl
-        except ImportError:  # no POSIX locks: no claims
-            yield True
-            return
         folder = self.root / ".claims" / _check_name("part", part)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{_check_name('name', name)}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with open(fd, "r+b") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        try:  # closing the file releases the claim
+            yield hold_exclusive(fd, block=wait)
+        finally:
+            os.close(fd)
 
     def run(self, part: str, name: str, params: Mapping[str, Any],
             fn: Callable[[Mapping[str, Any]], Mapping[str, Any]],
