@@ -1,6 +1,8 @@
 """One exclusive POSIX lock primitive shared by the modules that must keep a second
-process away from a file (checkpoint temporaries in :mod:`compactnn.io`, experiment cell
-claims in :mod:`compactnn.experiments.cells`)."""
+process away from a file: checkpoint temporaries (:mod:`compactnn.io`), experiment cell
+claims (:mod:`compactnn.experiments.cells`), run folders
+(:mod:`compactnn.engine.run_folder`), tuning folders (:mod:`compactnn.tune.storage`) and
+the data cache (:mod:`compactnn.data.cache_files`)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from compactnn._locks import hold_exclusive
 from compactnn.data.errors import CacheError, FetchError
 from compactnn.data.registry import DataSet, Download
 
@@ -97,11 +98,8 @@ def create_exclusive(path: Path) -> int:
 
 @contextmanager
 def fetch_lock(folder: Path, ds: DataSet):
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks (Windows): one fetch at a time is on the user
-        yield
-        return
+    """Keeps a second fetch out of ``folder`` while this one runs (without POSIX locks,
+    as on Windows, one fetch at a time is on the user)."""
     path = folder / ".lock"
     regular_size(path)
     try:
@@ -110,15 +108,10 @@ def fetch_lock(folder: Path, ds: DataSet):
         regular_size(path)
         raise CacheError(f"cannot open the lock file {path} ({e.strerror or e})") from e
     with open(fd, "r+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not hold_exclusive(fh.fileno(), block=False):
             raise FetchError(f"another `{ds.command}` is running on {folder}; wait for it "
-                             "to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+                             "to finish")
+        yield
 
 
 def open_part(part: Path) -> int:

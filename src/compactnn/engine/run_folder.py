@@ -19,12 +19,13 @@ exclusive lock for the whole run, written atomically and as strict JSON.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+from compactnn._locks import hold_exclusive
 
 __all__ = ["OUTPUT_FILES", "RunFolder", "RunFolderBusy", "RunFolderError", "json_safe",
            "write_json"]
@@ -103,8 +104,7 @@ class RunFolder:
 
     def release(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            self._lock.close()  # closing the descriptor releases the lock
             self._lock = None
 
     def _prepare(self) -> None:
@@ -123,9 +123,7 @@ class RunFolder:
         except OSError as e:
             raise RunFolderError(f"cannot write to the run folder {str(p)!r}: "
                                  f"{e.strerror or e}") from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not hold_exclusive(lock.fileno(), block=False):
             lock.close()
             raise RunFolderBusy(f"another run is using {str(p)!r} (it holds {p / '.lock'}); "
                                 "wait for it to finish or choose another out") from None

@@ -14,12 +14,13 @@ tuning folder is held by one :func:`compactnn.tune.tune` at a time.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
+
+from compactnn._locks import hold_exclusive
 
 __all__ = ["MARKER_TABLE", "FolderLock", "TuneFolderBusy", "TuneStorageError",
            "claim_sqlite", "sqlite_path"]
@@ -114,9 +115,7 @@ class FolderLock:
         path = self.folder / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         fh = open(fd, "r+b")  # noqa: SIM115 (held until __exit__)
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not hold_exclusive(fh.fileno(), block=False):
             fh.close()
             raise TuneFolderBusy(f"another tuning run is using {self.folder} (it holds "
                                  f"{path}); wait for it to finish or choose another "
@@ -126,6 +125,5 @@ class FolderLock:
 
     def __exit__(self, *exc: Any) -> None:
         if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
+            self._fh.close()  # closing the descriptor releases the lock
             self._fh = None
