@@ -220,12 +220,67 @@ def test_movielens_cells_name_their_data_and_choices_never_mix_data_sets(tmp_pat
     assert "data=movielens_1m" in M.cell_name(first)
     fashion = next(study.real_select("fashion"))
     assert "data" not in fashion  # only MovieLens has two data sets
-    for data, lr, val in (("movielens", 5e-4, 0.1), ("movielens_1m", 5e-5, 0.3),
-                          ("movielens_1m", 1.6e-4, 0.2)):
-        params = {**first, "data": data, "lr": lr, "gate": "softmax"}
-        study.store.write("movielens_select", M.cell_name(params), params, {"val": val})
+    sample = M.Study(tmp_path, log=lambda _m: None)
+    vals = {"movielens": (0.5, 0.4, 0.1), "movielens_1m": (0.3, 0.2, 0.25)}
+    for st in (study, sample):  # the softmax grid of each data set, in one folder
+        cells = [c for c in st.real_select("movielens") if c["gate"] == "softmax"]
+        for c, val in zip(cells, vals[st.movielens_data], strict=True):
+            st.store.write("movielens_select", M.cell_name(c), c, {"val": val})
     evals = [p for p in study.real_eval("movielens") if p["gate"] == "softmax"]
     assert evals and {(p["data"], p["lr"]) for p in evals} == {("movielens_1m", 1.6e-4)}
-    sample = M.Study(tmp_path, log=lambda _m: None)
     evals = [p for p in sample.real_eval("movielens") if p["gate"] == "softmax"]
     assert {(p["data"], p["lr"]) for p in evals} == {("movielens", 5e-4)}
+
+
+def _finish(study, part, params, val):
+    study.store.write(part, M.cell_name(params), params, {"val": val})
+
+
+def test_real_choices_wait_for_the_whole_grid_and_ignore_cells_outside_it(tmp_path):
+    """Stage B (a gate's own grid) is listed only once the gate's every learning-rate cell
+    is finished, the evaluation seeds only once stage B is; a finished cell outside the
+    planned grid (left by an earlier provisional choice) never becomes the choice."""
+    study = M.Study(tmp_path, log=lambda _m: None)
+    stage_a = list(study.real_select("fashion"))
+    assert len(stage_a) == 9 and all(c["epochs"] == M.REAL["fashion"]["select_epochs"]
+                                      for c in stage_a)
+    dsk = [c for c in stage_a if c["gate"] == "dselect_k"]
+    for c, val in zip(dsk[:2], (0.5, 0.4), strict=True):
+        _finish(study, "fashion_select", c, val)
+    stale = {**dsk[0], "gamma": 0.01}  # a better-scoring cell at a lr that did not win
+    _finish(study, "fashion_select", stale, 0.01)
+    assert len(list(study.real_select("fashion"))) == 9  # no stage B on a partial grid
+    assert study.real_choice("fashion", "dselect_k") is None
+    assert list(study.real_eval("fashion")) == []
+    _finish(study, "fashion_select", dsk[2], 0.3)  # lr 1e-3 wins stage A
+    stage_b = list(study.real_select("fashion"))[9:]
+    assert [c["gamma"] for c in stage_b] == [0.01, 0.1, 5.0, 10.0]
+    assert {c["lr"] for c in stage_b} == {dsk[2]["lr"]}
+    assert study.real_choice("fashion", "dselect_k") is None  # stage B not finished
+    for c, val in zip(stage_b, (0.35, 0.2, 0.25, 0.4), strict=True):
+        _finish(study, "fashion_select", c, val)
+    choice = study.real_choice("fashion", "dselect_k")
+    assert (choice["lr"], choice["gamma"]) == (dsk[2]["lr"], 0.1)  # not the stale 0.01
+    evals = list(study.real_eval("fashion"))
+    assert [c["seed"] for c in evals] == list(M.REAL["fashion"]["seeds"])
+    assert all(c["epochs"] == M.REAL["fashion"]["epochs"] and c["gamma"] == 0.1
+               for c in evals)
+
+
+def test_planted_entropy_stage_waits_for_every_gamma_of_its_lr(tiny, tmp_path):
+    study = M.Study(tmp_path, log=lambda _m: None)
+    grid = list(study.planted_select())
+    assert len(grid) == 2 * (3 + 1 + 2)  # nothing finished: no entropy cells yet
+    lr = M.PLANTED["lrs"][0]
+    gammas = [c for c in grid if c["arm"] == "dselect_k" and c["lr"] == lr]
+    _finish(study, "planted_select", gammas[0], 0.5)
+    assert len(list(study.planted_select())) == len(grid)
+    _finish(study, "planted_select", gammas[1], 0.4)
+    ents = list(study.planted_select())[len(grid):]
+    assert [(c["gamma"], c["entropy_reg"]) for c in ents] == [(1.0, 1.0), (1.0, 5.0)]
+    for c in grid:  # every other selection cell, worse than the chosen DSelect-k
+        if c not in gammas:
+            _finish(study, "planted_select", c, 0.9)
+    assert study.planted_choice("dselect_k") is None  # its entropy stage is unfinished
+    assert all(c["arm"] != "dselect_k" for c in study.planted_eval())
+    assert study.planted_choice("topk") is not None

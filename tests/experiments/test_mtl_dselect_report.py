@@ -122,3 +122,43 @@ def test_two_workers_share_a_study_without_running_a_cell_twice(tiny, tmp_path):
     assert name not in done and len(done) >= 1
     study.run_part("planted_select")
     assert name in study.store.finished("planted_select")
+
+
+def test_real_section_compares_only_the_current_choices(tmp_path):
+    """The Multi-Fashion section from fake finished cells: the choices, the paired
+    comparison over the seeds, best epochs; an evaluation cell of another configuration
+    (an earlier provisional choice) and a failed run stay out of the comparison."""
+    from compactnn.experiments.mtl_dselect_report import _real
+
+    study = M.Study(tmp_path, log=lambda _m: None)
+
+    def finish(part, c, **res):
+        study.store.write(part, M.cell_name(c), c, {"best_epoch": 12, "epochs_run": 15,
+                                                    "best_in_last_10pct": True, **res})
+
+    rank = {1e-4: 0.9, 3e-4: 0.7, 1e-3: 0.5}
+    for c in list(study.real_select("fashion")):
+        finish("fashion_select", c, val=rank[c["lr"]], test=0.0)
+    for c in list(study.real_select("fashion"))[9:]:  # stage B: gamma 5 and Top-k 1 win
+        finish("fashion_select", c, val=0.4 if c.get("gamma") == 5.0
+               or c.get("importance_reg") == 1.0 else 0.6, test=0.0)
+    assert "pending" in _real(study, "fashion", "test", False, "acc")
+    acc = {"dselect_k": 0.70, "topk": 0.72, "softmax": 0.74}
+    evals = list(study.real_eval("fashion"))
+    for c in evals:
+        finish("fashion_eval", c, val=0.3, test=acc[c["gate"]] + 0.001 * c["seed"],
+               best_epoch=20, epochs_run=30, best_in_last_10pct=False)
+    stale = {**evals[0], "gamma": 0.01}  # an evaluation cell of a configuration not chosen
+    finish("fashion_eval", stale, val=0.1, test=0.99)
+    failed = next(c for c in evals if c["gate"] == "topk" and c["seed"] == 4)
+    finish("fashion_eval", failed, val=float("nan"), test=float("nan"))
+    md = _real(study, "fashion", "test", False, "acc")
+    assert "DSelect-k: lr 0.001, gamma 5, entropy_reg 0.1" in md
+    assert "Top-k: lr 0.001, importance_reg 1" in md and "softmax: lr 0.001" in md
+    assert "Selection runs' best epochs: median 12, max 12 (15 in the last 10%" in md
+    assert "Failed evaluation runs (left out of the comparison): topk seed 4" in md
+    row = next(line for line in md.splitlines() if line.startswith("| DSelect-k"))
+    assert "| 4 | 0.7015 +- 0.0013 |" in row  # seeds 0-3 (Top-k's seed 4 failed), no 0.99
+    row = next(line for line in md.splitlines() if line.startswith("| Top-k"))
+    assert "| -0.0200 |" in row  # DSelect-k 0.02 below Top-k in every seed
+    assert "Best epochs: DSelect-k median 20, max 20" in md

@@ -169,19 +169,33 @@ class Study:
                 "epochs": p["epochs"], "patience": p["patience"], "experts": "learned",
                 "spare": 0, **extra}
 
+    def chosen(self, part: str, cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The params of the best of ``cells`` (of ``part``) by validation score, once
+        every one of them is finished; None before. A choice is never made on a
+        partial grid (a resumed or shared run would otherwise build on a provisional
+        winner), and finished cells outside ``cells`` never enter it."""
+        done = self.store.finished(part)
+        names = [cell_name(c) for c in cells]
+        if not names or any(n not in done for n in names):
+            return None
+        return best_by_val({n: done[n] for n in names}, lambda q: True)
+
+    def _planted_grid(self, lr: float) -> list[dict[str, Any]]:
+        s = PLANTED["select_seed"]
+        cells = [self._planted_base(arm, lr, s) for arm in ("oracle", "random", "softmax")]
+        cells += [self._planted_base("topk", lr, s, importance_reg=imp)
+                  for imp in TOPK_IMPORTANCE]
+        cells += [self._planted_base("dselect_k", lr, s, gamma=gamma,
+                                     entropy_reg=DSK_DEFAULT["entropy_reg"])
+                  for gamma in DSK_GAMMAS]
+        return cells
+
     def planted_select(self) -> Iterator[dict[str, Any]]:
-        p, s = PLANTED, PLANTED["select_seed"]
-        for lr in p["lrs"]:
-            for arm in ("oracle", "random", "softmax"):
-                yield self._planted_base(arm, lr, s)
-            for imp in TOPK_IMPORTANCE:
-                yield self._planted_base("topk", lr, s, importance_reg=imp)
-            for gamma in DSK_GAMMAS:
-                yield self._planted_base("dselect_k", lr, s, gamma=gamma,
-                                         entropy_reg=DSK_DEFAULT["entropy_reg"])
-        done = self.store.finished("planted_select")
-        for lr in p["lrs"]:
-            best = best_by_val(done, lambda q, lr=lr: q["arm"] == "dselect_k" and q["lr"] == lr)
+        grids = {lr: self._planted_grid(lr) for lr in PLANTED["lrs"]}
+        for grid in grids.values():
+            yield from grid
+        for grid in grids.values():  # the entropy weight at the best gamma of this lr
+            best = self.chosen("planted_select", [c for c in grid if c["arm"] == "dselect_k"])
             if best is None:
                 continue
             for ent in DSK_ENTROPIES:
@@ -189,23 +203,29 @@ class Study:
                     yield {**best, "entropy_reg": ent}
 
     def planted_choice(self, arm: str) -> dict[str, Any] | None:
-        return best_by_val(self.store.finished("planted_select"), lambda q: q["arm"] == arm)
+        """``arm``'s configuration chosen on validation; None until its every selection
+        cell (the entropy stage included) is finished."""
+        return self.chosen("planted_select",
+                           [c for c in self.planted_select() if c["arm"] == arm])
 
     def planted_eval(self) -> Iterator[dict[str, Any]]:
+        arms = ("oracle", "random", "dselect_k", "topk", "softmax")
+        choices = {arm: self.planted_choice(arm) for arm in arms}
         for seed in PLANTED["seeds"]:
-            for arm in ("oracle", "random", "dselect_k", "topk", "softmax"):
-                chosen = self.planted_choice(arm)
+            for arm in arms:
+                chosen = choices[arm]
                 if chosen is not None:
                     yield {**chosen, "seed": seed}
 
     def planted_remedies(self) -> Iterator[dict[str, Any]]:
         p = PLANTED
         spe = p["n_train"] // p["batch_size"]
+        choices = {arm: self.planted_choice(arm)
+                   for arm in ("oracle", "random", "topk", "softmax", "dselect_k")}
         for seed in p["remedy_seeds"]:
             for experts in ("learned", "frozen"):
                 for spare in (0, p["spare"]):
-                    for arm in ("oracle", "random", "topk", "softmax", "dselect_k"):
-                        chosen = self.planted_choice(arm)
+                    for arm, chosen in choices.items():
                         if chosen is None:
                             continue
                         remedies = REMEDIES if arm == "dselect_k" else ("none",)
@@ -246,33 +266,34 @@ class Study:
                 "batch_size": r["batch_size"], "epochs": epochs, "patience": r["patience"],
                 **extra}
 
-    def same_data(self, params: Mapping[str, Any]) -> bool:
-        """A finished cell trained on this study's data (MovieLens cells name theirs)."""
-        return params["dataset"] != "movielens" or params.get("data") == self.movielens_data
-
     def real_select(self, dataset: str) -> Iterator[dict[str, Any]]:
         r = REAL[dataset]
         defaults = {"dselect_k": DSK_DEFAULT, "topk": TOPK_DEFAULT, "softmax": {}}
-        for lr in r["lrs"]:
-            for gate, extra in defaults.items():
-                yield self._real_base(dataset, gate, lr, 0, r["select_epochs"], **extra)
-        done = self.store.finished(f"{dataset}_select")
+        stage_a = [self._real_base(dataset, gate, lr, 0, r["select_epochs"], **extra)
+                   for lr in r["lrs"] for gate, extra in defaults.items()]
+        yield from stage_a
         for gate, grid in (("dselect_k", [{"gamma": g, "entropy_reg": 0.1}
                                           for g in (0.01, 0.1, 5.0, 10.0)]),
                            ("topk", [{"importance_reg": v} for v in (0.01, 1.0)])):
-            best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate
-                               and self.same_data(q))
+            best = self.chosen(f"{dataset}_select",
+                               [c for c in stage_a if c["gate"] == gate])
             if best is not None:
                 for extra in grid:
                     yield {**best, **extra}
 
+    def real_choice(self, dataset: str, gate: str) -> dict[str, Any] | None:
+        """``gate``'s configuration chosen on validation; None until its every selection
+        cell (its own grid included) is finished."""
+        return self.chosen(f"{dataset}_select",
+                           [c for c in self.real_select(dataset) if c["gate"] == gate])
+
     def real_eval(self, dataset: str) -> Iterator[dict[str, Any]]:
         r = REAL[dataset]
-        done = self.store.finished(f"{dataset}_select")
+        gates = ("dselect_k", "topk", "softmax")
+        choices = {gate: self.real_choice(dataset, gate) for gate in gates}
         for seed in r["seeds"]:
-            for gate in ("dselect_k", "topk", "softmax"):
-                best = best_by_val(done, lambda q, gate=gate: q["gate"] == gate
-                                   and self.same_data(q))
+            for gate in gates:
+                best = choices[gate]
                 if best is not None:
                     yield {**best, "seed": seed, "epochs": r["epochs"]}
 

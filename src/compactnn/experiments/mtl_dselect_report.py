@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from compactnn.experiments.mtl_dselect import PARTS, REMEDIES, Study
+from compactnn.experiments.mtl_dselect import PARTS, REMEDIES, Study, cell_name
 
 __all__ = ["mean_curve", "paired_values", "report", "saturation_figure", "update_block"]
 
@@ -276,23 +276,34 @@ def saturation_figure(study: Study, path: str | Path) -> Path | None:
 def _real(study: Study, dataset: str, metric: str, lower: bool, title: str) -> str:
     from compactnn.experiments.stats import comparison_markdown
 
-    recs = [r for r in study.store.finished(f"{dataset}_eval").values()
-            if study.same_data(r["params"])]
-    sel = {k: r for k, r in study.store.finished(f"{dataset}_select").items()
-           if study.same_data(r["params"])}
+    done = study.store.finished(f"{dataset}_eval")
+    # only the evaluation cells of the current choices (by name: a cell of an earlier,
+    # provisional choice never stands in for one of them)
+    listed = [cell_name(c) for c in study.real_eval(dataset)]
+    recs = [done[n] for n in listed if n in done]
+    failed = [r for r in recs if not _finite(r["result"].get(metric))]
+    recs = [r for r in recs if r not in failed]
     if dataset == "movielens":
         title += f" ({study.movielens_data})"
-    if not sel:
+    sel = [c for c in study.real_select(dataset)]
+    sel_done = study.store.finished(f"{dataset}_select")
+    if not any(cell_name(c) in sel_done for c in sel):
         return f"{title}: pending (no cell finished).\n"
     lines = []
     for gate in ("dselect_k", "topk", "softmax"):
-        from compactnn.experiments.mtl_dselect import best_by_val
-
-        best = best_by_val(sel, lambda q, gate=gate: q["gate"] == gate)
-        if best is not None:
-            own = ", ".join(f"{k} {best[k]:g}" for k in GATE_KEYS if k in best)
-            lines.append(f"{ARM_LABELS[gate]}: lr {best['lr']:g}" + (f", {own}" if own else ""))
+        best = study.real_choice(dataset, gate)
+        if best is None:
+            lines.append(f"{ARM_LABELS[gate]}: pending (its selection grid is not finished)")
+            continue
+        own = ", ".join(f"{k} {best[k]:g}" for k in GATE_KEYS if k in best)
+        lines.append(f"{ARM_LABELS[gate]}: lr {best['lr']:g}" + (f", {own}" if own else ""))
     out = f"{title}. Chosen on validation loss: " + "; ".join(lines) + ".\n\n"
+    sel_recs = [sel_done[cell_name(c)] for c in sel if cell_name(c) in sel_done]
+    out += f"Selection runs' best epochs: {_best_epochs(sel_recs)}.\n\n"
+    if failed:
+        out += ("Failed evaluation runs (left out of the comparison): "
+                + ", ".join(f"{r['params']['gate']} seed {r['params']['seed']}"
+                            for r in failed) + ".\n\n")
     vals = paired_values(recs, lambda p: p["gate"], metric)
     if "dselect_k" in vals and len(vals["dselect_k"]) >= 2 and len(vals) == 3:
         out += comparison_markdown(vals, "dselect_k", lower_is_better=lower,
@@ -305,6 +316,10 @@ def _real(study: Study, dataset: str, metric: str, lower: bool, title: str) -> s
     else:
         out += "Evaluation seeds: pending.\n"
     return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _tuned(study: Study) -> str:
