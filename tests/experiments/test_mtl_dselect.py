@@ -84,20 +84,35 @@ def test_planted_parts_run_in_order_and_resume(tiny, tmp_path, monkeypatch):
     assert planned["planted_select"] == n and planned["planted_eval"] == 5
 
 
-def test_remedy_cells_cover_experts_spares_and_remedies(tiny, tmp_path):
+def test_remedy_cells_cover_experts_spares_and_remedies(tiny, tmp_path, monkeypatch):
     study = M.Study(tmp_path, log=lambda _m: None)
     study.run_part("planted_select")
-    cells = list(study.planted_remedies())
-    dsk = [c for c in cells if c["arm"] == "dselect_k"]
-    # 4 expert settings x 5 remedies, less the one planted_eval already has
-    assert len(dsk) == 4 * len(M.REMEDIES) - 1
-    assert len(cells) - len(dsk) == 4 * 3  # the other four arms, less learned / no spare
-    assert study.planned()["planted_remedies"] == len(cells)
-    ramp = [c for c in dsk if c["remedy"] == "gamma_ramp"][0]
-    assert ramp["gamma_start"] == min(10 * ramp["gamma"], 1e4)
-    assert ramp["schedule_steps"] == 128 // 64 * 1
-    assert {(c["experts"], c["spare"]) for c in cells} == {
-        ("learned", 0), ("learned", 2), ("frozen", 0), ("frozen", 2)}
+    choice = study.planted_choice("dselect_k")
+    for lr in M.PLANTED["lrs"]:  # the remedies' DSelect-k: its best at remedy_lr
+        monkeypatch.setitem(M.PLANTED, "remedy_lr", lr)
+        base = study.remedy_base()
+        assert base["lr"] == lr and base["arm"] == "dselect_k"
+        cells = list(study.planted_remedies())
+        dsk = [c for c in cells if c["arm"] == "dselect_k"]
+        assert {c["lr"] for c in dsk} == {lr}
+        # 4 expert settings x 5 remedies, less the one planted_eval has when the
+        # remedies' configuration is the evaluated one
+        assert len(dsk) == 4 * len(M.REMEDIES) - (base == choice)
+        assert len(cells) - len(dsk) == 4 * 3  # the other four arms, less learned / no spare
+        assert study.planned()["planted_remedies"] == len(cells)
+        ramp = [c for c in dsk if c["remedy"] == "gamma_ramp"][0]
+        assert ramp["gamma_start"] == min(10 * ramp["gamma"], 1e4)
+        assert ramp["schedule_steps"] == 128 // 64 * 1
+        assert {(c["experts"], c["spare"]) for c in cells} == {
+            ("learned", 0), ("learned", 2), ("frozen", 0), ("frozen", 2)}
+        g1 = list(study.planted_remedies_g1())
+        assert len(g1) == study.planned()["planted_remedies_g1"] == 2 * len(M.REMEDIES)
+        assert {(c["gamma"], c["lr"], c["spare"]) for c in g1} == {(M.EARLY_GAMMA, lr, 0)}
+        assert {(c["experts"], c["remedy"]) for c in g1} == {
+            (e, r) for e in ("learned", "frozen") for r in M.REMEDIES}
+        ramp = [c for c in g1 if c["remedy"] == "gamma_ramp"][0]
+        assert ramp["gamma_start"] == 10 * M.EARLY_GAMMA
+        assert all(c["entropy_reg"] == base["entropy_reg"] for c in g1)
 
 
 def test_frozen_planted_experts_compute_the_generator_and_oracle_recovers_exactly(tiny):

@@ -31,7 +31,7 @@ def tiny(monkeypatch):
     monkeypatch.setattr(M, "PLANTED", {
         **M.PLANTED, "tasks": 8, "clusters": 2, "n_train": 128, "n_val": 32, "n_test": 32,
         "lrs": (1e-2,), "epochs": 2, "patience": 2, "seeds": (0, 1), "remedy_seeds": (0,),
-        "spare": 2, "remedy_epochs": 1, "batch_size": 64})
+        "spare": 2, "remedy_epochs": 1, "batch_size": 64, "remedy_lr": 1e-2})
     monkeypatch.setattr(M, "DSK_GAMMAS", (1.0,))
     monkeypatch.setattr(M, "DSK_ENTROPIES", (0.1,))
     monkeypatch.setattr(M, "TOPK_IMPORTANCE", (0.1,))
@@ -44,7 +44,16 @@ def test_report_of_a_tiny_study(tiny, tmp_path):
     study = M.Study(root, log=lambda _m: None)
     for part in ("planted_select", "planted_eval", "planted_remedies"):
         study.run_part(part)
+    assert "early (gamma 1)\n\npending: no cell finished yet." in report(root)
+    study.run_part("planted_remedies_g1")
     md = report(root, tmp_path / "sat.png")
+    g1 = md[md.index("early (gamma 1)"):]
+    # gamma 1 beside DSelect-k at its own gamma and the baselines, in both settings
+    assert "| frozen experts, 0 spare | DSelect-k gamma 1 warmup_box | 1 |" in g1
+    assert "| learned experts, 0 spare | DSelect-k gamma 1 none | 1 |" in g1
+    assert "| learned experts, 0 spare | Top-k | 1 |" in g1
+    assert "| frozen experts, 0 spare | DSelect-k gamma 1 none |" in g1
+    assert "saturated @300" in md
     assert (tmp_path / "sat.png").stat().st_size > 0
     assert "| planted_eval | 10 of 10 |" in md
     assert "| planted_remedies | 31 of 31 |" in md

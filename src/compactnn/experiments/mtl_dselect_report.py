@@ -103,10 +103,25 @@ def _progress(study: Study) -> str:
         wall = sum(float(r["result"].get("seconds", 0)) for r in recs.values()) / 3600
         rows.append([part, f"{done} of {planned[part]}", f"{_cpu_hours(recs):.2f}",
                      f"{wall:.2f}"])
-    tuned = study.store.root / "planted_tuned" / "tuning.json"
-    rows.append(["planted_tuned", "finished" if tuned.exists() else "pending", "-", "-"])
+    rows.append(_tuned_progress(study))
     return markdown_table(["part", "cells done", "CPU-hours",
                            "wall hours"], rows)
+
+
+def _tuned_progress(study: Study) -> list[str]:
+    """The tuned part's row: finished or not; the CPU-hours of its re-trained seeds and
+    the wall hours of search and re-training (trials record wall time only)."""
+    from compactnn.tune.summary import load_tuning
+
+    folder = study.store.root / "planted_tuned"
+    if not (folder / "tuning.json").exists():
+        return ["planted_tuned", "pending", "-", "-"]
+    d = load_tuning(folder)
+    finals = [r for runs in d["final"].values() for r in runs]
+    wall = (sum(float(m["search_seconds"]) for m in d["methods"].values())
+            + sum(float(r["seconds"]) for r in finals)) / 3600
+    cpu = sum(float(r.get("cpu_seconds", 0.0)) for r in finals) / 3600
+    return ["planted_tuned", "finished", f"{cpu:.2f} (re-training only)", f"{wall:.2f}"]
 
 
 def _choices(study: Study) -> str:
@@ -128,7 +143,7 @@ def _choices(study: Study) -> str:
 def _planted_eval(study: Study) -> str:
     from compactnn.experiments.stats import comparison_markdown
 
-    recs = list(study.store.finished("planted_eval").values())
+    recs = _listed(study, "planted_eval")
     if not recs:
         return "pending: no evaluation cell finished yet.\n"
     parts = []
@@ -155,64 +170,101 @@ def _setting(p: Mapping[str, Any]) -> str:
     return f"{p.get('experts', 'learned')} experts, {p.get('spare', 0)} spare"
 
 
-def _remedy_label(p: Mapping[str, Any]) -> str:
+def _remedy_label(p: Mapping[str, Any], gamma: bool = False) -> str:
     if p["arm"] != "dselect_k":
         return ARM_LABELS[p["arm"]]
-    return f"DSelect-k {p.get('remedy', 'none')}"
+    return "DSelect-k " + (f"gamma {p['gamma']:g} " if gamma else "") + p.get("remedy", "none")
+
+
+def _listed(study: Study, part: str) -> list[dict[str, Any]]:
+    """The finished cells ``part`` lists now (cells of an earlier, provisional choice that
+    no longer belong to it are left out)."""
+    done = study.store.finished(part)
+    return [done[n] for n in (cell_name(c) for c in study.cells(part)) if n in done]
 
 
 def _remedy_records(study: Study) -> list[dict[str, Any]]:
     """The remedies' cells, with the evaluation cells of their seeds standing for the
-    learned / no-spare / no-remedy setting."""
-    seeds = set()
-    recs = list(study.store.finished("planted_remedies").values())
-    for r in recs:
-        seeds.add(int(r["params"]["seed"]))
-    for r in study.store.finished("planted_eval").values():
-        if int(r["params"]["seed"]) in seeds:
+    learned / no-spare / no-remedy setting of the arms that part does not repeat."""
+    recs = _listed(study, "planted_remedies")
+    seeds = {int(r["params"]["seed"]) for r in recs}
+    own = {r["params"]["arm"] for r in recs
+           if (r["params"]["experts"], r["params"]["spare"]) == ("learned", 0)}
+    for r in _listed(study, "planted_eval"):
+        if int(r["params"]["seed"]) in seeds and r["params"]["arm"] not in own:
             recs.append({"params": {**r["params"], "remedy": "none"}, "result": r["result"]})
     return recs
 
 
-def _remedies(study: Study) -> str:
+def _g1_records(study: Study) -> list[dict[str, Any]]:
+    """The remedies at gamma EARLY_GAMMA beside every other arm (DSelect-k without remedy at
+    its own gamma included) in the same two settings and seeds."""
+    recs = _listed(study, "planted_remedies_g1")
+    seeds = {int(r["params"]["seed"]) for r in recs}
+    recs += [r for r in _remedy_records(study)
+             if int(r["params"]["seed"]) in seeds and r["params"]["spare"] == 0
+             and r["params"].get("remedy", "none") == "none"]
+    return recs
+
+
+SATURATION_EPOCHS = (1, 10, 40, 100, 300)
+
+
+def _remedy_table(recs: Sequence[Mapping[str, Any]], label, reference: str,
+                  metrics: Sequence[tuple[str, bool, str]]) -> str:
     from compactnn.experiments.reporting import markdown_table
     from compactnn.experiments.stats import comparison_markdown
 
-    recs = _remedy_records(study)
-    if not recs:
-        return "pending: no remedy cell finished yet.\n"
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in recs:
-        groups[(_setting(r["params"]), _remedy_label(r["params"]))].append(r)
+        groups[(_setting(r["params"]), label(r["params"]))].append(r)
     rows = []
-    for (setting, label), rs in sorted(groups.items()):
+    for (setting, name), rs in sorted(groups.items()):
         res = [r["result"] for r in rs]
 
         def m(key: str, res=res) -> str:
             v = [x[key] for x in res if isinstance(x.get(key), (int, float))]
             return _fmt(float(np.mean(v))) if v else "-"
 
-        sat = [x.get("saturation_history") or [] for x in res]
-        curve = mean_curve(sat)
+        curve = mean_curve([x.get("saturation_history") or [] for x in res])
 
         def at(e: int, curve=curve) -> str:
             return _fmt(float(curve[min(e, len(curve)) - 1]), "{:.2f}") if len(curve) else "-"
 
-        rows.append([setting, label, len(rs), m("test"), m("exact"), m("ari"),
-                     at(10), at(20), at(40), _best_epochs(rs)])
+        rows.append([setting, name, len(rs), m("test"), m("exact"), m("ari"),
+                     *(at(e) for e in SATURATION_EPOCHS), _best_epochs(rs)])
     table = markdown_table(["experts", "arm", "seeds", "test MSE", "exact", "ARI",
-                            "saturated @10", "@20", "@40", "best epochs"], rows)
+                            *(f"saturated @{e}" for e in SATURATION_EPOCHS),
+                            "best epochs"], rows)
     comps = []
     for setting in sorted({s for s, _ in groups}):
         sub = [r for r in recs if _setting(r["params"]) == setting]
-        vals = paired_values(sub, _remedy_label, "test")
-        vals = {k: v for k, v in vals.items() if not k.startswith(("oracle", "random"))}
-        if "DSelect-k none" in vals and len(vals["DSelect-k none"]) >= 2:
-            comps.append(f"**{setting}**, test MSE, paired over "
-                         f"{len(vals['DSelect-k none'])} seeds (reference: DSelect-k without "
-                         "remedy)\n\n" + comparison_markdown(vals, "DSelect-k none",
-                                                              lower_is_better=True))
+        for metric, lower, title in metrics:
+            vals = paired_values(sub, label, metric)
+            vals = {k: v for k, v in vals.items() if not k.startswith(("oracle", "random"))}
+            if reference in vals and len(vals[reference]) >= 2:
+                comps.append(f"**{setting}**, {title}, paired over {len(vals[reference])} "
+                             f"seeds (reference: {reference})\n\n" + comparison_markdown(
+                                 vals, reference, lower_is_better=lower))
     return table + "\n\n" + "\n\n".join(comps) + "\n"
+
+
+def _remedies(study: Study) -> str:
+    recs = _remedy_records(study)
+    if not recs:
+        return "pending: no remedy cell finished yet.\n"
+    return _remedy_table(recs, _remedy_label, "DSelect-k none",
+                         [("test", True, "test MSE")])
+
+
+def _remedies_g1(study: Study) -> str:
+    from compactnn.experiments.mtl_dselect import EARLY_GAMMA
+
+    if not _listed(study, "planted_remedies_g1"):
+        return "pending: no cell finished yet.\n"
+    return _remedy_table(_g1_records(study), lambda p: _remedy_label(p, gamma=True),
+                         f"DSelect-k gamma {EARLY_GAMMA:g} none",
+                         [("test", True, "test MSE"), ("exact", False, "exact support")])
 
 
 def _selection_curves(study: Study) -> tuple[str, dict[str, list[list[float]]]]:
@@ -236,18 +288,21 @@ def saturation_figure(study: Study, path: str | Path) -> Path | None:
     """Mean saturated fraction of DSelect-k's selector logits per epoch: one panel of the
     selection runs (one line per gamma), then one panel per expert setting of the
     remedies (one line per remedy); None when no DSelect-k cell has a history yet."""
+    from compactnn.experiments.mtl_dselect import EARLY_GAMMA
     from compactnn.experiments.reporting import new_figure
 
     panels: list[tuple[str, dict[str, list[list[float]]]]] = []
     title, curves = _selection_curves(study)
     if curves:
         panels.append((title, curves))
-    recs = [r for r in _remedy_records(study) if r["params"]["arm"] == "dselect_k"]
-    for setting in sorted({_setting(r["params"]) for r in recs}):
-        panels.append((setting, {remedy: [
-            r["result"].get("saturation_history") or [] for r in recs
-            if _setting(r["params"]) == setting and r["params"].get("remedy") == remedy]
-            for remedy in REMEDIES}))
+    for recs, tag in ((_remedy_records(study), ""), (_listed(study, "planted_remedies_g1"),
+                                                     f", gamma {EARLY_GAMMA:g}")):
+        recs = [r for r in recs if r["params"]["arm"] == "dselect_k"]
+        for setting in sorted({_setting(r["params"]) for r in recs}):
+            panels.append((setting + tag, {remedy: [
+                r["result"].get("saturation_history") or [] for r in recs
+                if _setting(r["params"]) == setting and r["params"].get("remedy") == remedy]
+                for remedy in REMEDIES}))
     if not panels:
         return None
     fig, axes = new_figure(ncols=len(panels), figsize=(3.6 * len(panels), 3.2))
@@ -323,16 +378,33 @@ def _finite(v: Any) -> bool:
 
 
 def _tuned(study: Study) -> str:
+    """Read from ``tuning.json`` (never through ``tune``, whose folder lock a running
+    worker may hold); final runs that failed leave their seed out of the pairs."""
     from compactnn.experiments.stats import comparison_markdown
+    from compactnn.tune.protocol import TuneReport
+    from compactnn.tune.summary import load_tuning, wall_time_table
 
-    if not (study.store.root / "planted_tuned" / "tuning.json").exists():
+    folder = study.store.root / "planted_tuned"
+    if not (folder / "tuning.json").exists():
         return "pending (runs after every other part).\n"
-    rep = study.planted_tuned()  # finished: reloads, trains nothing
-    parts = [rep.markdown()]
+    d = load_tuning(folder)
+    pr = d["protocol"]
+    rep = TuneReport(pr["direction"], pr["n_trials"], pr["seeds"], pr["tune_seed"],
+                     pr["sampler_seed"], pr["n_startup_trials"], d["methods"], d["final"])
+    parts = [rep.markdown(), "Budget:\n\n" + wall_time_table(d)]
+    gates = [g for g in ("dselect_k", "topk", "softmax") if g in d["final"]]
     for metric, lower, title in (("test", True, "test MSE"), ("exact", False, "exact support")):
-        vals = {g: rep.values(g, metric) for g in ("dselect_k", "topk", "softmax")}
-        parts.append(f"**{title}**\n\n" + comparison_markdown(
-            vals, "dselect_k", lower_is_better=lower, labels=ARM_LABELS))
+        recs = [{"params": {"gate": g, "seed": s}, "result": r}
+                for g in gates for s, r in zip(pr["seeds"], d["final"][g], strict=False)
+                if _finite(r.get(metric))]
+        vals = paired_values(recs, lambda q: q["gate"], metric)
+        if "dselect_k" in vals and len(vals["dselect_k"]) >= 2 and len(vals) == len(gates):
+            parts.append(f"**{title}** ({len(vals['dselect_k'])} seeds)\n\n"
+                         + comparison_markdown(vals, "dselect_k", lower_is_better=lower,
+                                               labels=ARM_LABELS))
+    parts.append("Best epochs: " + "; ".join(
+        f"{ARM_LABELS[g]} {_best_epochs([{'result': r} for r in d['final'][g]])}"
+        for g in gates))
     return "\n\n".join(parts) + "\n"
 
 
@@ -345,7 +417,9 @@ def report(root: str | Path, figure: str | Path | None = None,
     md = ["#### Progress\n", _progress(study), "\n#### Planted experts: chosen on validation "
           "(selection seed)\n", _choices(study), "\n#### Planted experts: matched settings, "
           "evaluation seeds\n", _planted_eval(study),
-          "\n#### Planted experts: saturation and remedies\n", _remedies(study)]
+          "\n#### Planted experts: saturation and remedies\n", _remedies(study),
+          "\n#### Planted experts: remedies where saturation comes early (gamma 1)\n",
+          _remedies_g1(study)]
     if figure is not None:
         png = saturation_figure(study, figure)
         if png is not None:
