@@ -207,7 +207,7 @@ def _g1_records(study: Study) -> list[dict[str, Any]]:
     return recs
 
 
-SATURATION_EPOCHS = (1, 10, 40, 100, 300)
+SATURATION_EPOCHS = (1, 10, 40, 100, 300, 600)
 
 
 def _remedy_table(recs: Sequence[Mapping[str, Any]], label, reference: str,
