@@ -75,3 +75,29 @@ def test_step_scheduler_drives_sgd():
         sched.step()
     assert seen[49] == pytest.approx(0.1) and seen[50] == pytest.approx(0.01)
     assert seen[74] == pytest.approx(0.01) and seen[75] == pytest.approx(0.001)
+
+
+def test_group_scale_slows_one_group_for_its_first_steps():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.2)
+    sched = lr_scheduler(opt, "cosine", 8, warmup_steps=2, group_scale={1: (0.1, 3)})
+    f = lr_lambda("cosine", 8, warmup_steps=2)
+    for step in range(8):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * f(step))
+        assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * f(step) * (0.1 if step < 3
+                                                                            else 1.0))
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("scale, match", [
+    ({2: (0.1, 3)}, "has 2 groups"), ({True: (0.1, 3)}, "names group"),
+    ({1: (0.0, 3)}, "factor must be finite and > 0"),
+    ({1: (float("nan"), 3)}, "factor must be finite"), ({1: (0.1, -1)}, "steps"),
+])
+def test_group_scale_refuses_bad_entries(scale, match):
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.2)
+    with pytest.raises(ValueError, match=match):
+        lr_scheduler(opt, "constant", 8, group_scale=scale)
+    assert opt.param_groups[1]["lr"] == 0.2  # a refused call leaves the optimizer as it was

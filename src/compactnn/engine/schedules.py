@@ -13,7 +13,7 @@ starting a new phase.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -59,8 +59,26 @@ def lr_lambda(schedule: Literal["cosine", "constant", "step"], total_steps: int,
 
 def lr_scheduler(optimizer: torch.optim.Optimizer,
                  schedule: Literal["cosine", "constant", "step"], total_steps: int,
-                 warmup_steps: int = 0,
-                 phase_starts: Sequence[int] = (0,)) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` scheduler following :func:`lr_lambda` (stepped once per step)."""
+                 warmup_steps: int = 0, phase_starts: Sequence[int] = (0,),
+                 group_scale: Mapping[int, tuple[float, int]] | None = None
+                 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` scheduler following :func:`lr_lambda` (stepped once per step).
+
+    ``group_scale``: ``{group index: (factor, steps)}`` multiplies that parameter group's
+    rate by ``factor`` for its first ``steps`` optimizer steps (on top of the schedule),
+    e.g. a slower start for a mixture's gates."""
+    base = lr_lambda(schedule, total_steps, warmup_steps, phase_starts)
+    scale = dict(group_scale or {})
+    n = len(optimizer.param_groups)
+    for g, (factor, steps) in scale.items():
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < n:
+            raise ValueError(f"group_scale names group {g!r}; the optimizer has {n} groups")
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"group_scale[{g}] factor must be finite and > 0, got {factor!r}")
+        check_int(f"group_scale[{g}] steps", steps, minimum=0)
+
+    def scaled(factor: float, steps: int) -> Callable[[int], float]:
+        return lambda step: base(step) * (factor if step < steps else 1.0)
+
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(schedule, total_steps, warmup_steps, phase_starts))
+        optimizer, [scaled(*scale[g]) if g in scale else base for g in range(n)])

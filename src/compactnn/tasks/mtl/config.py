@@ -125,6 +125,10 @@ class OptimConfig:
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
     gate_lr: float | None = None  # learning rate of the gates' parameters (None: lr)
+    # the gates' learning rate times gate_warmup_factor for the first epochs, so that the
+    # routing does not settle (or saturate) before the experts have specialised
+    gate_warmup_epochs: int = 0
+    gate_warmup_factor: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "constant"
@@ -153,6 +157,11 @@ class MTLConfig(RunConfig):
             (finite(o.lr, 0, low_open=True), f"optim.lr must be finite and > 0, got {o.lr}"),
             (o.gate_lr is None or finite(o.gate_lr, 0, low_open=True),
              f"optim.gate_lr must be finite and > 0, got {o.gate_lr}"),
+            (0 <= o.gate_warmup_epochs <= o.epochs,
+             f"optim.gate_warmup_epochs must be in [0, optim.epochs={o.epochs}], got "
+             f"{o.gate_warmup_epochs}"),
+            (finite(o.gate_warmup_factor, 0, 1, low_open=True),
+             f"optim.gate_warmup_factor must be in (0, 1], got {o.gate_warmup_factor}"),
             (finite(o.momentum, 0, 1, high_open=True),
              f"optim.momentum must be in [0, 1), got {o.momentum}"),
             (finite(o.weight_decay, 0),

@@ -129,7 +129,8 @@ class MTLTask(Task):
             opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
         else:
             opt = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay, foreach=True)
-        sched = lr_scheduler(opt, o.schedule, o.epochs * steps_per_epoch)
+        sched = lr_scheduler(opt, o.schedule, o.epochs * steps_per_epoch, group_scale={
+            1: (o.gate_warmup_factor, o.gate_warmup_epochs * steps_per_epoch)})
         self.model = model
         return model, opt, sched
 
