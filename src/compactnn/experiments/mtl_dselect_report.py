@@ -288,25 +288,30 @@ def saturation_figure(study: Study, path: str | Path) -> Path | None:
     """Mean saturated fraction of DSelect-k's selector logits per epoch: one panel of the
     selection runs (one line per gamma), then one panel per expert setting of the
     remedies (one line per remedy); None when no DSelect-k cell has a history yet."""
-    from compactnn.experiments.mtl_dselect import EARLY_GAMMA
     from compactnn.experiments.reporting import new_figure
 
     panels: list[tuple[str, dict[str, list[list[float]]]]] = []
     title, curves = _selection_curves(study)
     if curves:
         panels.append((title, curves))
-    for recs, tag in ((_remedy_records(study), ""), (_listed(study, "planted_remedies_g1"),
-                                                     f", gamma {EARLY_GAMMA:g}")):
+    for recs in (_remedy_records(study), _listed(study, "planted_remedies_g1")):
         recs = [r for r in recs if r["params"]["arm"] == "dselect_k"]
         for setting in sorted({_setting(r["params"]) for r in recs}):
-            panels.append((setting + tag, {remedy: [
+            gamma = next(r["params"]["gamma"] for r in recs if _setting(r["params"]) == setting)
+            panels.append((f"{setting}, gamma {gamma:g}", {remedy: [
                 r["result"].get("saturation_history") or [] for r in recs
                 if _setting(r["params"]) == setting and r["params"].get("remedy") == remedy]
                 for remedy in REMEDIES}))
     if not panels:
         return None
-    fig, axes = new_figure(ncols=len(panels), figsize=(3.6 * len(panels), 3.2))
-    for ax, (title, lines) in zip(np.atleast_1d(axes), panels, strict=True):
+    ncols = min(len(panels), 4)  # rows of at most four panels stay readable
+    nrows = -(-len(panels) // ncols)
+    fig, axes = new_figure(nrows=nrows, ncols=ncols, figsize=(3.6 * ncols, 3.2 * nrows),
+                           squeeze=False)
+    flat = axes.ravel()
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, lines) in zip(flat, panels, strict=False):
         for i, (label, hist) in enumerate(lines.items()):
             curve = mean_curve(hist)
             if len(curve):
@@ -317,7 +322,8 @@ def saturation_figure(study: Study, path: str | Path) -> Path | None:
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=6)
-    np.atleast_1d(axes)[0].set_ylabel("saturated fraction of z")
+    for row in axes:
+        row[0].set_ylabel("saturated fraction of z")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
