@@ -53,8 +53,9 @@ from compactnn.experiments.mtl_dselect_cells import (
     timed,
 )
 
-__all__ = ["CELL_ERRORS", "DSK_ENTROPIES", "DSK_GAMMAS", "EARLY_GAMMA", "PARTS", "PLANTED", "REAL",
-           "REMEDIES", "Study", "best_by_val", "cell_name", "main", "remedy_params"]
+__all__ = ["ARMS", "CELL_ERRORS", "DSK_ENTROPIES", "DSK_GAMMAS", "EARLY_GAMMA", "PARTS",
+           "PLANTED", "REAL", "REMEDIES", "Study", "best_by_val", "cell_name", "main",
+           "remedy_params"]
 
 #: The authors' categorical grids (their follow-up code's random search draws from these).
 DSK_GAMMAS = (1e-3, 1e-2, 0.1, 1.0, 5.0, 10.0)
@@ -68,6 +69,9 @@ PLANTED: dict[str, Any] = {
     "n_test": 1000, "hidden": 16, "out": 8, "batch_size": 128, "lrs": (1e-3, 3e-3, 1e-2),
     "epochs": 600, "patience": 60, "select_seed": 100, "seeds": tuple(range(10)),
     "remedy_seeds": tuple(range(5)), "spare": 8, "remedy_epochs": 30, "remedy_lr": 3e-3}
+
+#: The planted-experts arms: routing controls first, then the gates.
+ARMS = ("oracle", "random", "dselect_k", "topk", "softmax")
 
 #: Remedies of DSelect-k's early saturation (gate options; lengths in epochs).
 REMEDIES = ("none", "entropy_ramp", "gamma_ramp", "warmup_box", "gate_lr_warmup")
@@ -177,12 +181,13 @@ class Study:
                 "epochs": p["epochs"], "patience": p["patience"], "experts": "learned",
                 "spare": 0, **extra}
 
-    def chosen(self, part: str, cells: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """The params of the best of ``cells`` (of ``part``) by validation score, once
-        every one of them is finished; None before. A choice is never made on a
-        partial grid (a resumed or shared run would otherwise build on a provisional
-        winner), and finished cells outside ``cells`` never enter it."""
-        done = self.store.finished(part)
+    @staticmethod
+    def chosen(done: Mapping[str, Mapping[str, Any]], cells: list[dict[str, Any]]
+               ) -> dict[str, Any] | None:
+        """The params of the best of ``cells`` by validation score among the finished
+        records ``done``, once every one of them is finished; None before. A choice is
+        never made on a partial grid (a resumed or shared run would otherwise build on a
+        provisional winner), and finished cells outside ``cells`` never enter it."""
         names = [cell_name(c) for c in cells]
         if not names or any(n not in done for n in names):
             return None
@@ -198,84 +203,91 @@ class Study:
                   for gamma in DSK_GAMMAS]
         return cells
 
+    def _planted_selection(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The selection cells listed now, and the finished ones (one read of the folder)."""
+        done = self.store.finished("planted_select")
+        grids = [self._planted_grid(lr) for lr in PLANTED["lrs"]]
+        cells = [c for grid in grids for c in grid]
+        for grid in grids:  # the entropy weight at the best gamma of this lr
+            best = self.chosen(done, [c for c in grid if c["arm"] == "dselect_k"])
+            if best is not None:
+                cells += [{**best, "entropy_reg": ent} for ent in DSK_ENTROPIES
+                          if ent != DSK_DEFAULT["entropy_reg"]]
+        return cells, done
+
     def planted_select(self) -> Iterator[dict[str, Any]]:
-        grids = {lr: self._planted_grid(lr) for lr in PLANTED["lrs"]}
-        for grid in grids.values():
-            yield from grid
-        for grid in grids.values():  # the entropy weight at the best gamma of this lr
-            best = self.chosen("planted_select", [c for c in grid if c["arm"] == "dselect_k"])
-            if best is None:
-                continue
-            for ent in DSK_ENTROPIES:
-                if ent != DSK_DEFAULT["entropy_reg"]:
-                    yield {**best, "entropy_reg": ent}
+        yield from self._planted_selection()[0]
+
+    def planted_choices(self) -> dict[str, dict[str, Any] | None]:
+        """Each arm's configuration chosen on validation (None until its every selection
+        cell, the entropy stage included, is finished), and under ``"remedy_base"``
+        DSelect-k's best at learning rate ``PLANTED["remedy_lr"]``: the remedies ran at
+        3e-3, the learning rate chosen before the selection grid was complete; the
+        completed grid chose 1e-2 by a validation MSE 1.3% lower, and the remedies'
+        comparisons are within DSelect-k."""
+        cells, done = self._planted_selection()
+        out = {arm: self.chosen(done, [c for c in cells if c["arm"] == arm])
+               for arm in ARMS}
+        out["remedy_base"] = self.chosen(done, [
+            c for c in cells if c["arm"] == "dselect_k" and c["lr"] == PLANTED["remedy_lr"]])
+        return out
 
     def planted_choice(self, arm: str) -> dict[str, Any] | None:
-        """``arm``'s configuration chosen on validation; None until its every selection
-        cell (the entropy stage included) is finished."""
-        return self.chosen("planted_select",
-                           [c for c in self.planted_select() if c["arm"] == arm])
-
-    def planted_eval(self) -> Iterator[dict[str, Any]]:
-        arms = ("oracle", "random", "dselect_k", "topk", "softmax")
-        choices = {arm: self.planted_choice(arm) for arm in arms}
-        for seed in PLANTED["seeds"]:
-            for arm in arms:
-                chosen = choices[arm]
-                if chosen is not None:
-                    yield {**chosen, "seed": seed}
+        """``arm``'s configuration chosen on validation (see :meth:`planted_choices`)."""
+        return self.planted_choices()[arm]
 
     def remedy_base(self) -> dict[str, Any] | None:
-        """DSelect-k's configuration in the remedies' parts: its best at learning rate
-        ``PLANTED["remedy_lr"]`` (gamma and entropy weight chosen on validation, as for
-        :meth:`planted_choice`). The remedies ran at 3e-3, the learning rate chosen
-        before the selection grid was complete; the completed grid chose 1e-2 by a
-        validation MSE 1.3% lower, and the remedies' comparisons are within DSelect-k."""
-        lr = PLANTED["remedy_lr"]
-        return self.chosen("planted_select", [c for c in self.planted_select()
-                                              if c["arm"] == "dselect_k" and c["lr"] == lr])
+        """DSelect-k's configuration in the remedies' parts (see :meth:`planted_choices`)."""
+        return self.planted_choices()["remedy_base"]
+
+    def planted_eval(self) -> Iterator[dict[str, Any]]:
+        choices = self.planted_choices()
+        for seed in PLANTED["seeds"]:
+            for arm in ARMS:
+                if choices[arm] is not None:
+                    yield {**choices[arm], "seed": seed}
+
+    @staticmethod
+    def _remedy_cell(base: Mapping[str, Any], remedy: str, **setting: Any) -> dict[str, Any]:
+        """``base`` in ``setting`` (seed, experts, spare) with ``remedy``'s options for the
+        first ``PLANTED["remedy_epochs"]`` epochs; the gamma ramp starts at 10x gamma."""
+        p = PLANTED
+        extra = remedy_params(remedy, p["n_train"] // p["batch_size"], p["remedy_epochs"])
+        if extra.get("gamma_start") == "10x":
+            extra["gamma_start"] = min(10 * base["gamma"], 1e4)
+        return {**base, **setting, "remedy": remedy, **extra}
 
     def planted_remedies(self) -> Iterator[dict[str, Any]]:
         p = PLANTED
-        spe = p["n_train"] // p["batch_size"]
-        evals = {arm: self.planted_choice(arm)
-                 for arm in ("oracle", "random", "topk", "softmax", "dselect_k")}
-        bases = {**evals, "dselect_k": self.remedy_base()}
+        choices = self.planted_choices()
+        bases = {arm: choices[arm] for arm in ARMS if arm != "dselect_k"}
+        bases["dselect_k"] = choices["remedy_base"]
         for seed in p["remedy_seeds"]:
             for experts in ("learned", "frozen"):
                 for spare in (0, p["spare"]):
                     for arm, base in bases.items():
                         if base is None:
                             continue
-                        remedies = REMEDIES if arm == "dselect_k" else ("none",)
-                        for remedy in remedies:
+                        for remedy in REMEDIES if arm == "dselect_k" else ("none",):
                             if (experts, spare, remedy) == ("learned", 0, "none") \
-                                    and base == evals[arm]:
+                                    and base == choices[arm]:
                                 continue  # the planted_eval cell of this seed
-                            extra = remedy_params(remedy, spe, p["remedy_epochs"])
-                            if extra.get("gamma_start") == "10x":
-                                extra["gamma_start"] = min(10 * base["gamma"], 1e4)
-                            yield {**base, "seed": seed, "experts": experts, "spare": spare,
-                                   "remedy": remedy, **extra}
+                            yield self._remedy_cell(base, remedy, seed=seed, experts=experts,
+                                                    spare=spare)
 
     def planted_remedies_g1(self) -> Iterator[dict[str, Any]]:
         """The remedies again where saturation comes early: the remedies' DSelect-k
         (:meth:`remedy_base`) at gamma :data:`EARLY_GAMMA`, each remedy, learned or frozen
         ground-truth experts, no spare (the other arms' cells of these settings are in
         ``planted_eval`` and ``planted_remedies``)."""
-        p = PLANTED
         base = self.remedy_base()
         if base is None:
             return
-        spe = p["n_train"] // p["batch_size"]
-        for seed in p["remedy_seeds"]:
+        base = {**base, "gamma": EARLY_GAMMA}
+        for seed in PLANTED["remedy_seeds"]:
             for experts in ("learned", "frozen"):
                 for remedy in REMEDIES:
-                    extra = remedy_params(remedy, spe, p["remedy_epochs"])
-                    if extra.get("gamma_start") == "10x":
-                        extra["gamma_start"] = 10 * EARLY_GAMMA
-                    yield {**base, "gamma": EARLY_GAMMA, "seed": seed, "experts": experts,
-                           "spare": 0, "remedy": remedy, **extra}
+                    yield self._remedy_cell(base, remedy, seed=seed, experts=experts, spare=0)
 
     # -- real data through compactnn mtl
 
@@ -305,34 +317,41 @@ class Study:
                 "batch_size": r["batch_size"], "epochs": epochs, "patience": r["patience"],
                 **extra}
 
-    def real_select(self, dataset: str) -> Iterator[dict[str, Any]]:
+    def _real_selection(self, dataset: str
+                        ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The selection cells listed now (stage A, then each gate's own grid at its best
+        learning rate once stage A of that gate is finished), and the finished ones."""
         r = REAL[dataset]
+        done = self.store.finished(f"{dataset}_select")
         defaults = {"dselect_k": DSK_DEFAULT, "topk": TOPK_DEFAULT, "softmax": {}}
-        stage_a = [self._real_base(dataset, gate, lr, 0, r["select_epochs"], **extra)
-                   for lr in r["lrs"] for gate, extra in defaults.items()]
-        yield from stage_a
+        cells = [self._real_base(dataset, gate, lr, 0, r["select_epochs"], **extra)
+                 for lr in r["lrs"] for gate, extra in defaults.items()]
         for gate, grid in (("dselect_k", [{"gamma": g, "entropy_reg": 0.1}
                                           for g in (0.01, 0.1, 5.0, 10.0)]),
                            ("topk", [{"importance_reg": v} for v in (0.01, 1.0)])):
-            best = self.chosen(f"{dataset}_select",
-                               [c for c in stage_a if c["gate"] == gate])
+            best = self.chosen(done, [c for c in cells if c["gate"] == gate])
             if best is not None:
-                for extra in grid:
-                    yield {**best, **extra}
+                cells += [{**best, **extra} for extra in grid]
+        return cells, done
+
+    def real_select(self, dataset: str) -> Iterator[dict[str, Any]]:
+        yield from self._real_selection(dataset)[0]
+
+    def real_choices(self, dataset: str) -> dict[str, dict[str, Any] | None]:
+        """Each gate's configuration chosen on validation; None until its every selection
+        cell (its own grid included) is finished."""
+        cells, done = self._real_selection(dataset)
+        return {gate: self.chosen(done, [c for c in cells if c["gate"] == gate])
+                for gate in ("dselect_k", "topk", "softmax")}
 
     def real_choice(self, dataset: str, gate: str) -> dict[str, Any] | None:
-        """``gate``'s configuration chosen on validation; None until its every selection
-        cell (its own grid included) is finished."""
-        return self.chosen(f"{dataset}_select",
-                           [c for c in self.real_select(dataset) if c["gate"] == gate])
+        return self.real_choices(dataset)[gate]
 
     def real_eval(self, dataset: str) -> Iterator[dict[str, Any]]:
         r = REAL[dataset]
-        gates = ("dselect_k", "topk", "softmax")
-        choices = {gate: self.real_choice(dataset, gate) for gate in gates}
+        choices = self.real_choices(dataset)
         for seed in r["seeds"]:
-            for gate in gates:
-                best = choices[gate]
+            for best in choices.values():
                 if best is not None:
                     yield {**best, "seed": seed, "epochs": r["epochs"]}
 
@@ -395,7 +414,7 @@ class Study:
     def planned(self) -> dict[str, int]:
         """How many cells each part has once every choice is made (what ``status``
         lists grows to this)."""
-        p, arms = PLANTED, 5
+        p, arms = PLANTED, len(ARMS)
         n_dsk = len(DSK_GAMMAS) + len(DSK_ENTROPIES) - (DSK_DEFAULT["entropy_reg"]
                                                        in DSK_ENTROPIES)
         out = {"planted_select": len(p["lrs"]) * (3 + len(TOPK_IMPORTANCE) + n_dsk),
@@ -403,7 +422,8 @@ class Study:
                "planted_remedies": len(p["remedy_seeds"])
                * (4 * (arms - 1 + len(REMEDIES)) - arms),
                "planted_remedies_g1": len(p["remedy_seeds"]) * 2 * len(REMEDIES)}
-        if self.remedy_base() not in (None, self.planted_choice("dselect_k")):
+        choices = self.planted_choices()
+        if choices["remedy_base"] not in (None, choices["dselect_k"]):
             out["planted_remedies"] += len(p["remedy_seeds"])  # its own no-remedy cells
         for ds, r in REAL.items():
             out[f"{ds}_select"] = 3 * len(r["lrs"]) + 4 + 2

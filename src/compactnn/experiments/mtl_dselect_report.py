@@ -128,13 +128,13 @@ def _choices(study: Study) -> str:
     from compactnn.experiments.reporting import markdown_table
 
     done = study.store.finished("planted_select")
+    choices = study.planted_choices()
     rows = []
     for arm in ARM_LABELS:
-        c = study.planted_choice(arm)
+        c = choices[arm]
         if c is None:
             continue
-        val = min(r["result"]["val"] for r in done.values()
-                  if r["params"] == c or dict(r["params"]) == c)
+        val = done[cell_name(c)]["result"]["val"]
         own = ", ".join(f"{k} {c[k]:g}" for k in GATE_KEYS if k in c) or "-"
         rows.append([ARM_LABELS[arm], f"{c['lr']:g}", own, _fmt(val)])
     return markdown_table(["arm", "lr", "own parameters", "validation MSE"], rows)
@@ -351,8 +351,7 @@ def _real(study: Study, dataset: str, metric: str, lower: bool, title: str) -> s
     if not any(cell_name(c) in sel_done for c in sel):
         return f"{title}: pending (no cell finished).\n"
     lines = []
-    for gate in ("dselect_k", "topk", "softmax"):
-        best = study.real_choice(dataset, gate)
+    for gate, best in study.real_choices(dataset).items():
         if best is None:
             lines.append(f"{ARM_LABELS[gate]}: pending (its selection grid is not finished)")
             continue
